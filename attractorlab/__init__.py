@@ -1,0 +1,3 @@
+"""attractorlab: train, run and dissect Equilibrium Reasoners."""
+
+__version__ = "0.1.0"
