@@ -1,0 +1,143 @@
+"""The ``attractorlab`` command line: one sub-command per job, a clear one-line error on bad input."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+
+from attractorlab import __version__
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (override the preset)")
+    g.add_argument("--hidden-size", type=int, dest="hidden_size", help="latent width D")
+    g.add_argument("--num-heads", type=int, dest="num_heads", help="attention heads (attention variant only)")
+    g.add_argument("--expansion", type=float, help="SwiGLU expansion factor")
+    g.add_argument("--L-layers", type=int, dest="L_layers", help="blocks in the shared module")
+    g.add_argument("--H-cycles", type=int, dest="H_cycles", help="H-cycles per outer step")
+    g.add_argument("--L-cycles", type=int, dest="L_cycles", help="z_L updates per H-cycle")
+    g.add_argument("--attention", dest="mlp_t", action="store_false", default=None,
+                   help="mix tokens with self-attention + RoPE instead of the MLP across cells (mlp_t)")
+    g.add_argument("--pos-encodings", dest="pos_encodings", choices=["rope", "rope2d", "none"],
+                   help="position encoding of the attention variant")
+    g.add_argument("--halt-max-steps", type=int, dest="halt_max_steps", help="outer steps before a forced halt")
+    g.add_argument("--halt-exploration-prob", type=float, dest="halt_exploration_prob",
+                   help="probability of a random minimum number of steps before halting")
+    g.add_argument("--lambda", type=float, dest="lambda_", help="damping lambda of the update (paper: 0.95)")
+    g.add_argument("--noise-scale", type=float, dest="noise_scale", help="path-noise std per update (paper: 0.01)")
+
+
+def add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="tiny", choices=["tiny", "small", "paper"],
+                   help="tiny: ~10 min on 2 CPU cores; small: the best CPU model in 1-2 h; paper: the EqR GPU recipe")
+    p.add_argument("--out", default="checkpoints/run.pt", help="checkpoint file (written atomically)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out exactly where it stopped")
+    p.add_argument("--steps", type=int, help="optimizer steps in total")
+    p.add_argument("--batch-size", type=int, dest="batch_size", help="global batch size (split over DDP ranks)")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--warmup-steps", type=int, dest="warmup_steps", help="linear warm-up steps")
+    p.add_argument("--weight-decay", type=float, dest="weight_decay", help="AdamW weight decay")
+    p.add_argument("--ema-decay", type=float, dest="ema_decay", help="EMA decay of the shipped weights")
+    p.add_argument("--grad-clip", type=float, dest="grad_clip", help="gradient-norm clip (0 = off)")
+    p.add_argument("--optimizer", choices=["adamw", "adam-atan2"], help="adam-atan2 needs the adam-atan2 package")
+    p.add_argument("--data", help="Sudoku-Extreme-layout CSV (.csv or .csv.gz); default: the built-in generator")
+    p.add_argument("--difficulty", choices=["mixed", "singles", "search"],
+                   help="difficulty of generated training puzzles")
+    p.add_argument("--n-train", type=int, dest="n_train", help="puzzles in the training pool")
+    p.add_argument("--n-eval", type=int, dest="n_eval", help="held-out puzzles evaluated periodically")
+    p.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                   help="train without symmetry augmentation")
+    p.add_argument("--eval-every", type=int, dest="eval_every", help="steps between held-out evaluations")
+    p.add_argument("--eval-depths", type=lambda s: tuple(int(v) for v in s.split(",")), dest="eval_depths",
+                   help="comma-separated depths for held-out accuracy, e.g. 1,16,64")
+    p.add_argument("--checkpoint-every", type=int, dest="checkpoint_every", help="steps between checkpoints")
+    p.add_argument("--seed", type=int, help="random seed (data, init, noise)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    _model_flags(p)
+
+
+def add_import_eqr(p: argparse.ArgumentParser) -> None:
+    p.add_argument("reference", help="reference EqR checkpoint (a state dict saved by locuslab/EqR)")
+    p.add_argument("--out", required=True, help="attractorlab checkpoint to write")
+    g = p.add_argument_group("settings not stored in the weights (paper defaults)")
+    g.add_argument("--num-heads", type=int, default=8, dest="num_heads", help="attention heads")
+    g.add_argument("--expansion", type=float, default=4.0, help="SwiGLU expansion")
+    g.add_argument("--H-cycles", type=int, default=3, dest="H_cycles", help="H-cycles per outer step")
+    g.add_argument("--L-cycles", type=int, default=6, dest="L_cycles", help="z_L updates per H-cycle")
+    g.add_argument("--pos-encodings", default="rope", dest="pos_encodings", choices=["rope", "rope2d", "none"],
+                   help="position encoding (attention variant)")
+    g.add_argument("--halt-max-steps", type=int, default=16, dest="halt_max_steps", help="training halt limit")
+    g.add_argument("--lambda", type=float, default=0.95, dest="lambda_", help="damping lambda")
+    g.add_argument("--noise-scale", type=float, default=0.01, dest="noise_scale", help="path-noise std")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from attractorlab.train import TrainConfig, train
+
+    overrides = {k: v for k, v in vars(args).items()
+                 if v is not None and k not in ("command", "preset", "out", "resume", "device", "progress", "func")}
+    cfg = TrainConfig.from_preset(args.preset, **overrides)
+    os.environ.setdefault("ATTRACTORLAB_COMMAND", "attractorlab " + shlex.join(sys.argv[1:]))
+    result = train(cfg, args.out, device=args.device, resume=args.resume, steps=args.steps, progress=args.progress)
+    evals = result["evals"]
+    last = evals[max(evals, key=int)] if evals else {}
+    print(f"saved {args.out} after {result['step']} steps; held-out exact accuracy "
+          + ", ".join(f"D{k}={v:.3f}" for k, v in last.items()))
+    return 0
+
+
+def run_import_eqr(args: argparse.Namespace) -> int:
+    from attractorlab import checkpoint
+
+    settings = {k: getattr(args, k) for k in ("num_heads", "expansion", "H_cycles", "L_cycles", "pos_encodings",
+                                              "halt_max_steps", "lambda_", "noise_scale")}
+    model = checkpoint.load_reference(args.reference, **settings)
+    checkpoint.save(model, args.out, meta={"imported_from": args.reference})
+    c = model.config
+    print(f"wrote {args.out}: hidden {c.hidden_size}, {c.L_layers} layers, {'mlp_t' if c.mlp_t else 'attention'}, "
+          f"{model.num_parameters():,} parameters")
+    return 0
+
+
+COMMANDS = {
+    "train": ("train a reasoner (segmented online training; CPU, CUDA, torchrun for many GPUs)", add_train,
+              run_train),
+    "import-eqr": ("convert a reference EqR checkpoint into an attractorlab checkpoint", add_import_eqr,
+                   run_import_eqr),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attractorlab",
+        description="Train, run and dissect Equilibrium Reasoners: trajectories, fixed points, spectra, basins.")
+    parser.add_argument("--version", action="version", version=f"attractorlab {__version__}")
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_text, add_arguments, runner) in COMMANDS.items():
+        p = subs.add_parser(name, help=help_text, description=help_text)
+        add_arguments(p)
+        p.set_defaults(func=runner)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from attractorlab.errors import USER_ERRORS
+
+    try:
+        return args.func(args)
+    except USER_ERRORS as err:
+        print(f"attractorlab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"attractorlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,367 @@
+"""The Equilibrium Reasoner: one shared module iterated to a fixed point.
+
+Read top to bottom: building blocks (RMS norm, SwiGLU, attention with RoPE), the shared block, the damped
+noisy update, and the model with ``init_state`` / ``step`` / ``readout``. Numerically this is the reference
+EqR model (locuslab/EqR); :func:`attractorlab.checkpoint.load_reference` maps its state dicts onto this one.
+
+Shapes: ``B`` batch, ``L = 81`` cells, ``D = hidden_size``; latent streams ``z_H, z_L: [B, L, D]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attractorlab.sudoku import SEQ_LEN, VOCAB_SIZE
+
+POS_ENCODINGS = ("rope", "rope2d", "none")
+
+
+@dataclass
+class ReasonerConfig:
+    """Hyper-parameters, named as in the reference configs. Defaults are the paper's Sudoku recipe."""
+
+    hidden_size: int = 512
+    num_heads: int = 8
+    expansion: float = 4.0
+    L_layers: int = 2
+    H_cycles: int = 3
+    L_cycles: int = 6
+    mlp_t: bool = True
+    pos_encodings: str = "rope"
+    halt_max_steps: int = 16
+    halt_exploration_prob: float = 0.1
+    lambda_: float = 0.95
+    noise_scale: float = 0.01
+    H_init_std: float = 1.0
+    L_init_std: float = 1.0
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    seq_len: int = SEQ_LEN
+    vocab_size: int = VOCAB_SIZE
+
+    def __post_init__(self) -> None:
+        positive = ("hidden_size", "num_heads", "L_layers", "H_cycles", "L_cycles", "halt_max_steps", "seq_len",
+                    "vocab_size")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ReasonerConfig.{name} must be a positive integer, got {value!r}")
+        if not self.expansion > 0:
+            raise ValueError(f"ReasonerConfig.expansion must be > 0, got {self.expansion!r}")
+        if not 0.0 < self.lambda_ <= 1.0:
+            raise ValueError(f"ReasonerConfig.lambda_ (damping) must be in (0, 1], got {self.lambda_!r}")
+        for name in ("noise_scale", "H_init_std", "L_init_std", "halt_exploration_prob"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ReasonerConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.halt_exploration_prob > 1:
+            raise ValueError(f"ReasonerConfig.halt_exploration_prob must be <= 1, got {self.halt_exploration_prob}")
+        if self.pos_encodings not in POS_ENCODINGS:
+            raise ValueError(f"ReasonerConfig.pos_encodings must be one of {POS_ENCODINGS}, got {self.pos_encodings!r}")
+        if not self.mlp_t:
+            if self.hidden_size % self.num_heads:
+                raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+            head_dim = self.hidden_size // self.num_heads
+            if self.pos_encodings == "rope2d" and (head_dim % 4 or math.isqrt(self.seq_len) ** 2 != self.seq_len):
+                raise ValueError("rope2d needs head_dim divisible by 4 and a square board (seq_len a perfect square)")
+            if self.pos_encodings == "rope" and head_dim % 2:
+                raise ValueError(f"rope needs an even head_dim, got {head_dim}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ReasonerConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown ReasonerConfig fields: {', '.join(unknown)}")
+        return cls(**values)
+
+    @property
+    def layer_equivalents_per_step(self) -> int:
+        """Layers applied in one outer step: H_cycles x (L_cycles + 1) module calls x L_layers."""
+        return self.H_cycles * (self.L_cycles + 1) * self.L_layers
+
+
+@dataclass
+class LatentState:
+    """The two latent streams, each ``[B, L, D]``."""
+
+    z_H: torch.Tensor
+    z_L: torch.Tensor
+
+    def flatten(self) -> torch.Tensor:
+        """``[B, 2 * L * D]``: z_H then z_L, the layout the dynamics tools work on."""
+        return torch.cat([self.z_H.flatten(1), self.z_L.flatten(1)], dim=1)
+
+    @classmethod
+    def unflatten(cls, z: torch.Tensor, seq_len: int, hidden_size: int) -> LatentState:
+        z_H, z_L = z.view(z.shape[0], 2, seq_len, hidden_size).unbind(1)
+        return cls(z_H, z_L)
+
+    def detach(self) -> LatentState:
+        return LatentState(self.z_H.detach(), self.z_L.detach())
+
+
+def trunc_normal_(tensor: torch.Tensor, std: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Truncated normal at +-2 std, rescaled so the result has standard deviation ``std`` (JAX style)."""
+    with torch.no_grad():
+        if std == 0:
+            return tensor.zero_()
+        lo, hi = -2.0, 2.0
+        a, b = math.erf(lo / math.sqrt(2)), math.erf(hi / math.sqrt(2))
+        z = (b - a) / 2
+        c = (2 * math.pi) ** -0.5
+        pdf_u, pdf_l = c * math.exp(-0.5 * lo**2), c * math.exp(-0.5 * hi**2)
+        comp_std = std / math.sqrt(1 - (hi * pdf_u - lo * pdf_l) / z - ((pdf_u - pdf_l) / z) ** 2)
+        tensor.uniform_(a, b, generator=generator).erfinv_().mul_(math.sqrt(2) * comp_std)
+        return tensor.clip_(lo * comp_std, hi * comp_std)
+
+
+def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMS normalisation over the last axis, computed in float32 (no learned scale)."""
+    dtype = x.dtype
+    x = x.float()
+    return (x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)).to(dtype)
+
+
+class Linear(nn.Module):
+    """Bias-free (optionally biased) linear layer, truncated-normal init with std 1/sqrt(fan_in)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(trunc_normal_(torch.empty(out_features, in_features), std=in_features**-0.5))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.weight.to(x.dtype), bias)
+
+
+def swiglu_width(width: int, expansion: float) -> int:
+    """Hidden width of a SwiGLU: round(expansion * width * 2/3) rounded up to a multiple of 256."""
+    return -(round(expansion * width * 2 / 3) // -256) * 256
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, width: int, expansion: float) -> None:
+        super().__init__()
+        inner = swiglu_width(width, expansion)
+        self.gate_up_proj = Linear(width, 2 * inner)
+        self.down_proj = Linear(inner, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def rope_tables(head_dim: int, seq_len: int, theta: float, two_d: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables ``[L, head_dim]``. 2-D RoPE rotates the first half of each head by the row index
+    and the second half by the column index of a square board."""
+    if not two_d:
+        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        freqs = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos(), emb.sin()
+    side, half = math.isqrt(seq_len), head_dim // 2
+    inv_freq = 1.0 / theta ** (torch.arange(0, half, 2, dtype=torch.float32) / half)
+    freqs = torch.outer(torch.arange(side, dtype=torch.float32), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)  # [side, half]
+    rows = emb[torch.arange(seq_len) // side]
+    cols = emb[torch.arange(seq_len) % side]
+    angles = torch.cat((rows, cols), dim=-1)  # [L, head_dim]: first half by row, second half by column
+    return angles.cos(), angles.sin()
+
+
+class Attention(nn.Module):
+    """Non-causal multi-head self-attention with (1-D or 2-D) rotary position embeddings."""
+
+    def __init__(self, config: ReasonerConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.head_dim = config.hidden_size // config.num_heads
+        self.two_d = config.pos_encodings == "rope2d"
+        self.qkv_proj = Linear(config.hidden_size, 3 * config.hidden_size)
+        self.o_proj = Linear(config.hidden_size, config.hidden_size)
+        if config.pos_encodings == "none":
+            self.cos = self.sin = None
+        else:
+            cos, sin = rope_tables(self.head_dim, config.seq_len, config.rope_theta, self.two_d)
+            self.register_buffer("cos", cos, persistent=False)
+            self.register_buffer("sin", sin, persistent=False)
+
+    def _rope(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, L, heads, head_dim]."""
+        if self.cos is None:
+            return x
+        cos, sin = self.cos[:, None, :], self.sin[:, None, :]
+        if not self.two_d:
+            return (x.float() * cos + rotate_half(x.float()) * sin).to(x.dtype)
+        half = self.head_dim // 2
+        xf = x.float()
+        parts = [xf[..., :half], xf[..., half:]]
+        cs = [(cos[..., :half], sin[..., :half]), (cos[..., half:], sin[..., half:])]
+        out = [p * c + rotate_half(p) * s for p, (c, s) in zip(parts, cs, strict=True)]
+        return torch.cat(out, dim=-1).to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv_proj(x).view(b, n, 3, self.num_heads, self.head_dim).unbind(2)
+        q, k = self._rope(q), self._rope(k)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return self.o_proj(y.transpose(1, 2).reshape(b, n, -1))
+
+
+class Block(nn.Module):
+    """Post-norm block: token mixing (SwiGLU across cells, or attention) then a channel SwiGLU."""
+
+    def __init__(self, config: ReasonerConfig) -> None:
+        super().__init__()
+        self.eps = config.rms_norm_eps
+        if config.mlp_t:
+            self.mlp_t = SwiGLU(config.seq_len, config.expansion)
+        else:
+            self.self_attn = Attention(config)
+        self.mlp = SwiGLU(config.hidden_size, config.expansion)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "mlp_t"):
+            xt = x.transpose(1, 2)
+            x = rms_norm(xt + self.mlp_t(xt), self.eps).transpose(1, 2)
+        else:
+            x = rms_norm(x + self.self_attn(x), self.eps)
+        return rms_norm(x + self.mlp(x), self.eps)
+
+
+class EquilibriumReasoner(nn.Module):
+    """Weight-tied latent reasoner. ``step`` is one outer step; iterate it to a fixed point."""
+
+    def __init__(self, config: ReasonerConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.hidden_size
+        self.embed_scale = math.sqrt(d)
+        self.embed_tokens = nn.Embedding(config.vocab_size, d)
+        trunc_normal_(self.embed_tokens.weight, std=1 / self.embed_scale)
+        self.layers = nn.ModuleList([Block(config) for _ in range(config.L_layers)])
+        self.lm_head = Linear(d, config.vocab_size)
+        self.q_head = Linear(d, 2, bias=True)
+        with torch.no_grad():
+            self.q_head.weight.zero_()
+            self.q_head.bias.fill_(-5.0)
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: [B, L] int -> input injection x: [B, L, D]."""
+        if tokens.dim() != 2 or tokens.shape[1] != self.config.seq_len:
+            raise ValueError(f"tokens must have shape [B, {self.config.seq_len}], got {tuple(tokens.shape)}")
+        return self.embed_scale * self.embed_tokens(tokens.long())
+
+    def init_state(self, tokens: torch.Tensor, generator: torch.Generator | None = None) -> LatentState:
+        """Random initial state: truncated normal (std H_init_std / L_init_std, cut at 2 std), ``[B, L, D]`` each."""
+        shape = (tokens.shape[0], self.config.seq_len, self.config.hidden_size)
+        dtype = self.lm_head.weight.dtype
+        z_H = trunc_normal_(torch.empty(shape, device=self.device, dtype=dtype), self.config.H_init_std, generator)
+        z_L = trunc_normal_(torch.empty(shape, device=self.device, dtype=dtype), self.config.L_init_std, generator)
+        return LatentState(z_H, z_L)
+
+    def module(self, z: torch.Tensor, injection: torch.Tensor, noise: bool,
+               generator: torch.Generator | None) -> torch.Tensor:
+        """The damped, noisy update of one stream: (1 - lambda) z + lambda layers(z + injection) + noise."""
+        h = z + injection
+        for layer in self.layers:
+            h = layer(h)
+        out = (1 - self.config.lambda_) * z + self.config.lambda_ * h
+        if noise and self.config.noise_scale > 0:
+            eps = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
+            out = out + self.config.noise_scale * eps
+        return out
+
+    def _cycle(self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor, noise: bool,
+               generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        for _ in range(self.config.L_cycles):
+            z_L = self.module(z_L, z_H + x, noise, generator)
+        z_H = self.module(z_H, z_L, noise, generator)
+        return z_H, z_L
+
+    def step(self, state: LatentState, tokens: torch.Tensor, *, noise: bool = True,
+             generator: torch.Generator | None = None, x: torch.Tensor | None = None) -> LatentState:
+        """One outer step: H_cycles x (L_cycles updates of z_L, then one of z_H).
+
+        In training mode the first ``H_cycles - 1`` cycles run without gradients (as in the reference), so
+        gradients flow only through the last cycle. ``noise=False`` makes the step a deterministic map.
+        ``x`` may pass a precomputed ``embed(tokens)`` to save work in long rollouts.
+        """
+        x = self.embed(tokens) if x is None else x
+        z_H, z_L = state.z_H, state.z_L
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.training):
+            for _ in range(self.config.H_cycles - 1):
+                z_H, z_L = self._cycle(z_H, z_L, x, noise, generator)
+        z_H, z_L = self._cycle(z_H, z_L, x, noise, generator)
+        return LatentState(z_H, z_L)
+
+    def forward(self, state: LatentState, tokens: torch.Tensor, **kwargs) -> LatentState:
+        """Same as :meth:`step` (so DDP and hooks can wrap the model)."""
+        return self.step(state, tokens, **kwargs)
+
+    def readout(self, state: LatentState) -> tuple[torch.Tensor, torch.Tensor]:
+        """logits ``[B, L, vocab]`` from z_H, halting logit ``[B]`` from z_H of the first cell."""
+        logits = self.lm_head(state.z_H)
+        q = self.q_head(state.z_H[:, 0]).float()[..., 0]
+        return logits, q
+
+    def as_map(self, tokens: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The deterministic outer step as a flat map ``F: [N, 2 L D] -> [N, 2 L D]`` for the dynamics tools.
+
+        tokens: ``[1, L]`` (one puzzle, broadcast over N) or ``[N, L]``. Noise is off, so F is a pure function.
+        """
+        x_fixed = self.embed(tokens.to(self.device))
+        seq_len, hidden = self.config.seq_len, self.config.hidden_size
+
+        def step_map(z: torch.Tensor) -> torch.Tensor:
+            state = LatentState.unflatten(z, seq_len, hidden)
+            x = x_fixed.expand(z.shape[0], -1, -1) if x_fixed.shape[0] == 1 else x_fixed
+            return self.step(state, tokens, noise=False, x=x.to(z.dtype)).flatten()
+
+        return step_map
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then CPU; otherwise any torch device string."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
+    return device
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; a no-op context elsewhere (CPU runs in float32)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
+        device.type, enabled=False)

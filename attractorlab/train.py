@@ -1,0 +1,425 @@
+"""Segmented online training of the Equilibrium Reasoner (CPU, CUDA, and multi-GPU through torchrun / DDP).
+
+Every optimizer step runs one outer step for each row of a persistent carry, computes stable-max
+cross-entropy on the 81 cells + 0.5 x BCE(halting logit, puzzle solved), steps the optimizer and detaches the
+carry. A row is replaced by a fresh (augmented) puzzle when it halts (``q > 0`` with exploration) or reaches
+``halt_max_steps``. Random draws that decide the data (which puzzles, their augmentation, initial states,
+exploration) come from generators shared by all ranks, so a DDP run sees exactly the batches of a
+single-process run with the same global batch; only the in-module path noise is per rank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from attractorlab import checkpoint, sudoku
+from attractorlab.errors import AttractorlabError
+from attractorlab.model import EquilibriumReasoner, LatentState, ReasonerConfig, autocast, pick_device, trunc_normal_
+from attractorlab.rollout import accuracy_at_depths
+
+PRESETS: dict[str, dict] = {
+    "tiny": dict(model=dict(hidden_size=64, expansion=2.0, L_layers=2, H_cycles=2, L_cycles=2, halt_max_steps=8),
+                 batch_size=64, lr=2e-3, warmup_steps=100, weight_decay=0.1, ema_decay=0.99, steps=1500,
+                 n_train=2000, eval_every=250, checkpoint_every=250, eval_depths=(1, 4, 16)),
+    "small": dict(model=dict(hidden_size=128, expansion=4.0, L_layers=2, H_cycles=2, L_cycles=3, halt_max_steps=8),
+                  batch_size=96, lr=1e-3, warmup_steps=300, weight_decay=0.1, ema_decay=0.995, steps=12000,
+                  n_train=20000, eval_every=1000, checkpoint_every=250, eval_depths=(1, 4, 16, 64)),
+    "paper": dict(model=dict(hidden_size=512, expansion=4.0, L_layers=2, H_cycles=3, L_cycles=6, halt_max_steps=16),
+                  batch_size=768, lr=1e-4, warmup_steps=2000, weight_decay=1.0, ema_decay=0.999, steps=50000,
+                  n_train=1000, eval_every=5000, checkpoint_every=1000, eval_depths=(1, 16, 64)),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; ``from_preset`` fills it, flags override fields."""
+
+    model: ReasonerConfig = field(default_factory=ReasonerConfig)
+    batch_size: int = 64  # global batch (split over DDP ranks)
+    lr: float = 1e-4
+    warmup_steps: int = 2000
+    weight_decay: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    steps: int = 1000
+    seed: int = 0
+    data: str | None = None  # a Sudoku-Extreme CSV; None = the built-in generator
+    difficulty: str = "mixed"  # generator difficulty for the training pool
+    n_train: int = 1000  # puzzles in the training pool (each seen under random symmetry augmentation)
+    n_eval: int = 200  # held-out puzzles
+    augment: bool = True
+    eval_every: int = 1000
+    eval_depths: tuple[int, ...] = (1, 16, 64)
+    checkpoint_every: int = 1000
+    optimizer: str = "adamw"
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "steps", "n_train", "n_eval", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0 or self.warmup_steps < 0 or self.weight_decay < 0 or not 0 <= self.ema_decay < 1:
+            raise ValueError("need lr > 0, warmup_steps >= 0, weight_decay >= 0 and 0 <= ema_decay < 1")
+        if self.optimizer not in ("adamw", "adam-atan2"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r} (adamw or adam-atan2)")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> TrainConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        preset = {k: v for k, v in PRESETS[name].items() if k != "model"}
+        model_fields = {f.name for f in dataclasses.fields(ReasonerConfig)}
+        model_over = {k: v for k, v in overrides.items() if k in model_fields}
+        train_over = {k: v for k, v in overrides.items() if k not in model_fields}
+        model = ReasonerConfig(**{**PRESETS[name]["model"], **model_over})
+        return cls(model=model, **{**preset, **train_over})
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["model"] = self.model.to_dict()
+        out["betas"] = list(self.betas)
+        out["eval_depths"] = list(self.eval_depths)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        values = dict(values)
+        values["model"] = ReasonerConfig.from_dict(values["model"])
+        values["betas"] = tuple(values["betas"])
+        values["eval_depths"] = tuple(values["eval_depths"])
+        return cls(**values)
+
+
+class TrainingError(AttractorlabError):
+    """Training stopped (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+def stablemax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token stable-max cross-entropy in float64: s(x) = x + 1 (x >= 0), 1 / (1 - x) (x < 0).
+
+    logits: [..., V]; labels: [...] int -> loss [...]."""
+    x = logits.double()
+    s = torch.where(x < 0, 1 / (1 - x + 1e-30), x + 1)
+    logp = torch.log(s / s.sum(-1, keepdim=True))
+    return -logp.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to ``lr``, then constant (the reference uses lr_min_ratio 1.0)."""
+    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+
+
+# --- data -----------------------------------------------------------------------------------------------------
+
+def load_data(cfg: TrainConfig) -> tuple[sudoku.PuzzleSet, sudoku.PuzzleSet]:
+    """Training pool and held-out split (disjoint)."""
+    if cfg.data is None:
+        train = sudoku.generate(cfg.n_train, seed=cfg.seed, difficulty=cfg.difficulty, progress=True)
+        held = sudoku.generate(cfg.n_eval, seed=cfg.seed + 1_000_003, difficulty=cfg.difficulty)
+        return train, held
+    puzzles = sudoku.load_csv(cfg.data)
+    if (puzzles.solution == 0).any():
+        raise ValueError(f"{cfg.data}: training needs solutions for every puzzle")
+    if len(puzzles) < cfg.n_eval + 1:
+        raise ValueError(f"{cfg.data} has {len(puzzles)} puzzles; need more than n_eval={cfg.n_eval}")
+    order = np.random.default_rng(cfg.seed).permutation(len(puzzles))
+    held = puzzles[order[:cfg.n_eval]]
+    train = puzzles[order[cfg.n_eval:cfg.n_eval + cfg.n_train]]
+    return train, held
+
+
+class PuzzleStream:
+    """Endless stream of training puzzles: uniform draws from the pool, each under a fresh random symmetry."""
+
+    def __init__(self, pool: sudoku.PuzzleSet, seed: int, augment: bool) -> None:
+        self.pool, self.augment = pool, augment
+        self.rng = np.random.default_rng(seed)
+
+    def draw(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """-> tokens [n, 81] uint8, labels [n, 81] (solution digits in token encoding)."""
+        idx = self.rng.integers(0, len(self.pool), size=n)
+        tokens, solution = self.pool.tokens[idx], self.pool.solution[idx]
+        if self.augment and n:
+            tokens, solution = sudoku.augment(tokens, solution, self.rng)
+        return tokens, solution + 1
+
+
+# --- distributed helpers --------------------------------------------------------------------------------------
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
+    """Read torchrun's environment; initialise NCCL (CUDA) or gloo (CPU) when WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist(), pick_device(device_name)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world, local), device
+
+
+def _gather(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.world == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(d.world)]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+# --- the trainer ----------------------------------------------------------------------------------------------
+
+class Trainer:
+    """Holds model, optimizer, EMA, carry and RNG; ``train_step`` is one segmented step."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, dist_info: Dist | None = None,
+                 pool: sudoku.PuzzleSet | None = None) -> None:
+        self.cfg, self.device, self.dist = cfg, device, dist_info or Dist()
+        if cfg.batch_size % self.dist.world:
+            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {self.dist.world} ranks")
+        torch.manual_seed(cfg.seed)
+        self.model = EquilibriumReasoner(cfg.model).to(device).train()
+        torch.manual_seed(cfg.seed * 7919 + 1 + self.dist.rank)  # in-module path noise: per rank
+        self.ddp = None
+        if self.dist.world > 1:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.optimizer = self._make_optimizer()
+        self.ema = {k: v.detach().clone() for k, v in self.model.named_parameters()}
+        self.step_count = 0
+        self.pool = pool
+        self.stream = PuzzleStream(pool, cfg.seed + 17, cfg.augment) if pool is not None else None
+        self.gen = torch.Generator(device=device).manual_seed(cfg.seed + 31)  # shared: init states, exploration
+        b = cfg.batch_size // self.dist.world
+        d = cfg.model.hidden_size
+        self.carry = LatentState(torch.zeros(b, 81, d, device=device), torch.zeros(b, 81, d, device=device))
+        self.tokens = torch.ones(b, 81, dtype=torch.long, device=device)
+        self.labels = torch.ones(b, 81, dtype=torch.long, device=device)
+        self.steps = torch.zeros(b, dtype=torch.int32, device=device)
+        self.halted = torch.ones(b, dtype=torch.bool, device=device)
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        params, cfg = self.model.parameters(), self.cfg
+        if cfg.optimizer == "adam-atan2":
+            try:
+                from adam_atan2 import AdamATan2
+            except ImportError as err:
+                raise ValueError("optimizer adam-atan2 needs the adam-atan2 package (pip install adam-atan2)") from err
+            return AdamATan2(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+    def _refill(self) -> None:
+        """Replace halted rows (decided globally, identically on every rank) by fresh puzzles and states."""
+        halted_all = _gather(self.halted, self.dist)
+        n_new = int(halted_all.sum())
+        if n_new == 0:
+            return
+        tokens, labels = self.stream.draw(n_new)
+        shape = (n_new, 81, self.cfg.model.hidden_size)
+        z_H = trunc_normal_(torch.empty(shape, device=self.device), self.cfg.model.H_init_std, self.gen)
+        z_L = trunc_normal_(torch.empty(shape, device=self.device), self.cfg.model.L_init_std, self.gen)
+        b = self.halted.numel()
+        lo = self.dist.rank * b
+        slot = torch.cumsum(halted_all.long(), 0) - 1  # which new puzzle each halted global row takes
+        mine = self.halted.nonzero().flatten()
+        take = slot[lo + mine].cpu()
+        self.tokens[mine] = torch.as_tensor(tokens[take.numpy()], dtype=torch.long, device=self.device)
+        self.labels[mine] = torch.as_tensor(labels[take.numpy()], dtype=torch.long, device=self.device)
+        self.carry.z_H[mine] = z_H[take.to(self.device)]
+        self.carry.z_L[mine] = z_L[take.to(self.device)]
+        self.steps[mine] = 0
+
+    def train_step(self) -> dict[str, float]:
+        """One segmented step; returns metrics averaged over the global batch."""
+        cfg, mc = self.cfg, self.cfg.model
+        self._refill()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step_count, cfg)
+        net = self.ddp or self.model
+        with autocast(self.device):
+            state = self._forward(net)
+            logits, q = self.model.readout(state)
+        loss_tok = stablemax_cross_entropy(logits, self.labels)  # [b, 81]
+        solved = (logits.argmax(-1) == self.labels).all(-1)
+        q_loss = F.binary_cross_entropy_with_logits(q, solved.float(), reduction="none")
+        local = loss_tok.mean(-1).sum() + 0.5 * q_loss.sum().double()
+        loss = local / self.halted.numel()
+        stats = torch.stack([loss_tok.mean(-1).sum().detach(), q_loss.sum().detach().double(),
+                             solved.sum().double(), (logits.argmax(-1) == self.labels).float().mean(-1).sum().double()])
+        stats = _reduce_sum(stats, self.dist) / self.cfg.batch_size
+        if not torch.isfinite(stats[:2]).all():
+            raise TrainingError(f"non-finite loss at step {self.step_count} (lm {stats[0].item():.4g}, "
+                                f"halt {stats[1].item():.4g}); the last good checkpoint is kept")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.float().backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        with torch.no_grad():
+            for name, p in self.model.named_parameters():
+                self.ema[name].lerp_(p.detach(), 1 - cfg.ema_decay)
+            self.carry = state.detach()
+            self.steps += 1
+            halted = self.steps >= mc.halt_max_steps
+            if mc.halt_max_steps > 1:
+                b_all = self.cfg.batch_size
+                explore = torch.rand(b_all, generator=self.gen, device=self.device) < mc.halt_exploration_prob
+                min_steps = explore * torch.randint(2, mc.halt_max_steps + 1, (b_all,), generator=self.gen,
+                                                    device=self.device)
+                lo = self.dist.rank * self.halted.numel()
+                min_steps = min_steps[lo:lo + self.halted.numel()]
+                halted = (halted | (q.detach() > 0)) & (self.steps >= min_steps)
+            self.halted = halted
+        self.step_count += 1
+        return {"lm_loss": stats[0].item(), "halt_loss": stats[1].item(), "exact": stats[2].item(),
+                "cell_acc": stats[3].item()}
+
+    def _forward(self, net: torch.nn.Module) -> LatentState:
+        if self.ddp is None:
+            return self.model.step(self.carry, self.tokens)
+        return net(self.carry, self.tokens)
+
+    def ema_model(self) -> EquilibriumReasoner:
+        model = EquilibriumReasoner(self.cfg.model).to(self.device)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(self.ema[name])
+        return model.eval()
+
+    # --- checkpoints ---------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue bit-for-bit (global carry gathered from all ranks)."""
+        return {
+            "config": self.cfg.to_dict(),
+            "step": self.step_count,
+            "params": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "ema": {k: v.cpu() for k, v in self.ema.items()},
+            "stream_rng": _np_state(self.stream.rng) if self.stream is not None else {},
+            "gen": self.gen.get_state(),
+            "torch_rng": _gather(torch.get_rng_state()[None], self.dist).cpu() if self.device.type == "cpu"
+            else torch.get_rng_state()[None],
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.zeros(0),
+            "carry": {"z_H": _gather(self.carry.z_H, self.dist).cpu(), "z_L": _gather(self.carry.z_L, self.dist).cpu(),
+                      "tokens": _gather(self.tokens, self.dist).cpu(), "labels": _gather(self.labels, self.dist).cpu(),
+                      "steps": _gather(self.steps, self.dist).cpu(), "halted": _gather(self.halted, self.dist).cpu()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["params"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ema = {k: v.to(self.device) for k, v in state["ema"].items()}
+        self.step_count = int(state["step"])
+        if self.stream is not None:
+            self.stream.rng.bit_generator.state = _np_state_from(state["stream_rng"])
+        self.gen.set_state(state["gen"])
+        rng = state["torch_rng"]
+        torch.set_rng_state(rng[self.dist.rank] if rng.shape[0] > self.dist.rank else rng[0])
+        if self.device.type == "cuda" and state["cuda_rng"].numel():
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        b = self.halted.numel()
+        sl = slice(self.dist.rank * b, (self.dist.rank + 1) * b)
+        c = state["carry"]
+        self.carry = LatentState(c["z_H"][sl].to(self.device), c["z_L"][sl].to(self.device))
+        self.tokens, self.labels = c["tokens"][sl].to(self.device), c["labels"][sl].to(self.device)
+        self.steps, self.halted = c["steps"][sl].to(self.device), c["halted"][sl].to(self.device)
+
+    def save(self, path: str | os.PathLike, meta: dict | None = None) -> None:
+        """Atomic checkpoint: EMA weights as the model (what users load) + the full training state."""
+        train_state = self.state_dict()
+        if self.dist.main:
+            checkpoint.save(self.ema_model(), path, meta=meta, train_state=train_state)
+        if self.dist.world > 1:
+            dist.barrier()
+
+
+def _reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.world > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def _np_state(rng: np.random.Generator) -> dict:
+    st = rng.bit_generator.state
+    return {"bit_generator": st["bit_generator"], "state": str(st["state"]["state"]), "inc": str(st["state"]["inc"]),
+            "has_uint32": st["has_uint32"], "uinteger": st["uinteger"]}
+
+
+def _np_state_from(d: dict) -> dict:
+    return {"bit_generator": d["bit_generator"], "state": {"state": int(d["state"]), "inc": int(d["inc"])},
+            "has_uint32": d["has_uint32"], "uinteger": d["uinteger"]}
+
+
+def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", resume: bool = False,
+          steps: int | None = None, progress: bool = True) -> dict:
+    """Run (or resume) training, checkpointing atomically to ``out``; returns the final metrics.
+
+    On resume the configuration stored in ``out`` is used; ``steps`` may extend the run.
+    """
+    from tqdm import tqdm
+
+    dist_info, dev = init_distributed(device)
+    out = Path(out)
+    payload = None
+    if resume:
+        payload = checkpoint.read(out)
+        if "train_state" not in payload:
+            raise ValueError(f"{out} holds no training state to resume from")
+        cfg = TrainConfig.from_dict(payload["train_state"]["config"])
+    if steps is not None:
+        cfg = dataclasses.replace(cfg, steps=steps)
+    pool, held = load_data(cfg)
+    trainer = Trainer(cfg, dev, dist_info, pool)
+    if payload is not None:
+        trainer.load_state_dict(payload["train_state"])
+    held_tok = torch.as_tensor(held.tokens, dtype=torch.long)
+    held_sol = torch.as_tensor(held.solution)
+    meta = {"train_command": os.environ.get("ATTRACTORLAB_COMMAND", ""),
+            "data": cfg.data or f"generated:{cfg.difficulty}", "n_train": cfg.n_train}
+    bar = tqdm(total=cfg.steps, initial=trainer.step_count, disable=not (progress and dist_info.main),
+               dynamic_ncols=True, unit="step")
+    metrics: dict = {}
+    evals: dict = dict(payload["meta"].get("evals", {})) if payload else {}
+    t0, start_step = time.time(), trainer.step_count
+    while trainer.step_count < cfg.steps:
+        metrics = trainer.train_step()
+        step = trainer.step_count
+        rate = (step - start_step) * cfg.batch_size / max(time.time() - t0, 1e-9)
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['lm_loss']:.3f}", cell=f"{metrics['cell_acc']:.3f}",
+                        exact=f"{metrics['exact']:.3f}", pz_s=f"{rate:.0f}")
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            acc = accuracy_at_depths(trainer.ema_model(), held_tok, held_sol, list(cfg.eval_depths), seed=cfg.seed)
+            evals[str(step)] = {str(k): v for k, v in acc.items()}
+            if dist_info.main:
+                bar.write(f"step {step}: held-out exact accuracy " +
+                          ", ".join(f"D{k}={v:.3f}" for k, v in acc.items()))
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            elapsed = float(payload["meta"].get("train_seconds", 0.0)) if payload else 0.0
+            trainer.save(out, meta={**meta, "evals": evals, "step": step,
+                                    "train_seconds": elapsed + time.time() - t0})
+    bar.close()
+    return {"metrics": metrics, "evals": evals, "step": trainer.step_count}

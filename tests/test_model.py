@@ -1,0 +1,202 @@
+"""The model: shapes, determinism, gradient path, and equality with the reference layout and numerics."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attractorlab.checkpoint import CheckpointError, load_reference
+from attractorlab.model import EquilibriumReasoner, LatentState, ReasonerConfig, swiglu_width
+
+
+def tiny_config(**kw) -> ReasonerConfig:
+    base = dict(hidden_size=32, num_heads=4, expansion=2.0, L_layers=2, H_cycles=2, L_cycles=2, noise_scale=0.01)
+    return ReasonerConfig(**{**base, **kw})
+
+
+def tokens(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(1, 11, (n, 81), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("mlp_t,pos", [(True, "rope"), (False, "rope"), (False, "rope2d"), (False, "none")])
+def test_shapes_and_readout(mlp_t, pos):
+    model = EquilibriumReasoner(tiny_config(mlp_t=mlp_t, pos_encodings=pos)).eval()
+    tok = tokens(3)
+    state = model.init_state(tok, generator=torch.Generator().manual_seed(0))
+    assert state.z_H.shape == state.z_L.shape == (3, 81, 32)
+    new = model.step(state, tok)
+    logits, q = model.readout(new)
+    assert logits.shape == (3, 81, 11) and q.shape == (3,)
+    assert torch.isfinite(logits).all()
+    # q_head starts at zero weight and bias -5
+    assert torch.allclose(q, torch.full((3,), -5.0))
+
+
+def test_noise_off_is_a_deterministic_map_and_noise_on_is_seeded():
+    model = EquilibriumReasoner(tiny_config()).eval()
+    tok = tokens(2)
+    s0 = model.init_state(tok, generator=torch.Generator().manual_seed(1))
+    a = model.step(s0, tok, noise=False)
+    b = model.step(s0, tok, noise=False)
+    assert torch.equal(a.z_H, b.z_H) and torch.equal(a.z_L, b.z_L)
+    n1 = model.step(s0, tok, generator=torch.Generator().manual_seed(5))
+    n2 = model.step(s0, tok, generator=torch.Generator().manual_seed(5))
+    n3 = model.step(s0, tok, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(n1.z_H, n2.z_H)
+    assert not torch.equal(n1.z_H, n3.z_H)
+    assert not torch.equal(n1.z_H, a.z_H)
+
+
+def test_init_state_is_truncated_normal():
+    model = EquilibriumReasoner(tiny_config(hidden_size=64)).eval()
+    s = model.init_state(tokens(64), generator=torch.Generator().manual_seed(0))
+    z = s.z_H.flatten()
+    assert abs(z.std().item() - 1.0) < 0.02
+    assert z.abs().max().item() <= 2.0 * 1.14  # cut at 2 std of the underlying normal (compensated)
+
+
+def test_gradient_flows_only_through_last_h_cycle():
+    model = EquilibriumReasoner(tiny_config(H_cycles=2, noise_scale=0.0))
+    tok = tokens(2)
+    z_H = torch.randn(2, 81, 32, requires_grad=True)
+    z_L = torch.randn(2, 81, 32, requires_grad=True)
+    model.train()
+    out = model.step(LatentState(z_H, z_L), tok)
+    out.z_H.sum().backward()
+    assert z_H.grad is None and z_L.grad is None  # the first cycle ran without gradients
+    assert model.layers[0].mlp.down_proj.weight.grad is not None
+    model.eval()
+    out = model.step(LatentState(z_H, z_L), tok)
+    out.z_H.sum().backward()
+    assert z_H.grad is not None and z_H.grad.abs().sum() > 0  # eval: full graph, needed for Jacobians
+
+
+def test_as_map_is_the_flat_step():
+    model = EquilibriumReasoner(tiny_config()).eval()
+    tok = tokens(1)
+    f = model.as_map(tok)
+    s = model.init_state(tokens(3), generator=torch.Generator().manual_seed(2))
+    z = s.flatten()
+    expected = model.step(s, tok.expand(3, -1), noise=False).flatten()
+    assert z.shape == (3, 2 * 81 * 32)
+    assert torch.allclose(f(z), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(hidden_size=0), "hidden_size"), (dict(lambda_=0.0), "lambda_"), (dict(lambda_=1.5), "lambda_"),
+    (dict(noise_scale=-1.0), "noise_scale"), (dict(pos_encodings="alibi"), "pos_encodings"),
+    (dict(mlp_t=False, hidden_size=30, num_heads=4), "divisible"), (dict(H_cycles=2.5), "H_cycles"),
+])
+def test_bad_config_values(kw, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_config(**kw)
+
+
+def test_swiglu_width_matches_reference_rule():
+    assert swiglu_width(512, 4) == 1536  # round(4 * 512 * 2/3) = 1365 -> 1536
+    assert swiglu_width(81, 4) == 256
+
+
+# --- an independent, functional oracle of the reference forward pass -------------------------------------------
+
+def _rms(x, eps=1e-5):
+    return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+
+
+def _swiglu(sd, prefix, x):
+    gate, up = F.linear(x, sd[prefix + "gate_up_proj.weight"]).chunk(2, dim=-1)
+    return F.linear(F.silu(gate) * up, sd[prefix + "down_proj.weight"])
+
+
+def _attention(sd, prefix, x, heads):
+    b, n, d = x.shape
+    hd = d // heads
+    qkv = F.linear(x, sd[prefix + "qkv_proj.weight"]).view(b, n, 3 * heads, hd)
+    q, k, v = qkv[:, :, :heads], qkv[:, :, heads:2 * heads], qkv[:, :, 2 * heads:]
+    inv = 1.0 / 10000 ** (torch.arange(0, hd, 2).float() / hd)
+    ang = torch.outer(torch.arange(n).float(), inv)
+    cos, sin = torch.cat([ang, ang], -1).cos()[:, None], torch.cat([ang, ang], -1).sin()[:, None]
+
+    def rot(t):
+        return t * cos + torch.cat([-t[..., hd // 2:], t[..., :hd // 2]], -1) * sin
+
+    q, k = rot(q), rot(k)
+    att = torch.softmax(torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(hd), -1)
+    y = torch.einsum("bhqk,bkhd->bqhd", att, v).reshape(b, n, d)
+    return F.linear(y, sd[prefix + "o_proj.weight"])
+
+
+def _reference_step(sd, z_H, z_L, inputs, *, mlp_t, heads, H, L, lam, n_layers):
+    p = "model.inner."
+    x = math.sqrt(z_H.shape[-1]) * sd[p + "embed_tokens.embedding_weight"][inputs]
+
+    def module(z, inj):
+        h = z + inj
+        for i in range(n_layers):
+            lp = f"{p}L_level.layers.{i}."
+            if mlp_t:
+                ht = h.transpose(1, 2)
+                h = _rms(ht + _swiglu(sd, lp + "mlp_t.", ht)).transpose(1, 2)
+            else:
+                h = _rms(h + _attention(sd, lp + "self_attn.", h, heads))
+            h = _rms(h + _swiglu(sd, lp + "mlp.", h))
+        return (1 - lam) * z + lam * h
+
+    for _ in range(H):
+        for _ in range(L):
+            z_L = module(z_L, z_H + x)
+        z_H = module(z_H, z_L)
+    logits = F.linear(z_H, sd[p + "lm_head.weight"])
+    q = F.linear(z_H[:, 0], sd[p + "q_head.weight"], sd[p + "q_head.bias"])[..., 0]
+    return z_H, z_L, logits, q
+
+
+def _reference_state_dict(d, mlp_t, n_layers, gen):
+    inner = swiglu_width(d, 4.0)
+    sd = {"model.inner.embed_tokens.embedding_weight": torch.randn(11, d, generator=gen) / math.sqrt(d),
+          "model.inner.lm_head.weight": torch.randn(11, d, generator=gen) / math.sqrt(d),
+          "model.inner.q_head.weight": torch.randn(2, d, generator=gen) / math.sqrt(d),
+          "model.inner.q_head.bias": torch.randn(2, generator=gen)}
+    for i in range(n_layers):
+        lp = f"model.inner.L_level.layers.{i}."
+        if mlp_t:
+            t_inner = swiglu_width(81, 4.0)
+            sd[lp + "mlp_t.gate_up_proj.weight"] = torch.randn(2 * t_inner, 81, generator=gen) / 9
+            sd[lp + "mlp_t.down_proj.weight"] = torch.randn(81, t_inner, generator=gen) / math.sqrt(t_inner)
+        else:
+            sd[lp + "self_attn.qkv_proj.weight"] = torch.randn(3 * d, d, generator=gen) / math.sqrt(d)
+            sd[lp + "self_attn.o_proj.weight"] = torch.randn(d, d, generator=gen) / math.sqrt(d)
+        sd[lp + "mlp.gate_up_proj.weight"] = torch.randn(2 * inner, d, generator=gen) / math.sqrt(d)
+        sd[lp + "mlp.down_proj.weight"] = torch.randn(d, inner, generator=gen) / math.sqrt(inner)
+    return {("_orig_mod." + k if i % 2 else k): v for i, (k, v) in enumerate(sd.items())}
+
+
+@pytest.mark.parametrize("mlp_t", [True, False])
+def test_load_reference_reproduces_reference_outputs(mlp_t):
+    gen = torch.Generator().manual_seed(0)
+    d, heads, n_layers = 32, 4, 2
+    sd = _reference_state_dict(d, mlp_t, n_layers, gen)
+    model = load_reference(sd, num_heads=heads, H_cycles=2, L_cycles=3, lambda_=0.9, noise_scale=0.0, expansion=4.0)
+    assert model.config.hidden_size == d and model.config.L_layers == n_layers and model.config.mlp_t == mlp_t
+    inputs = torch.randint(1, 11, (3, 81), generator=gen)
+    z_H, z_L = torch.randn(3, 81, d, generator=gen), torch.randn(3, 81, d, generator=gen)
+    clean = {k.replace("_orig_mod.", ""): v for k, v in sd.items()}
+    ref = _reference_step(clean, z_H, z_L, inputs, mlp_t=mlp_t, heads=heads, H=2, L=3, lam=0.9, n_layers=n_layers)
+    with torch.no_grad():
+        out = model.step(LatentState(z_H, z_L), inputs)
+        logits, q = model.readout(out)
+    for got, want in zip((out.z_H, out.z_L, logits, q), ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)  # float32 rounding
+
+
+def test_load_reference_errors():
+    with pytest.raises(CheckpointError, match="no reference EqR weights"):
+        load_reference({"foo": torch.zeros(1)})
+    sd = _reference_state_dict(32, True, 1, torch.Generator().manual_seed(0))
+    with pytest.raises(CheckpointError, match="expansion"):
+        load_reference(sd, expansion=8.0)
+    with pytest.raises(CheckpointError, match="hidden_size"):
+        load_reference(sd, hidden_size=64)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_reference("/nonexistent/ref.pt")

@@ -1,0 +1,137 @@
+"""Training: the loss goes down, resume is bit-for-bit, DDP (2 gloo processes) equals one process."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from attractorlab import checkpoint, sudoku, train
+from attractorlab.cli import main
+
+TINY = dict(hidden_size=32, expansion=2.0, H_cycles=2, L_cycles=2, halt_max_steps=4, batch_size=8, lr=3e-3,
+            warmup_steps=2, weight_decay=0.0, ema_decay=0.9, n_train=24, n_eval=4, eval_every=1000,
+            checkpoint_every=1000, eval_depths=(1, 2), seed=3)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return sudoku.generate(24, seed=11, difficulty="singles")
+
+
+def make_trainer(pool, **kw):
+    cfg = train.TrainConfig.from_preset("tiny", **{**TINY, **kw})
+    return train.Trainer(cfg, torch.device("cpu"), pool=pool)
+
+
+def test_stablemax_cross_entropy_matches_definition():
+    logits = torch.tensor([[2.0, -1.0, 0.0]])
+    s = torch.tensor([3.0, 0.5, 1.0], dtype=torch.float64)
+    expected = -torch.log(s[0] / s.sum())
+    got = train.stablemax_cross_entropy(logits, torch.tensor([0]))
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got[0], expected)
+
+
+def test_training_lowers_loss_on_a_fixed_batch(pool):
+    trainer = make_trainer(pool[:1], halt_max_steps=1, augment=False, lr=1e-2, halt_exploration_prob=0.0)
+    losses = [trainer.train_step()["lm_loss"] for _ in range(25)]
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3])
+
+
+def test_resume_is_bit_for_bit(pool, tmp_path):
+    straight = make_trainer(pool)
+    for _ in range(6):
+        straight.train_step()
+    first = make_trainer(pool)
+    for _ in range(3):
+        first.train_step()
+    first.save(tmp_path / "ck.pt")
+    second = make_trainer(pool, seed=99)  # a different seed: everything must come from the checkpoint
+    second.cfg = first.cfg
+    second.load_state_dict(checkpoint.read(tmp_path / "ck.pt")["train_state"])
+    for _ in range(3):
+        second.train_step()
+    for name, p in straight.model.named_parameters():
+        assert torch.equal(p, second.model.state_dict()[name]), name
+    for name, v in straight.ema.items():
+        assert torch.equal(v, second.ema[name]), name
+
+
+def test_non_finite_loss_stops_with_clear_error(pool):
+    trainer = make_trainer(pool)
+    with torch.no_grad():
+        trainer.model.lm_head.weight.fill_(float("nan"))
+    with pytest.raises(train.TrainingError, match="non-finite loss"):
+        trainer.train_step()
+
+
+def test_non_finite_loss_keeps_last_checkpoint(pool, tmp_path, monkeypatch):
+    cfg = train.TrainConfig.from_preset("tiny", **{**TINY, "checkpoint_every": 2, "steps": 10})
+    real = train.stablemax_cross_entropy
+    calls = {"n": 0}
+
+    def flaky(logits, labels):
+        calls["n"] += 1
+        out = real(logits, labels)
+        return out * float("nan") if calls["n"] > 3 else out
+
+    monkeypatch.setattr(train, "stablemax_cross_entropy", flaky)
+    monkeypatch.setattr(train, "load_data", lambda c: (pool, pool[:4]))
+    out = tmp_path / "run.pt"
+    with pytest.raises(train.TrainingError):
+        train.train(cfg, out, device="cpu", progress=False)
+    assert checkpoint.read(out)["train_state"]["step"] == 2
+
+
+def test_bad_training_config():
+    with pytest.raises(ValueError, match="unknown preset"):
+        train.TrainConfig.from_preset("huge")
+    with pytest.raises(ValueError, match="batch_size"):
+        train.TrainConfig.from_preset("tiny", batch_size=0)
+    with pytest.raises(ValueError, match="hidden_size"):
+        train.TrainConfig.from_preset("tiny", hidden_size=-3)
+
+
+CLI_FLAGS = ["--hidden-size", "32", "--expansion", "2", "--H-cycles", "2", "--L-cycles", "2", "--halt-max-steps", "4",
+             "--batch-size", "8", "--n-train", "24", "--n-eval", "4", "--eval-depths", "1,2", "--noise-scale", "0",
+             "--seed", "5", "--device", "cpu", "--no-progress", "--difficulty", "singles"]
+
+
+def test_cli_train_and_resume_equal_straight_run(tmp_path, capsys):
+    straight, resumed = tmp_path / "a.pt", tmp_path / "b.pt"
+    assert main(["train", "--preset", "tiny", "--steps", "6", "--out", str(straight), *CLI_FLAGS]) == 0
+    assert "held-out exact accuracy" in capsys.readouterr().out
+    assert main(["train", "--preset", "tiny", "--steps", "3", "--checkpoint-every", "3", "--out", str(resumed),
+                 *CLI_FLAGS]) == 0
+    assert main(["train", "--resume", "--steps", "6", "--out", str(resumed), "--no-progress"]) == 0
+    a, b = checkpoint.read(straight), checkpoint.read(resumed)
+    for k, v in a["train_state"]["params"].items():
+        assert torch.equal(v, b["train_state"]["params"][k]), k
+    assert b["meta"]["step"] == 6
+
+
+def test_cli_train_errors(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "none.csv"), "--out", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "none.csv" in err and "Traceback" not in err
+    assert main(["train", "--resume", "--out", str(tmp_path / "missing.pt")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_ddp_two_gloo_processes_match_one_process(tmp_path):
+    single, multi = tmp_path / "single.pt", tmp_path / "ddp.pt"
+    args = ["train", "--preset", "tiny", "--steps", "3", *CLI_FLAGS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "attractorlab", *args, "--out", str(single)], check=True, env=env,
+                   capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", "29517", "-m", "attractorlab", *args, "--out", str(multi)],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a, b = checkpoint.read(single)["train_state"], checkpoint.read(multi)["train_state"]
+    for k, v in a["params"].items():
+        torch.testing.assert_close(b["params"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+    assert torch.equal(a["carry"]["tokens"], b["carry"]["tokens"])
