@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import sys
@@ -103,9 +104,139 @@ def run_import_eqr(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_CHECKPOINT = "checkpoints/sudoku-small.pt"
+
+
+def add_solve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", nargs="?", default=DEFAULT_CHECKPOINT,
+                   help=f"model checkpoint (default: the shipped {DEFAULT_CHECKPOINT})")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--data", help="puzzles: Sudoku-Extreme CSV (.csv/.csv.gz) or one puzzle per line")
+    src.add_argument("--generate", type=int, metavar="N", help="generate N puzzles with the built-in generator "
+                     "(default: 200 of mixed difficulty)")
+    p.add_argument("--difficulty", default="mixed", choices=["mixed", "singles", "search"],
+                   help="difficulty of generated puzzles")
+    p.add_argument("--limit", type=int, help="use only the first N puzzles of --data")
+    p.add_argument("--depth", type=int, default=64, help="maximum outer steps per restart (x42 layers in the paper)")
+    p.add_argument("--breadth", type=int, default=1, help="independent random restarts per puzzle")
+    p.add_argument("--halt", default="never", choices=["never", "q", "converge"],
+                   help="stop a restart by the learned halting logit (q > 0), by convergence, or never")
+    p.add_argument("--tol", type=float, default=1e-3, help="relative residual below which a step counts as converged")
+    p.add_argument("--patience", type=int, default=2, help="consecutive converged steps before halting")
+    p.add_argument("--select", default="convergence", choices=["convergence", "majority"],
+                   help="how to choose among restarts without a verifier")
+    p.add_argument("--no-noise", dest="noise", action="store_false", help="turn the path noise off at test time")
+    p.add_argument("--batch-size", type=int, default=64, help="puzzles per batch (rows = batch x breadth)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (initial states, noise, generated puzzles)")
+    p.add_argument("--out", default="trajectories/run.h5", help="run file to write (HDF5, schema 1)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run file")
+    p.add_argument("--states", default="none", choices=["none", "final", "all"], help="latent states to record")
+    p.add_argument("--state-stride", type=int, default=1, help="with --states all: keep every K-th outer step")
+    p.add_argument("--state-dtype", default="float16", choices=["float16", "float32"], help="stored state precision")
+    p.add_argument("--project", type=int, default=0, metavar="K",
+                   help="store states projected on a fixed random orthonormal basis of K dims (0 = full states)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def load_puzzles(args: argparse.Namespace):
+    from attractorlab import sudoku
+
+    if args.data:
+        puzzles = sudoku.load_csv(args.data)
+        if args.limit is not None:
+            if args.limit < 1:
+                raise ValueError(f"--limit must be >= 1, got {args.limit}")
+            puzzles = puzzles[:args.limit]
+        return puzzles
+    n = 200 if args.generate is None else args.generate
+    if n < 1:
+        raise ValueError(f"--generate must be >= 1, got {n}")
+    return sudoku.generate(n, seed=args.seed, difficulty=args.difficulty, progress=args.progress)
+
+
+def run_solve(args: argparse.Namespace) -> int:
+    import json
+
+    from attractorlab import checkpoint, recording, rollout
+    from attractorlab.train import init_distributed
+
+    cfg = rollout.RolloutConfig(depth=args.depth, breadth=args.breadth, halt=args.halt, tol=args.tol,
+                                patience=args.patience, select=args.select, noise=args.noise, seed=args.seed)
+    if args.state_stride < 1 or args.project < 0:
+        raise ValueError("--state-stride must be >= 1 and --project >= 0")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    if os.path.exists(args.out) and not (args.resume or args.overwrite):
+        raise ValueError(f"{args.out} exists: pass --resume to continue it or --overwrite to replace it")
+    dist_info, device = init_distributed(args.device)
+    model = checkpoint.load(args.checkpoint, device)
+    puzzles = load_puzzles(args)
+    d = model.config
+    shape = (args.project,) if args.project else (2, d.seq_len, d.hidden_size)
+    spec = recording.StateSpec(mode=args.states, stride=args.state_stride, dtype=args.state_dtype,
+                               shape=shape if args.states != "none" else ())
+    size = recording.estimate_size(len(puzzles), args.breadth, args.depth, spec)
+    recording.check_disk_space(args.out, size)
+    if dist_info.main:
+        print(f"{len(puzzles)} puzzles x {args.breadth} restarts x {args.depth} steps -> {args.out} "
+              f"(at most {size / 2**20:.1f} MiB)")
+    config = {"model": d.to_dict(), "rollout": dataclasses.asdict(cfg),
+              "states": {"mode": args.states, "stride": args.state_stride, "dtype": args.state_dtype,
+                         "project": args.project},
+              "data": args.data or f"generated:{args.difficulty}:{len(puzzles)}:seed{args.seed}"}
+    attrs = {"config_json": json.dumps(config, sort_keys=True), "checkpoint_path": os.path.abspath(args.checkpoint),
+             "checkpoint_sha256": checkpoint.file_sha256(args.checkpoint)}
+    out = args.out if dist_info.world == 1 else recording.shard_path(args.out, dist_info.rank, dist_info.world)
+    existed = os.path.exists(out)
+    try:
+        summary = rollout.solve(model, puzzles, cfg, out, batch_size=args.batch_size, states=args.states,
+                                state_stride=args.state_stride, state_dtype=args.state_dtype, project=args.project,
+                                resume=args.resume, overwrite=args.overwrite, attrs=attrs,
+                                progress=args.progress and dist_info.main, rank=dist_info.rank,
+                                world=dist_info.world)
+    except BaseException:
+        _remove_if_empty(out, existed)
+        raise
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        if dist_info.main:
+            shards = [recording.shard_path(args.out, r, dist_info.world) for r in range(dist_info.world)]
+            recording.merge_shards(shards, args.out, virtual=True)
+            with recording.open_run(args.out) as run:
+                p, r = run.puzzles, run.rollout
+                summary = rollout.summarize(p.solution, p.rating, p.source, r.correct, r.steps, r.selected,
+                                            r.selected_majority)
+        dist.barrier()
+    if dist_info.main:
+        print(summary.table())
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _remove_if_empty(path: str, existed: bool) -> None:
+    """After a failed start, remove a run file this call created that holds no finished batch."""
+    from attractorlab import recording
+
+    if existed or not os.path.exists(path):
+        return
+    try:
+        with recording.open_run(path) as run:
+            empty = run.n == 0
+    except ValueError:
+        empty = True
+    if empty:
+        os.remove(path)
+
+
 COMMANDS = {
     "train": ("train a reasoner (segmented online training; CPU, CUDA, torchrun for many GPUs)", add_train,
               run_train),
+    "solve": ("roll out a checkpoint on puzzles with test-time scaling and record the run to HDF5", add_solve,
+              run_solve),
     "import-eqr": ("convert a reference EqR checkpoint into an attractorlab checkpoint", add_import_eqr,
                    run_import_eqr),
 }

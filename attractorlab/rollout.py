@@ -8,12 +8,14 @@ is kept and only per-step scalars (plus optional state snapshots) are stored.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from attractorlab import sudoku
 from attractorlab.model import EquilibriumReasoner, LatentState, autocast
 from attractorlab.sudoku import is_valid_solution
 
@@ -140,6 +142,8 @@ def rollout(model: EquilibriumReasoner, tokens: torch.Tensor, solution: torch.Te
     steps = torch.full((rows,), T, dtype=torch.int32, device=device)
     snapshots: list[torch.Tensor] = []
     snap_steps: list[int] = []
+    snap_at = [0, *range(state_stride, T + 1, state_stride)] + ([T] if T % state_stride else [])
+    snap_set = set(snap_at)
 
     with torch.inference_mode(), autocast(device):
         state = model.init_state(tok, generator=gen)
@@ -176,7 +180,7 @@ def rollout(model: EquilibriumReasoner, tokens: torch.Tensor, solution: torch.Te
                 done = torch.zeros_like(q, dtype=torch.bool)
             if t == T - 1:
                 done = torch.ones_like(done)
-            if states == "all" and ((t + 1) % state_stride == 0 or t == T - 1):
+            if states == "all" and (t + 1) in snap_set:
                 current[active.cpu()] = state_fn(state).float().cpu()
                 snapshots.append(current.clone())
                 snap_steps.append(t + 1)
@@ -191,6 +195,10 @@ def rollout(model: EquilibriumReasoner, tokens: torch.Tensor, solution: torch.Te
             if active.numel() == 0:
                 break
 
+    if states == "all":  # every row halted early: the remaining snapshots repeat the frozen states
+        for step in snap_at[len(snapshots):]:
+            snapshots.append(current.clone())
+            snap_steps.append(step)
     # Freeze each row after its halting step: entries past it repeat the last computed one.
     last = torch.minimum(torch.arange(T, device=device)[None, :], (steps - 1).long()[:, None])  # [rows, T]
     residual, logit_change, halt_logit = (a.gather(1, last) for a in (residual, logit_change, halt_logit))
@@ -239,3 +247,156 @@ def accuracy_at_depths(model: EquilibriumReasoner, tokens: torch.Tensor, solutio
         res = rollout(model, tokens[start:start + batch_size], solution[start:start + batch_size], cfg)
         hits += np.array([res.correct[:, 0, d - 1].sum() for d in depths])
     return {d: float(h / tokens.shape[0]) for d, h in zip(depths, hits, strict=True)}
+
+
+# --- solving a puzzle collection into a run file --------------------------------------------------------------
+
+@dataclass
+class SolveSummary:
+    """Headline numbers of a solve run (over all puzzles with a known solution)."""
+
+    n: int
+    accuracy: float  # selected restart
+    majority_accuracy: float
+    pass_at_b: float  # oracle over restarts
+    mean_steps: float
+    median_steps: float
+    by_band: dict[str, tuple[int, float]]  # band -> (count, accuracy)
+    by_source: dict[str, tuple[int, float]]
+    seconds: float = 0.0
+    compute_steps: int = 0
+
+    def table(self) -> str:
+        lines = [f"puzzles            {self.n}",
+                 f"accuracy (select)  {self.accuracy:.4f}",
+                 f"accuracy (vote)    {self.majority_accuracy:.4f}",
+                 f"pass@B (oracle)    {self.pass_at_b:.4f}",
+                 f"steps mean/median  {self.mean_steps:.1f} / {self.median_steps:.0f}"]
+        if self.seconds:
+            lines.append(f"time               {self.seconds:.1f} s ({self.compute_steps / self.seconds:.0f} "
+                         "puzzle-steps/s)")
+        for title, table in (("band", self.by_band), ("source", self.by_source)):
+            for key, (count, acc) in table.items():
+                lines.append(f"{title} {key:<24} {count:>6}  {acc:.4f}")
+        return "\n".join(lines)
+
+
+def summarize(solution: np.ndarray, rating: np.ndarray, source: np.ndarray, correct: np.ndarray,
+              steps: np.ndarray, selected: np.ndarray, selected_majority: np.ndarray) -> SolveSummary:
+    """Summary from run-file arrays: ``correct [N, B, T]``, ``steps [N, B]``, ``selected [N]`` ..."""
+    n = len(selected)
+    known = (solution > 0).all(axis=1)
+    final = correct[:, :, -1]
+    rows = np.arange(n)
+    sel = final[rows, selected]
+    maj = final[rows, selected_majority]
+
+    def mean(x: np.ndarray, mask: np.ndarray) -> float:
+        return float(x[mask].mean()) if mask.any() else float("nan")
+
+    bands = sudoku.difficulty_band(rating)
+    by_band = {b: (int(((bands == b) & known).sum()), mean(sel, (bands == b) & known)) for b in np.unique(bands)}
+    by_source = {str(s): (int(((source == s) & known).sum()), mean(sel, (source == s) & known))
+                 for s in np.unique(source)}
+    used = steps[rows, selected]
+    return SolveSummary(n=n, accuracy=mean(sel, known), majority_accuracy=mean(maj, known),
+                        pass_at_b=mean(final.any(axis=1), known), mean_steps=float(used.mean()) if n else 0.0,
+                        median_steps=float(np.median(used)) if n else 0.0, by_band=by_band, by_source=by_source)
+
+
+def random_projection(full_dim: int, k: int, seed: int) -> np.ndarray:
+    """A fixed Gaussian basis ``[full_dim, k]`` with orthonormal columns (stored with the run)."""
+    if not 1 <= k <= full_dim:
+        raise ValueError(f"projection dimension must be in [1, {full_dim}], got {k}")
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(full_dim, k, generator=gen, dtype=torch.float64))
+    return q.float().numpy()
+
+
+def solve(model: EquilibriumReasoner, puzzles: sudoku.PuzzleSet, config: RolloutConfig, out: str | None, *,
+          batch_size: int = 64, states: str = "none", state_stride: int = 1, state_dtype: str = "float16",
+          project: int = 0, resume: bool = False, overwrite: bool = False, attrs: dict | None = None,
+          progress: bool = True, rank: int = 0, world: int = 1) -> SolveSummary:
+    """Roll out every puzzle (batch by batch) and append each finished batch to the run file ``out``.
+
+    Batch ``i`` uses seed ``config.seed + i`` so a resumed run reproduces an uninterrupted one. With
+    ``world > 1`` this process takes every ``world``-th batch (a shard), as one rank of a torchrun job.
+    """
+    import time
+
+    from tqdm import tqdm
+
+    from attractorlab import recording
+
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    full_dim = 2 * model.config.seq_len * model.config.hidden_size
+    basis = random_projection(full_dim, project, config.seed) if project else None
+    if basis is not None:
+        basis_t = torch.as_tensor(basis, device=model.device)
+        shape: tuple = (project,)
+
+        def state_fn(s: LatentState) -> torch.Tensor:
+            return s.flatten().float() @ basis_t
+    else:
+        shape = (2, model.config.seq_len, model.config.hidden_size)
+        state_fn = None
+    spec = recording.StateSpec(mode=states, stride=state_stride, dtype=state_dtype,
+                               shape=shape if states != "none" else (), projection=basis)
+    batches = [(i, i * batch_size) for i in range(-(-len(puzzles) // batch_size))][rank::world]
+    writer = None
+    if out is not None:
+        writer = recording.RunWriter(out, breadth=config.breadth, depth=config.depth, attrs=attrs or {},
+                                     states=spec, resume=resume, overwrite=overwrite)
+    done_puzzles = writer.n_done if writer is not None else 0
+    collected: list[tuple[sudoku.PuzzleSet, RolloutResult]] = []
+    total = sum(min(batch_size, len(puzzles) - start) for _, start in batches)
+    bar = tqdm(total=total, disable=not progress, unit="puzzle", dynamic_ncols=True)
+    hits = count = compute = 0
+    t0 = time.time()
+    try:
+        written = 0
+        for index, start in batches:
+            chunk = puzzles[start:start + batch_size]
+            if written + len(chunk) <= done_puzzles:  # finished in the run being resumed
+                written += len(chunk)
+                bar.update(len(chunk))
+                continue
+            cfg = dataclasses.replace(config, seed=config.seed + index)
+            res = rollout(model, torch.as_tensor(chunk.tokens, dtype=torch.long), torch.as_tensor(chunk.solution),
+                          cfg, state_fn=state_fn, state_stride=state_stride, states=states)
+            if writer is not None:
+                states_np = None if res.states is None else res.states.astype(state_dtype)
+                writer.append(chunk, res.as_dict(), states_np)
+            collected.append((chunk, res))
+            written += len(chunk)
+            compute += res.compute_steps
+            hits += int(res.selected_correct.sum())
+            count += len(chunk)
+            bar.update(len(chunk))
+            bar.set_postfix(acc=f"{hits / max(count, 1):.3f}", pz_s=f"{count / max(time.time() - t0, 1e-9):.1f}")
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    seconds = time.time() - t0
+    if out is not None and world == 1:
+        with recording.open_run(out) as run:
+            p, r = run.puzzles, run.rollout
+            summary = summarize(p.solution, p.rating, p.source, r.correct, r.steps, r.selected, r.selected_majority)
+    else:
+        summary = summarize(*_concat(collected))
+    summary.seconds, summary.compute_steps = seconds, compute
+    return summary
+
+
+def _concat(collected: list) -> tuple:
+    if not collected:
+        return (np.zeros((0, 81), np.uint8), np.zeros(0, np.int32), np.zeros(0, str), np.zeros((0, 1, 1), bool),
+                np.zeros((0, 1), np.int32), np.zeros(0, np.int32), np.zeros(0, np.int32))
+    ps = [c for c, _ in collected]
+    rs = [r for _, r in collected]
+    return (np.concatenate([p.solution for p in ps]), np.concatenate([p.rating for p in ps]),
+            np.concatenate([p.source for p in ps]), np.concatenate([r.correct for r in rs]),
+            np.concatenate([r.steps for r in rs]), np.concatenate([r.selected for r in rs]),
+            np.concatenate([r.selected_majority for r in rs]))

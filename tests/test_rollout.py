@@ -1,0 +1,165 @@
+"""Test-time scaling: halting freezes rows and saves compute, selection rules, determinism, solve -> run.h5."""
+
+import numpy as np
+import pytest
+import torch
+
+from attractorlab import checkpoint, recording, sudoku
+from attractorlab.cli import main
+from attractorlab.model import EquilibriumReasoner, ReasonerConfig
+from attractorlab.rollout import (
+    RolloutConfig,
+    convergence_score,
+    rollout,
+    select_lowest_score,
+    select_majority,
+    solve,
+)
+
+
+@pytest.fixture(scope="module")
+def puzzles():
+    return sudoku.generate(6, seed=5, difficulty="singles")
+
+
+def tiny_model(seed=0, **kw) -> EquilibriumReasoner:
+    torch.manual_seed(seed)
+    cfg = dict(hidden_size=16, expansion=1.0, H_cycles=1, L_cycles=2, L_layers=1)
+    return EquilibriumReasoner(ReasonerConfig(**{**cfg, **kw})).eval()
+
+
+def as_tensors(p):
+    return torch.as_tensor(p.tokens, dtype=torch.long), torch.as_tensor(p.solution)
+
+
+def test_convergence_score_uses_last_window_before_halting():
+    lc = np.array([[[5.0, 4.0, 3.0, 2.0, 1.0], [9.0, 1.0, 1.0, 1.0, 1.0]]])
+    steps = np.array([[5, 2]])
+    score = convergence_score(lc, steps, window=3)
+    np.testing.assert_allclose(score, [[2.0, 5.0]])  # mean(3,2,1); only 2 steps: mean(9,1)
+    assert select_lowest_score(score).tolist() == [0]
+
+
+def test_select_majority_counts_votes_and_breaks_ties_by_score():
+    a, b, c = np.full(81, 1), np.full(81, 2), np.full(81, 3)
+    pred = np.stack([np.stack([a, b, b, c]), np.stack([a, b, c, a])]).astype(np.uint8)
+    score = np.array([[0.1, 0.5, 0.4, 0.0], [0.3, 0.2, 0.1, 0.9]])
+    sel = select_majority(pred, score)
+    assert pred[0, sel[0], 0] == 2  # b has two votes
+    assert sel[1] == 0  # a has two votes (restarts 0 and 3); restart 0 has the lower score
+
+
+def test_halting_freezes_rows_and_saves_compute(puzzles):
+    model = tiny_model()
+    with torch.no_grad():
+        model.q_head.bias.zero_()
+        model.q_head.weight.normal_(0, 3.0)
+    tok, sol = as_tensors(puzzles)
+    res = rollout(model, tok, sol, RolloutConfig(depth=12, breadth=3, halt="q", seed=1))
+    steps = res.steps
+    assert steps.min() >= 1 and steps.max() <= 12
+    assert res.compute_steps == steps.sum()
+    for i, j in np.ndindex(steps.shape):
+        last = steps[i, j] - 1
+        for arr in (res.residual, res.halt_logit, res.logit_change, res.valid, res.correct):
+            assert (arr[i, j, last:] == arr[i, j, last]).all()
+        assert (res.pred[i, j, last:] == res.pred[i, j, last]).all()
+        if steps[i, j] < 12:
+            assert res.halt_logit[i, j, last] > 0
+        assert (res.halt_logit[i, j, :last] <= 0).all()
+
+
+def test_seeded_determinism_and_fixed_depth(puzzles):
+    model = tiny_model()
+    tok, sol = as_tensors(puzzles)
+    cfg = RolloutConfig(depth=5, breadth=2, seed=3)
+    a, b = rollout(model, tok, sol, cfg), rollout(model, tok, sol, cfg)
+    c = rollout(model, tok, sol, RolloutConfig(depth=5, breadth=2, seed=4))
+    np.testing.assert_array_equal(a.residual, b.residual)
+    assert not np.array_equal(a.residual, c.residual)
+    assert (a.steps == 5).all() and a.compute_steps == 6 * 2 * 5
+    assert a.pred.shape == (6, 2, 5, 81) and a.pred.min() >= 1 and a.pred.max() <= 9
+
+
+def test_states_all_with_stride_and_final(puzzles):
+    model = tiny_model()
+    tok, sol = as_tensors(puzzles[:2])
+    res = rollout(model, tok, sol, RolloutConfig(depth=5, breadth=2), states="all", state_stride=2)
+    assert res.state_steps.tolist() == [0, 2, 4, 5]
+    assert res.states.shape == (2, 2, 4, 2, 81, 16)
+    fin = rollout(model, tok, sol, RolloutConfig(depth=5, breadth=2), states="final")
+    np.testing.assert_allclose(fin.states[:, :, 0], res.states[:, :, -1], rtol=1e-5, atol=1e-6)
+
+
+def test_valid_and_correct_flags_for_a_model_that_copies_the_solution(puzzles):
+    model = tiny_model()
+    tok, sol = as_tensors(puzzles[:2])
+    res = rollout(model, tok, sol, RolloutConfig(depth=2))
+    expected_valid = sudoku.is_valid_solution(puzzles.tokens[:2], res.pred[:, 0, -1])
+    np.testing.assert_array_equal(res.valid[:, 0, -1], expected_valid)
+    np.testing.assert_array_equal(res.correct[:, 0, -1], (res.pred[:, 0, -1] == puzzles.solution[:2]).all(-1))
+
+
+@pytest.mark.parametrize("kw,match", [(dict(depth=0), "depth"), (dict(breadth=0), "breadth"),
+                                      (dict(halt="sometimes"), "halt rule"), (dict(select="best"), "selection")])
+def test_bad_rollout_config(kw, match):
+    with pytest.raises(ValueError, match=match):
+        RolloutConfig(**kw)
+
+
+def test_solve_resume_reproduces_an_uninterrupted_run(puzzles, tmp_path):
+    model = tiny_model()
+    cfg = RolloutConfig(depth=4, breadth=2, seed=7)
+    full = tmp_path / "full.h5"
+    solve(model, puzzles, cfg, str(full), batch_size=2, progress=False)
+    part = tmp_path / "part.h5"
+    solve(model, puzzles[:4], cfg, str(part), batch_size=2, progress=False)  # "killed" after two batches
+    summary = solve(model, puzzles, cfg, str(part), batch_size=2, resume=True, progress=False)
+    assert summary.n == 6
+    with recording.open_run(full) as a, recording.open_run(part) as b:
+        assert a.n == b.n == 6
+        for name in ("residual", "pred", "steps", "selected"):
+            np.testing.assert_array_equal(a.rollout[name], b.rollout[name])
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    path = tmp_path / "model.pt"
+    checkpoint.save(tiny_model(), path)
+    return path
+
+
+def test_cli_solve_end_to_end(ckpt, tmp_path, capsys):
+    out = tmp_path / "run.h5"
+    args = ["solve", str(ckpt), "--generate", "5", "--difficulty", "singles", "--depth", "3", "--breadth", "2",
+            "--states", "all", "--project", "8", "--out", str(out), "--no-progress", "--batch-size", "2"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "accuracy (select)" in text and "pass@B" in text and "MiB" in text
+    with recording.open_run(out) as run:
+        assert run.n == 5 and run.breadth == 2 and run.depth == 3
+        assert run.attrs["checkpoint_sha256"] == checkpoint.file_sha256(ckpt)
+        assert run.states.data.shape == (5, 2, 4, 8)
+    assert main(args) == 2  # exists: refuses without --resume/--overwrite
+    assert "exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--depth", "0"], "depth"), (["--breadth", "0"], "breadth"), (["--generate", "0"], "generate"),
+])
+def test_cli_solve_bad_arguments_leave_no_file(ckpt, tmp_path, capsys, extra, match):
+    out = tmp_path / "bad.h5"
+    assert main(["solve", str(ckpt), "--out", str(out), "--no-progress", "--generate", "2", *extra]) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_cli_solve_missing_checkpoint_and_unwritable_output(ckpt, tmp_path, capsys):
+    assert main(["solve", str(tmp_path / "none.pt"), "--out", str(tmp_path / "r.h5"), "--no-progress"]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert not (tmp_path / "r.h5").exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["solve", str(ckpt), "--generate", "2", "--out", str(blocker / "r.h5"), "--no-progress"]) == 2
+    assert "error" in capsys.readouterr().err
