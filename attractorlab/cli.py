@@ -57,6 +57,7 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, dest="checkpoint_every", help="steps between checkpoints")
     p.add_argument("--seed", type=int, help="random seed (data, init, noise)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     _model_flags(p)
 
@@ -79,8 +80,8 @@ def add_import_eqr(p: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from attractorlab.train import TrainConfig, train
 
-    overrides = {k: v for k, v in vars(args).items()
-                 if v is not None and k not in ("command", "preset", "out", "resume", "device", "progress", "func")}
+    not_fields = ("command", "preset", "out", "resume", "device", "progress", "func", "threads")
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in not_fields}
     cfg = TrainConfig.from_preset(args.preset, **overrides)
     os.environ.setdefault("ATTRACTORLAB_COMMAND", "attractorlab " + shlex.join(sys.argv[1:]))
     result = train(cfg, args.out, device=args.device, resume=args.resume, steps=args.steps, progress=args.progress)
@@ -135,8 +136,10 @@ def add_solve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-stride", type=int, default=1, help="with --states all: keep every K-th outer step")
     p.add_argument("--state-dtype", default="float16", choices=["float16", "float32"], help="stored state precision")
     p.add_argument("--project", type=int, default=0, metavar="K",
-                   help="store states projected on a fixed random orthonormal basis of K dims (0 = full states)")
+                   help="store each cell's [z_H, z_L] projected on a fixed random orthonormal basis of K dims "
+                   "(states [81, K] per snapshot; 0 = full states [2, 81, D])")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
@@ -174,7 +177,9 @@ def run_solve(args: argparse.Namespace) -> int:
     model = checkpoint.load(args.checkpoint, device)
     puzzles = load_puzzles(args)
     d = model.config
-    shape = (args.project,) if args.project else (2, d.seq_len, d.hidden_size)
+    if args.project > 2 * d.hidden_size:
+        raise ValueError(f"--project must be at most 2 x hidden_size = {2 * d.hidden_size}")
+    shape = (d.seq_len, args.project) if args.project else (2, d.seq_len, d.hidden_size)
     spec = recording.StateSpec(mode=args.states, stride=args.state_stride, dtype=args.state_dtype,
                                shape=shape if args.states != "none" else ())
     size = recording.estimate_size(len(puzzles), args.breadth, args.depth, spec)
@@ -261,6 +266,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from attractorlab.errors import USER_ERRORS
 
     try:
+        threads = getattr(args, "threads", None)
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"--threads must be >= 1, got {threads}")
+            import torch
+
+            torch.set_num_threads(threads)
         return args.func(args)
     except USER_ERRORS as err:
         print(f"attractorlab {args.command}: error: {err}", file=sys.stderr)

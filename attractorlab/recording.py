@@ -52,7 +52,7 @@ DESCRIPTIONS = {  # dataset -> (axes, description), written as attributes for re
     "rollout/selected_majority": ("N", "restart chosen by majority vote"),
     "states/data": ("N,B,S,...", "latent state snapshots after the outer steps in /states/steps"),
     "states/steps": ("S", "outer step of each snapshot (0 = initial state)"),
-    "states/projection": ("D,k", "basis applied to the full state before storing"),
+    "states/projection": ("D,k", "basis applied to each stored vector (e.g. each cell's [z_H, z_L]) before storing"),
     "n_done": ("", "puzzles fully written (commit point; rows beyond it are unfinished)"),
 }
 
@@ -94,8 +94,8 @@ class StateSpec:
             raise ValueError(f"state mode {self.mode!r} needs a non-empty positive shape, got {self.shape}")
         if self.projection is not None:
             self.projection = np.asarray(self.projection)
-            if self.projection.ndim != 2 or self.shape != (self.projection.shape[1],):
-                raise ValueError(f"projection must be [D_full, k] with shape (k,); got projection "
+            if self.projection.ndim != 2 or not self.shape or self.shape[-1] != self.projection.shape[1]:
+                raise ValueError(f"projection must be [D_in, k] with shape (..., k); got projection "
                                  f"{self.projection.shape} and shape {self.shape}")
 
     def steps(self, depth: int) -> np.ndarray:

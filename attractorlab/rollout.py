@@ -330,14 +330,14 @@ def solve(model: EquilibriumReasoner, puzzles: sudoku.PuzzleSet, config: Rollout
 
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    full_dim = 2 * model.config.seq_len * model.config.hidden_size
-    basis = random_projection(full_dim, project, config.seed) if project else None
+    cell_dim = 2 * model.config.hidden_size
+    basis = random_projection(cell_dim, project, config.seed) if project else None
     if basis is not None:
         basis_t = torch.as_tensor(basis, device=model.device)
-        shape: tuple = (project,)
+        shape: tuple = (model.config.seq_len, project)
 
         def state_fn(s: LatentState) -> torch.Tensor:
-            return s.flatten().float() @ basis_t
+            return torch.cat([s.z_H, s.z_L], dim=-1).float() @ basis_t  # [rows, 81, K]
     else:
         shape = (2, model.config.seq_len, model.config.hidden_size)
         state_fn = None

@@ -139,7 +139,7 @@ def test_cli_solve_end_to_end(ckpt, tmp_path, capsys):
     with recording.open_run(out) as run:
         assert run.n == 5 and run.breadth == 2 and run.depth == 3
         assert run.attrs["checkpoint_sha256"] == checkpoint.file_sha256(ckpt)
-        assert run.states.data.shape == (5, 2, 4, 8)
+        assert run.states.data.shape == (5, 2, 4, 81, 8)
     assert main(args) == 2  # exists: refuses without --resume/--overwrite
     assert "exists" in capsys.readouterr().err
 
