@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shlex
 import sys
@@ -105,12 +106,12 @@ def run_import_eqr(args: argparse.Namespace) -> int:
     return 0
 
 
-DEFAULT_CHECKPOINT = "checkpoints/sudoku-small.pt"
+DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "sudoku-small.pt")
 
 
 def add_solve(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", nargs="?", default=DEFAULT_CHECKPOINT,
-                   help=f"model checkpoint (default: the shipped {DEFAULT_CHECKPOINT})")
+                   help="model checkpoint (default: the shipped attractorlab/checkpoints/sudoku-small.pt)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--data", help="puzzles: Sudoku-Extreme CSV (.csv/.csv.gz) or one puzzle per line")
     src.add_argument("--generate", type=int, metavar="N", help="generate N puzzles with the built-in generator "
@@ -160,8 +161,6 @@ def load_puzzles(args: argparse.Namespace):
 
 
 def run_solve(args: argparse.Namespace) -> int:
-    import json
-
     from attractorlab import checkpoint, recording, rollout
     from attractorlab.train import init_distributed
 
@@ -237,11 +236,105 @@ def _remove_if_empty(path: str, existed: bool) -> None:
         os.remove(path)
 
 
+def add_analyze(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run file written by `attractorlab solve`")
+    p.add_argument("--checkpoint", help="model checkpoint (default: the one recorded in the run; sha256 must match)")
+    p.add_argument("--out", help="HTML report to write (default: RUN_report.html beside the run)")
+    p.add_argument("--only", help="comma-separated analyses to run: summary, scaling, convergence, embedding, "
+                   "probes, fixed_points, basins")
+    p.add_argument("--force", action="store_true", help="recompute analyses already stored in the run file")
+    p.add_argument("--no-report", dest="report", action="store_false", help="store the results, write no HTML")
+    p.add_argument("--n-puzzles", type=int, default=3, help="puzzles for fixed points and basins")
+    p.add_argument("--restarts", type=int, default=8, help="trajectory ends used as fixed-point starts per puzzle")
+    p.add_argument("--basin-samples", type=int, default=64, help="initial states per puzzle for basin stability")
+    p.add_argument("--grid", type=int, default=12, help="basin map resolution (GRID x GRID initial states)")
+    p.add_argument("--max-steps", type=int, default=48, help="outer steps allowed to reach an attractor")
+    p.add_argument("--embed", default="pca", choices=["pca", "umap"], help="embedding of the trajectories")
+    p.add_argument("--max-embed", type=int, default=100, help="puzzles drawn in the embedding")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    from attractorlab import analyze
+    from attractorlab.model import pick_device
+
+    opts = analyze.AnalyzeOptions(n_puzzles=args.n_puzzles, restarts=args.restarts, basin_samples=args.basin_samples,
+                                  grid=args.grid, max_steps=args.max_steps, embed_method=args.embed,
+                                  max_embed=args.max_embed, seed=args.seed)
+    only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
+    print(f"analyzing {args.run}")
+    analyze.analyze(args.run, checkpoint=args.checkpoint, only=only, force=args.force, options=opts,
+                    device=pick_device(args.device), progress=args.progress)
+    if args.report:
+        from attractorlab import report
+
+        out = args.out or os.path.splitext(args.run)[0] + "_report.html"
+        report.write_report(args.run, out)
+        print(f"wrote {out}")
+    return 0
+
+
+def add_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="model to run (default: the shipped one)")
+    p.add_argument("--train", action="store_true", help="train the tiny preset first (~10 min on 2 CPU cores)")
+    p.add_argument("--n", type=int, default=200, help="generated puzzles of mixed difficulty")
+    p.add_argument("--depth", type=int, default=32, help="maximum outer steps")
+    p.add_argument("--breadth", type=int, default=4, help="random restarts per puzzle")
+    p.add_argument("--n-dynamics", type=int, default=2, help="puzzles for fixed points and basin maps")
+    p.add_argument("--grid", type=int, default=12, help="basin map resolution")
+    p.add_argument("--basin-samples", type=int, default=48, help="initial states per puzzle for basin stability")
+    p.add_argument("--out-dir", default="trajectories", help="where demo.h5 and demo_report.html go")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from attractorlab import analyze, checkpoint, report, rollout, sudoku
+    from attractorlab.train import TrainConfig, train
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    ckpt = args.checkpoint
+    if args.train or not os.path.exists(ckpt):
+        ckpt = os.path.join(args.out_dir, "demo_tiny.pt")
+        print(f"[1/4] training the tiny preset -> {ckpt}")
+        train(TrainConfig.from_preset("tiny", seed=args.seed), ckpt, device="cpu", progress=args.progress)
+    else:
+        print(f"[1/4] using {ckpt}")
+    model = checkpoint.load(ckpt)
+    print(f"[2/4] generating {args.n} puzzles of mixed difficulty")
+    puzzles = sudoku.generate(args.n, seed=args.seed + 777, difficulty="mixed", progress=args.progress)
+    run = os.path.join(args.out_dir, "demo.h5")
+    print(f"[3/4] solving: depth {args.depth}, breadth {args.breadth}, halting by convergence -> {run}")
+    cfg = rollout.RolloutConfig(depth=args.depth, breadth=args.breadth, halt="converge", seed=args.seed)
+    attrs = {"config_json": json.dumps({"model": model.config.to_dict(), "rollout": dataclasses.asdict(cfg),
+                                        "data": f"generated:mixed:{args.n}"}, sort_keys=True),
+             "checkpoint_path": os.path.abspath(ckpt), "checkpoint_sha256": checkpoint.file_sha256(ckpt)}
+    summary = rollout.solve(model, puzzles, cfg, run, states="all", state_stride=2, project=16, overwrite=True,
+                            attrs=attrs, progress=args.progress)
+    print(f"[4/4] analyzing (fixed points, spectra, basins for {args.n_dynamics} puzzles)")
+    opts = analyze.AnalyzeOptions(n_puzzles=args.n_dynamics, grid=args.grid, basin_samples=args.basin_samples,
+                                  max_steps=max(args.depth, 8), restarts=min(8, 2 * args.breadth), seed=args.seed)
+    analyze.analyze(run, checkpoint=ckpt, force=True, options=opts, progress=args.progress)
+    html = os.path.join(args.out_dir, "demo_report.html")
+    report.write_report(run, html)
+    print(summary.table())
+    print(f"run file: {run}\nreport:   {html}")
+    return 0
+
+
 COMMANDS = {
     "train": ("train a reasoner (segmented online training; CPU, CUDA, torchrun for many GPUs)", add_train,
               run_train),
     "solve": ("roll out a checkpoint on puzzles with test-time scaling and record the run to HDF5", add_solve,
               run_solve),
+    "analyze": ("analyse a run file (convergence, scaling, embeddings, probes, fixed points, spectra, basins) "
+                "and write an interactive HTML report", add_analyze, run_analyze),
+    "demo": ("the whole pipeline on the embedded default: generate, solve with breadth and adaptive halting while "
+             "recording, analyze, report", add_demo, run_demo),
     "import-eqr": ("convert a reference EqR checkpoint into an attractorlab checkpoint", add_import_eqr,
                    run_import_eqr),
 }
