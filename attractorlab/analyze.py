@@ -1,0 +1,350 @@
+"""``attractorlab analyze``: run every analysis a run file allows and store the results under ``/analysis``.
+
+What runs depends on what the file holds:
+
+- always (scalars): ``summary``, ``scaling`` (accuracy vs depth and breadth), ``convergence`` (residual curves
+  by outcome, AUROC of convergence scores, steps vs difficulty, how trajectories end);
+- with recorded states: ``embedding`` (PCA or UMAP of the trajectories) and ``probes`` (linear decodability);
+- with the checkpoint: ``fixed_points`` (from trajectory ends, with Jacobian spectra) and ``basins`` (basin
+  stability under the model's own initial-state distribution and a 2-D basin map) for a sample of puzzles.
+
+Results are cached in the run file: a second call skips what is there unless ``force``. An analysis that cannot
+run is stored as an empty group whose ``skipped_reason`` says why, so reports can tell the reader.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from attractorlab import checkpoint as ckpt
+from attractorlab import dynamics, probing, recording, sudoku
+from attractorlab.model import EquilibriumReasoner, LatentState
+from attractorlab.rollout import RolloutConfig, convergence_score, rollout, select_lowest_score, summarize
+
+ANALYSES = ("summary", "scaling", "convergence", "embedding", "probes", "fixed_points", "basins")
+LABELS = ("correct", "valid, not the solution", "invalid")
+
+
+@dataclass
+class AnalyzeOptions:
+    """Sizes of the model-based analyses (defaults finish in minutes on a laptop CPU)."""
+
+    n_puzzles: int = 3  # puzzles sampled for fixed points and basins
+    restarts: int = 8  # trajectory ends used as fixed-point starts per puzzle
+    basin_samples: int = 64  # initial states per puzzle for basin stability
+    grid: int = 12  # basin map resolution (grid x grid)
+    max_steps: int = 48  # outer steps to reach an attractor
+    embed_method: str = "pca"
+    max_embed: int = 100  # puzzles drawn in the embedding
+    tol: float = 1e-4  # relative residual at which a state counts as a fixed point
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("n_puzzles", "restarts", "basin_samples", "grid", "max_steps", "max_embed"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.embed_method not in ("pca", "umap"):
+            raise ValueError(f"embedding method must be pca or umap, got {self.embed_method!r}")
+
+
+@dataclass
+class AnalysisStatus:
+    name: str
+    status: str  # "computed" | "cached" | "skipped"
+    reason: str = ""
+
+
+# --- scalar analyses (need only the rollout arrays) ---------------------------------------------------------
+
+def summary_arrays(run: recording.Run) -> dict:
+    p, r = run.puzzles, run.rollout
+    s = summarize(p.solution, p.rating, p.source, r.correct, r.steps, r.selected, r.selected_majority)
+    attrs = {"n": s.n, "breadth": run.breadth, "depth": run.depth, "accuracy": s.accuracy,
+             "majority_accuracy": s.majority_accuracy, "pass_at_b": s.pass_at_b, "mean_steps": s.mean_steps,
+             "median_steps": s.median_steps}
+    arrays = {"band_names": np.array(list(s.by_band), dtype=str),
+              "band_count": np.array([c for c, _ in s.by_band.values()], np.int64),
+              "band_accuracy": np.array([a for _, a in s.by_band.values()], np.float64),
+              "source_names": np.array(list(s.by_source), dtype=str),
+              "source_count": np.array([c for c, _ in s.by_source.values()], np.int64),
+              "source_accuracy": np.array([a for _, a in s.by_source.values()], np.float64)}
+    return {"arrays": arrays, "attrs": attrs}
+
+
+def scaling_arrays(run: recording.Run) -> dict:
+    """Accuracy vs depth (selected and any restart at each step) and vs breadth (first b restarts)."""
+    r = run.rollout
+    known = (run.puzzles.solution > 0).all(axis=1)
+    correct = r.correct[known]  # [n, B, T]
+    rows = np.arange(correct.shape[0])
+    selected = r.selected[known]
+    breadths = sorted({b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b <= run.breadth} | {run.breadth})
+    score = convergence_score(r.logit_change[known], r.steps[known])
+    acc_b, oracle_b = [], []
+    for b in breadths:
+        sel = select_lowest_score(score[:, :b])
+        acc_b.append(correct[rows, sel, -1].mean() if len(rows) else np.nan)
+        oracle_b.append(correct[:, :b, -1].any(axis=1).mean() if len(rows) else np.nan)
+    return {"arrays": {
+        "depth_steps": np.arange(1, run.depth + 1),
+        "depth_accuracy": correct[rows, selected].mean(axis=0) if len(rows) else np.full(run.depth, np.nan),
+        "depth_oracle": correct.any(axis=1).mean(axis=0) if len(rows) else np.full(run.depth, np.nan),
+        "breadth_values": np.array(breadths), "breadth_accuracy": np.array(acc_b, np.float64),
+        "breadth_oracle": np.array(oracle_b, np.float64)}, "attrs": {}}
+
+
+def convergence_arrays(run: recording.Run) -> dict:
+    """Residual curves by outcome, AUROC of convergence scores, steps vs rating, how trajectories end."""
+    r, p = run.rollout, run.puzzles
+    rows = np.arange(run.n)
+    sel = r.selected
+    correct = r.correct[rows, sel, -1]
+    steps = r.steps[rows, sel]
+    residual = r.residual[rows, sel]  # [N, T] of the selected restart
+    curves = dynamics.residual_curves(residual, correct, steps=steps)
+    roc = dynamics.auroc_scores(residual, correct, halt_logit=r.halt_logit[rows, sel],
+                                logit_change=r.logit_change[rows, sel], steps=steps)
+    corr = dynamics.steps_vs_difficulty(steps, p.rating)
+    endings = dynamics.classify_endings(r.residual, r.valid, pred=r.pred, steps=r.steps)
+    names = list(roc.scores)
+    arrays = {"steps_axis": curves.step, "score_names": np.array(names, dtype=str),
+              "auroc": np.array([roc.scores[n].auroc for n in names], np.float64), "steps": steps,
+              "rating": np.asarray(p.rating), "correct": correct,
+              "ending_names": np.array(endings.names, dtype=str), "ending_counts": np.asarray(endings.counts),
+              "ending": np.asarray(endings.label), "period": np.asarray(endings.period)}
+    for group in ("correct", "incorrect"):
+        for stat in ("median", "q25", "q75"):
+            arrays[f"residual_{group}_{stat}"] = getattr(curves, f"{group}_{stat}")
+    for n in names:
+        arrays[f"fpr_{n}"], arrays[f"tpr_{n}"] = roc.scores[n].fpr, roc.scores[n].tpr
+    attrs = {"spearman_rho": corr.rho, "spearman_p": corr.pvalue}
+    return {"arrays": arrays, "attrs": attrs}
+
+
+# --- analyses of recorded states ---------------------------------------------------------------------------
+
+def _state_matrix(run: recording.Run, idx: np.ndarray) -> np.ndarray:
+    """Recorded states of puzzles ``idx`` as float32 ``[n, B, S, F]``."""
+    data = run.states.data[np.sort(idx)]
+    return data.reshape(*data.shape[:3], -1).astype(np.float32)
+
+
+def embedding_arrays(run: recording.Run, opts: AnalyzeOptions) -> dict:
+    idx = np.arange(min(run.n, opts.max_embed))
+    X = _state_matrix(run, idx)
+    n, b, s, f = X.shape
+    coords, fitted = dynamics.embed(X.reshape(-1, f), method=opts.embed_method, n_components=2,
+                                    random_state=opts.seed)
+    correct = run.rollout.correct[idx][:, :, -1]
+    attrs = {"method": opts.embed_method}
+    arrays = {"coords": np.asarray(coords, np.float32).reshape(n, b, s, 2), "steps": np.asarray(run.states.steps),
+              "puzzle_index": idx, "correct": correct}
+    ev = getattr(fitted, "explained_variance_ratio_", None)
+    if ev is not None:
+        arrays["explained_variance"] = np.asarray(ev, np.float64)
+    return {"arrays": arrays, "attrs": attrs}
+
+
+def probe_arrays(run: recording.Run, opts: AnalyzeOptions) -> dict:
+    """Per-cell digit probes on z_H (full states) or on each cell's projected state; correctness probe."""
+    n = min(run.n, 300)
+    data = np.asarray(run.states.data[np.arange(n)], np.float32)[:, 0]  # restart 0: [n, S, *shape]
+    cells = data if run.states.projection is not None else data[:, :, 0]  # [n, S, 81, h]
+    result = probing.probe_cells(cells, run.puzzles.solution[:n], seed=opts.seed)
+    arrays = {"steps": np.asarray(run.states.steps), "cell_accuracy": result.accuracy_mean,
+              "cell_accuracy_std": result.accuracy_std}
+    correct = run.rollout.correct[:n, 0, -1]
+    if 1 < correct.sum() < n - 1:
+        arrays["correct_accuracy"] = probing.probe_correctness(data.reshape(n, data.shape[1], -1), correct,
+                                                               seed=opts.seed).accuracy_mean
+    return {"arrays": arrays, "attrs": {}}
+
+
+# --- analyses that need the model ---------------------------------------------------------------------------
+
+def sample_puzzles(run: recording.Run, k: int, seed: int) -> np.ndarray:
+    """Up to k puzzles, alternating correct and incorrect (selected restart) when both exist."""
+    rows = np.arange(run.n)
+    ok = run.rollout.correct[rows, run.rollout.selected, -1]
+    rng = np.random.default_rng(seed)
+    good, bad = rng.permutation(rows[ok]), rng.permutation(rows[~ok])
+    picked = [x for pair in zip(good, bad, strict=False) for x in pair]
+    picked += [x for x in np.concatenate([good, bad]) if x not in picked]
+    return np.array(picked[:k], dtype=np.int64)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def _label_states(model: EquilibriumReasoner, z: torch.Tensor, tokens: np.ndarray,
+                  solution: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Readout of flat states ``[M, d]`` -> (label [M] in LABELS order, decoded grids [M] str)."""
+    if len(z) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, dtype=str)
+    c = model.config
+    with torch.no_grad():
+        logits, _ = model.readout(LatentState.unflatten(z.to(model.device).float(), c.seq_len, c.hidden_size))
+    grids = (logits[..., 2:].argmax(-1) + 1).to(torch.uint8).cpu().numpy()
+    valid = sudoku.is_valid_solution(np.broadcast_to(tokens, grids.shape), grids)
+    right = (grids == solution).all(-1) & (solution > 0).all()
+    label = np.where(right, 0, np.where(valid, 1, 2))
+    return label, np.array(["".join(map(str, g)) for g in grids])
+
+
+def _ends(model: EquilibriumReasoner, tokens: np.ndarray, solution: np.ndarray, opts: AnalyzeOptions,
+          depth: int, seed: int) -> torch.Tensor:
+    res = rollout(model, torch.as_tensor(tokens[None], dtype=torch.long), torch.as_tensor(solution[None]),
+                  RolloutConfig(depth=depth, breadth=opts.restarts, seed=seed, noise=False), states="final",
+                  state_fn=lambda s: s.flatten())
+    return torch.as_tensor(res.states[0, :, 0])  # [restarts, d]
+
+
+def fixed_point_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOptions,
+                       puzzle: int, k: int) -> dict:
+    tokens, solution = run.puzzles.tokens[puzzle], run.puzzles.solution[puzzle]
+    f = model.as_map(torch.as_tensor(tokens[None], dtype=torch.long))
+    z0 = _ends(model, tokens, solution, opts, opts.max_steps, opts.seed + k)
+    fps = dynamics.find_fixed_points(f, z0.to(model.device), k=6, tol=opts.tol)
+    label, grids = _label_states(model, torch.as_tensor(fps.z), tokens, solution)
+    arrays = {"z": _np(fps.z).astype(np.float32), "eigvals": _np(fps.eigvals),
+              "spectral_radius": _np(fps.spectral_radius), "stable": _np(fps.stable), "residual": _np(fps.residual),
+              "label": label, "grid": grids, "count": _np(fps.count)}
+    return {"arrays": arrays, "attrs": {"puzzle_index": int(puzzle), "starts": len(z0)}}
+
+
+def basin_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOptions, puzzle: int,
+                 fixed: dict, k: int, progress: bool) -> dict:
+    tok = torch.as_tensor(run.puzzles.tokens[puzzle][None], dtype=torch.long)
+    f = model.as_map(tok)
+    gen = torch.Generator(device=model.device).manual_seed(opts.seed + 1000 + k)
+    with torch.no_grad():
+        samples = model.init_state(tok.expand(opts.basin_samples, -1), generator=gen).flatten()
+    stable = np.asarray(fixed["stable"], bool)
+    attractors = torch.as_tensor(np.asarray(fixed["z"])[stable]).to(model.device)
+    att_label, att_grid = np.asarray(fixed["label"])[stable], np.asarray(fixed["grid"])[stable]
+    stats = dynamics.basin_stability(f, attractors, samples, max_steps=opts.max_steps, tol=opts.tol,
+                                     collect_new=False, progress=progress)
+    # The slice: through the first attractor (the correct one when found) and two sampled initial states.
+    order = np.argsort(att_label, kind="stable")
+    anchors, names = [], []
+    if len(order):
+        anchors.append(attractors[order[0]])
+        names.append(f"attractor ({LABELS[att_label[order[0]]]})")
+    for i in range(3 - len(anchors)):
+        anchors.append(samples[i])
+        names.append(f"initial state {i + 1}")
+    bmap = dynamics.basin_map(f, torch.stack(anchors), resolution=(opts.grid, opts.grid), attractors=attractors,
+                              max_steps=opts.max_steps, tol=opts.tol, collect_new=False, progress=progress)
+    fp_z = torch.as_tensor(np.asarray(fixed["z"])).to(model.device)
+    fp_coords = _np((fp_z - bmap.origin.to(fp_z)) @ bmap.basis.to(fp_z).T)
+    arrays = {"fraction": np.append(_np(stats.fraction), stats.unassigned),
+              "stderr": np.append(_np(stats.stderr), stats.unassigned_stderr),
+              "attractor_label": att_label, "attractor_grid": att_grid,
+              "map_label": _np(bmap.label), "map_steps": _np(bmap.steps), "xs": _np(bmap.xs),
+              "ys": _np(bmap.ys), "anchor_coords": _np(bmap.anchor_coords),
+              "anchor_names": np.array(names, dtype=str), "fp_coords": fp_coords,
+              "fp_stable": np.asarray(fixed["stable"])}
+    return {"arrays": arrays, "attrs": {"puzzle_index": int(puzzle), "samples": opts.basin_samples}}
+
+
+# --- orchestration -------------------------------------------------------------------------------------------
+
+def resolve_checkpoint(run: recording.Run, given: str | None) -> str | None:
+    """The checkpoint to use: ``given`` or the run's recorded path; its sha256 must match the run's."""
+    path = given or run.attrs.get("checkpoint_path")
+    if not path:
+        return None
+    if not os.path.exists(path):
+        if given:
+            raise ValueError(f"checkpoint not found: {given}")
+        return None
+    expected = run.attrs.get("checkpoint_sha256")
+    if expected and ckpt.file_sha256(path) != expected:
+        raise ValueError(f"checkpoint {path} does not match the run (sha256 differs from the one recorded in "
+                         f"{run.path}); pass the checkpoint the run was made with")
+    return path
+
+
+def analyze(run_path: str, *, checkpoint: str | None = None, only: list[str] | None = None, force: bool = False,
+            options: AnalyzeOptions | None = None, device: str | torch.device = "cpu", progress: bool = True,
+            log: Callable[[str], None] = print) -> list[AnalysisStatus]:
+    """Run the analyses that ``run_path``'s contents allow; results go to ``/analysis/<name>``."""
+    opts = options or AnalyzeOptions()
+    wanted = list(ANALYSES) if not only else list(only)
+    unknown = sorted(set(wanted) - set(ANALYSES))
+    if unknown:
+        raise ValueError(f"unknown analysis {', '.join(unknown)}; choose from {', '.join(ANALYSES)}")
+    with recording.open_run(run_path) as run:
+        if run.n == 0:
+            raise ValueError(f"{run_path} holds no finished puzzles yet")
+        ckpt_path = resolve_checkpoint(run, checkpoint)
+        cached = set(run.analysis_keys())
+    statuses: list[AnalysisStatus] = []
+
+    def store(name: str, result: dict) -> None:
+        recording.write_analysis(run_path, name, result["arrays"], result["attrs"], overwrite=True)
+
+    def skip(name: str, reason: str) -> None:
+        recording.write_analysis(run_path, name, {}, {"skipped_reason": reason}, overwrite=True)
+        statuses.append(AnalysisStatus(name, "skipped", reason))
+        log(f"  {name:<13} skipped: {reason}")
+
+    model = None
+    for name in wanted:
+        if not force and any(k.startswith(name + "/") for k in cached) or (
+                not force and name in cached and not _was_skipped(run_path, name)):
+            statuses.append(AnalysisStatus(name, "cached"))
+            log(f"  {name:<13} cached (use --force to recompute)")
+            continue
+        with recording.open_run(run_path) as run:
+            if name in ("embedding", "probes") and not run.has_states:
+                skip(name, "the run has no recorded states (solve with --states final|all)")
+                continue
+            if name == "probes" and (run.states.mode != "all"):
+                skip(name, "probes need states at every recorded step (solve with --states all)")
+                continue
+            if name in ("fixed_points", "basins") and ckpt_path is None:
+                skip(name, "no checkpoint available (pass --checkpoint)")
+                continue
+            log(f"  {name:<13} computing ...")
+            if name == "summary":
+                store(name, summary_arrays(run))
+            elif name == "scaling":
+                store(name, scaling_arrays(run))
+            elif name == "convergence":
+                store(name, convergence_arrays(run))
+            elif name == "embedding":
+                store(name, embedding_arrays(run, opts))
+            elif name == "probes":
+                store(name, probe_arrays(run, opts))
+            else:
+                model = model or ckpt.load(ckpt_path, device).requires_grad_(False)
+                _model_analysis(name, model, run, run_path, opts, progress, store)
+        statuses.append(AnalysisStatus(name, "computed"))
+    return statuses
+
+
+def _model_analysis(name: str, model: EquilibriumReasoner, run: recording.Run, run_path: str,
+                    opts: AnalyzeOptions, progress: bool, store: Callable[[str, dict], None]) -> None:
+    puzzles = sample_puzzles(run, opts.n_puzzles, opts.seed)
+    for k, puzzle in enumerate(puzzles):
+        if name == "fixed_points":
+            store(f"fixed_points/p{k}", fixed_point_arrays(model, run, opts, int(puzzle), k))
+        else:
+            key = f"fixed_points/p{k}"
+            if key not in run.analysis_keys():
+                store(key, fixed_point_arrays(model, run, opts, int(puzzle), k))
+            with recording.open_run(run_path) as fresh:
+                fixed = fresh.read_analysis(key)
+            store(f"basins/p{k}", basin_arrays(model, run, opts, int(puzzle), fixed, k, progress))
+
+
+def _was_skipped(run_path: str, name: str) -> bool:
+    with recording.open_run(run_path) as run:
+        return "skipped_reason" in run.read_analysis(name).attrs

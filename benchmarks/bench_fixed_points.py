@@ -1,0 +1,206 @@
+"""Fixed-point finding: our Krylov Levenberg-Marquardt solver vs a FixedPointFinder-style Adam baseline.
+
+Both methods start from the same states and are held to the same absolute residual ``||f(z) - z|| <= tol``.
+The baseline re-implements the optimisation loop of FixedPointFinder (Golub & Sussillo 2018, TF version,
+github.com/mattgolub/fixed-point-finder) with its published defaults:
+
+- joint optimisation of the mean of ``q_i = 0.5 ||f(z_i) - z_i||^2`` over all starts;
+- Adam with ``epsilon = 0.01`` (``adam_hps``), learning rate from ``AdaptiveLearningRate`` (recurrent-whisperer):
+  initial rate 1.0, times 0.95 when the latest loss is worse than all of the previous 5 and times 1/0.95 after
+  5 monotonic decreases, at most one change per 5 steps;
+- ``AdaptiveGradNormClip``: global-norm clipping at the 95th percentile of the last 128 gradient norms
+  (initial clip value 1e12, so the first step is unclipped);
+- stop when every start has ``q < tol_q`` or ``|dq| < tol_dq * learning_rate`` (tol_q 1e-12, tol_dq 1e-20),
+  or after ``max_iters = 5000``. Here ``tol_q = 0.5 tol^2`` so that ``q < tol_q`` means ``residual < tol``.
+
+A case is one function returning a :class:`Case`; add it to ``CASES`` to benchmark another map.
+
+    python benchmarks/bench_fixed_points.py                  # tanh RNN, d = 256, 300 starts
+    python benchmarks/bench_fixed_points.py --g 1.2 --n 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from attractorlab.dynamics import find_fixed_points
+
+
+@dataclass
+class Case:
+    """A benchmark problem: map ``f: [N, d] -> [N, d]``, start states ``z0 [N, d]``, absolute tolerance."""
+
+    name: str
+    f: Callable[[torch.Tensor], torch.Tensor]
+    z0: torch.Tensor
+    tol: float
+
+
+@dataclass
+class Outcome:
+    """What one method produced: end states ``z [N, d]``, residuals ``[N]``, wall time, iterations."""
+
+    method: str
+    seconds: float
+    z: torch.Tensor
+    residual: torch.Tensor
+    iterations: int
+
+
+def tanh_rnn_case(args: argparse.Namespace) -> Case:
+    """``f(z) = tanh(W z + b)``, ``W = g * randn / sqrt(d)``; starts sampled from trajectories, plus noise."""
+    gen = torch.Generator().manual_seed(args.seed)
+    dtype = getattr(torch, args.dtype)
+    d = args.d
+    weight = (args.g * torch.randn(d, d, generator=gen, dtype=torch.float64) / d**0.5).to(dtype)
+    bias = (0.1 * torch.randn(d, generator=gen, dtype=torch.float64)).to(dtype)
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(z @ weight.T + bias)
+
+    n_traj, n_steps = 32, 100
+    z = torch.randn(n_traj, d, generator=gen, dtype=torch.float64).to(dtype)
+    states = []
+    with torch.no_grad():
+        for _ in range(n_steps):
+            z = f(z)
+            states.append(z)
+    states = torch.stack(states).reshape(-1, d)
+    pick = torch.randperm(states.shape[0], generator=gen)[: args.n]
+    z0 = states[pick] + args.noise * torch.randn(args.n, d, generator=gen, dtype=torch.float64).to(dtype)
+    return Case(f"tanh RNN d={d} g={args.g} N={args.n} {args.dtype}", f, z0, args.tol)
+
+
+CASES: dict[str, Callable[[argparse.Namespace], Case]] = {"tanh_rnn": tanh_rnn_case}
+
+
+class _AdaptiveLearningRate:
+    """Learning-rate schedule of recurrent-whisperer's AdaptiveLearningRate with its defaults (no warm-up)."""
+
+    def __init__(self, rate: float = 1.0, factor_down: float = 0.95, factor_up: float = 1 / 0.95, window: int = 5):
+        self.rate, self.down, self.up, self.window = rate, factor_down, factor_up, window
+        self.losses: list[float] = []
+        self.step, self.last_change = 0, 0
+
+    def update(self, loss: float) -> None:
+        self.losses.append(loss)
+        if self.step == 0:
+            self.last_change = 0
+        elif self.step >= self.last_change + self.window:
+            recent = self.losses[-(self.window + 1) :]
+            if all(recent[-1] > x for x in recent[:-1]):
+                self.rate *= self.down
+                self.last_change = self.step
+            elif all(b < a for a, b in zip(recent[:-1], recent[1:], strict=True)):
+                self.rate *= self.up
+                self.last_change = self.step
+        self.step += 1
+
+
+class _AdaptiveGradNormClip:
+    """recurrent-whisperer's AdaptiveGradNormClip: 95th percentile of the last 128 global gradient norms."""
+
+    def __init__(self, window: int = 128, percentile: float = 95.0, initial: float = 1e12):
+        self.window, self.percentile, self.value = window, percentile, initial
+        self.norms: list[float] = []
+
+    def update(self, norm: float) -> None:
+        self.norms = (self.norms + [norm])[-self.window :]
+        self.value = min(float(np.percentile(self.norms, self.percentile)), 1e12)
+
+
+def fpf_adam(case: Case, max_iters: int = 5000, tol_dq: float = 1e-20) -> Outcome:
+    """FixedPointFinder's joint Adam optimisation of q (see the module docstring for the defaults)."""
+    tol_q = 0.5 * case.tol**2
+    start = time.perf_counter()
+    x = case.z0.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([x], lr=1.0, eps=0.01)
+    schedule, clipper = _AdaptiveLearningRate(), _AdaptiveGradNormClip()
+    q_prev = torch.full((x.shape[0],), float("nan"), dtype=x.dtype)
+    iteration = 1
+    while True:
+        for group in optimizer.param_groups:
+            group["lr"] = schedule.rate
+        residual = case.f(x) - x
+        q = 0.5 * (residual**2).sum(dim=1)
+        q_mean = q.mean()
+        optimizer.zero_grad()
+        q_mean.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_([x], clipper.value))
+        optimizer.step()
+        q, dq = q.detach(), (q.detach() - q_prev).abs()
+        if iteration > 1 and bool(((dq < tol_dq * schedule.rate) | (q < tol_q)).all()):
+            break
+        if iteration + 1 > max_iters:
+            break
+        q_prev = q
+        schedule.update(float(q_mean.detach()))
+        clipper.update(grad_norm)
+        iteration += 1
+    seconds = time.perf_counter() - start
+    z = x.detach()
+    with torch.no_grad():
+        res = (case.f(z) - z).norm(dim=1)
+    return Outcome("FPF Adam (baseline)", seconds, z, res, iteration)
+
+
+def ours(case: Case) -> Outcome:
+    """attractorlab's find_fixed_points at the same absolute tolerance (its tol is relative to max(||z||, 1))."""
+    scale = float(case.z0.norm(dim=1).clamp_min(1.0).max())
+    start = time.perf_counter()
+    fps = find_fixed_points(case.f, case.z0, tol=case.tol / (2 * scale), k=0)
+    seconds = time.perf_counter() - start
+    return Outcome("find_fixed_points", seconds, fps.final, fps.final_residual, int(fps.iterations.max()))
+
+
+def _unique_count(z: torch.Tensor, tol: float) -> int:
+    scale = float(z.norm(dim=1).median().clamp_min(1.0)) * tol
+    leaders: list[torch.Tensor] = []
+    for row in z:
+        if not any(float((row - lead).norm()) <= scale for lead in leaders):
+            leaders.append(row)
+    return len(leaders)
+
+
+def report(case: Case, outcomes: list[Outcome]) -> None:
+    print(f"\n== {case.name}: {case.z0.shape[0]} starts, tolerance ||f(z) - z|| <= {case.tol:g}")
+    print(f"{'method':<22}{'seconds':>9}{'iters':>7}{'converged':>11}{'unique':>8}{'median res':>12}{'max res':>10}")
+    for o in outcomes:
+        ok = o.residual <= case.tol
+        unique = _unique_count(o.z[ok], 1e-3) if bool(ok.any()) else 0
+        print(f"{o.method:<22}{o.seconds:>9.2f}{o.iterations:>7d}{int(ok.sum()):>7d}/{len(ok):<3d}{unique:>8d}"
+              f"{float(o.residual.median()):>12.2e}{float(o.residual.max()):>10.2e}")
+    base, new = outcomes
+    print(f"speed-up (wall time, baseline / ours): {base.seconds / new.seconds:.1f}x")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES), help="cases to run")
+    parser.add_argument("--d", type=int, default=256, help="state dimension of the tanh RNN")
+    parser.add_argument("--g", type=float, default=1.5, help="gain of the tanh RNN weights")
+    parser.add_argument("--n", type=int, default=300, help="number of start states")
+    parser.add_argument("--noise", type=float, default=0.01, help="std of the noise added to sampled states")
+    parser.add_argument("--tol", type=float, default=1e-8, help="absolute residual tolerance for both methods")
+    parser.add_argument("--dtype", default="float64", choices=["float32", "float64"], help="state dtype")
+    parser.add_argument("--max-iters", type=int, default=5000, help="baseline iteration cap (FPF default)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights and start states")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    for name in args.cases:
+        case = CASES[name](args)
+        warm_up = Case(case.name, case.f, case.z0[:4], case.tol)
+        fpf_adam(warm_up, max_iters=20)
+        ours(warm_up)
+        report(case, [fpf_adam(case, max_iters=args.max_iters), ours(case)])
+
+
+if __name__ == "__main__":
+    main()

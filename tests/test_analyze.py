@@ -1,0 +1,109 @@
+"""`attractorlab analyze` and `demo`: every analysis on a tiny run, caching, --force, clear messages."""
+
+import numpy as np
+import pytest
+import torch
+
+from attractorlab import analyze, checkpoint, recording, sudoku
+from attractorlab.cli import main
+from attractorlab.model import EquilibriumReasoner, ReasonerConfig
+from attractorlab.rollout import RolloutConfig, solve
+
+SMALL = analyze.AnalyzeOptions(n_puzzles=2, restarts=3, basin_samples=6, grid=3, max_steps=30, max_embed=10)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    model = EquilibriumReasoner(ReasonerConfig(hidden_size=8, expansion=1.0, H_cycles=1, L_cycles=1, L_layers=1))
+    with torch.no_grad():  # small block weights make a contracting map (random full-size ones are chaotic)
+        for name, p in model.named_parameters():
+            if name.startswith("layers."):
+                p.mul_(0.1)
+    path = tmp_path_factory.mktemp("ck") / "model.pt"
+    checkpoint.save(model, path)
+    return path
+
+
+def make_run(ckpt, path, states="all", n=6):
+    model = checkpoint.load(ckpt)
+    puzzles = sudoku.generate(n, seed=2, difficulty="singles")
+    attrs = {"checkpoint_path": str(ckpt), "checkpoint_sha256": checkpoint.file_sha256(ckpt)}
+    solve(model, puzzles, RolloutConfig(depth=4, breadth=2, seed=0), str(path), batch_size=3, states=states,
+          project=4 if states != "none" else 0, attrs=attrs, progress=False)
+    return path
+
+
+def test_every_analysis_is_computed_stored_and_cached(ckpt, tmp_path):
+    run = make_run(ckpt, tmp_path / "run.h5")
+    statuses = analyze.analyze(str(run), options=SMALL, progress=False, log=lambda s: None)
+    assert {s.name: s.status for s in statuses} == {name: "computed" for name in analyze.ANALYSES}
+    with recording.open_run(run) as r:
+        keys = set(r.analysis_keys())
+        assert {"summary", "scaling", "convergence", "embedding", "probes"} <= keys
+        assert {"fixed_points/p0", "fixed_points/p1", "basins/p0", "basins/p1"} <= keys
+        summary = r.read_analysis("summary")
+        acc = r.rollout.correct[np.arange(r.n), r.rollout.selected, -1].mean()
+        assert summary.attrs["accuracy"] == pytest.approx(acc)
+        scaling = r.read_analysis("scaling")
+        assert scaling["depth_accuracy"].shape == (4,) and list(scaling["breadth_values"]) == [1, 2]
+        emb = r.read_analysis("embedding")
+        assert emb["coords"].shape == (6, 2, 5, 2)  # S = T + 1 snapshots (stride 1)
+        fp = r.read_analysis("fixed_points/p0")
+        assert fp["eigvals"].ndim == 2 and fp["label"].min() >= 0 and fp["label"].max() <= 2
+        basins = r.read_analysis("basins/p0")
+        assert basins["map_label"].shape == (3, 3)
+        assert basins["fraction"].sum() == pytest.approx(1.0)
+    again = analyze.analyze(str(run), options=SMALL, progress=False, log=lambda s: None)
+    assert {s.status for s in again} == {"cached"}
+    forced = analyze.analyze(str(run), only=["summary"], force=True, options=SMALL, progress=False,
+                             log=lambda s: None)
+    assert [(s.name, s.status) for s in forced] == [("summary", "computed")]
+
+
+def test_state_analyses_are_skipped_with_a_reason(ckpt, tmp_path):
+    run = make_run(ckpt, tmp_path / "scalars.h5", states="none")
+    lines = []
+    statuses = analyze.analyze(str(run), only=["convergence", "embedding", "probes"], options=SMALL,
+                               progress=False, log=lines.append)
+    got = {s.name: s for s in statuses}
+    assert got["convergence"].status == "computed"
+    assert got["embedding"].status == "skipped" and "no recorded states" in got["embedding"].reason
+    assert any("embedding" in line and "skipped" in line for line in lines)
+    with recording.open_run(run) as r:
+        assert "no recorded states" in r.read_analysis("embedding").attrs["skipped_reason"]
+
+
+def test_checkpoint_mismatch_and_bad_inputs(ckpt, tmp_path, capsys):
+    run = make_run(ckpt, tmp_path / "run.h5", states="none")
+    other = tmp_path / "other.pt"
+    checkpoint.save(EquilibriumReasoner(ReasonerConfig(hidden_size=8, expansion=1.0, L_layers=1)), other)
+    assert main(["analyze", str(run), "--checkpoint", str(other), "--no-progress"]) == 2
+    assert "does not match" in capsys.readouterr().err
+    assert main(["analyze", str(tmp_path / "missing.h5")]) == 2
+    assert "missing.h5" in capsys.readouterr().err
+    text = tmp_path / "notes.h5"
+    text.write_text("not hdf5")
+    assert main(["analyze", str(text)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "notes.h5" in err
+    assert main(["analyze", str(run), "--only", "everything"]) == 2
+    assert "unknown analysis" in capsys.readouterr().err
+
+
+def test_cli_analyze_writes_report(ckpt, tmp_path, capsys):
+    run = make_run(ckpt, tmp_path / "run.h5")
+    out = tmp_path / "report.html"
+    assert main(["analyze", str(run), "--out", str(out), "--n-puzzles", "1", "--grid", "3", "--basin-samples", "4",
+                 "--max-steps", "4", "--restarts", "2", "--no-progress", "--device", "cpu"]) == 0
+    html = out.read_text()
+    assert "plotly" in html.lower() and len(html) > 10_000
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_demo_smoke(ckpt, tmp_path, capsys):
+    assert main(["demo", "--checkpoint", str(ckpt), "--n", "6", "--depth", "4", "--breadth", "2", "--n-dynamics",
+                 "1", "--grid", "3", "--basin-samples", "4", "--out-dir", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy (select)" in out and "demo_report.html" in out
+    assert (tmp_path / "demo.h5").exists() and (tmp_path / "demo_report.html").exists()

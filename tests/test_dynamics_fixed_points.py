@@ -1,0 +1,195 @@
+"""find_fixed_points against maps whose fixed points, spectra and slow points are known exactly."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from attractorlab.dynamics import KIND_NAMES, FixedPoints, find_fixed_points
+
+FIXED, SLOW, FAILED, NONFINITE = (KIND_NAMES.index(k) for k in ("fixed", "slow", "failed", "nonfinite"))
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensor ops are much faster single-threaded on a shared machine; restore the setting afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def affine_with_spectrum(eigs_real, blocks, d, seed=0, dtype=torch.float64):
+    """f(z) = A z + b with A = S D S^-1: D holds the real eigenvalues and 2x2 blocks r R(theta)."""
+    g = torch.Generator().manual_seed(seed)
+    D = torch.zeros(d, d, dtype=torch.float64)
+    i = 0
+    for r, theta in blocks:
+        D[i : i + 2, i : i + 2] = r * torch.tensor([[math.cos(theta), -math.sin(theta)],
+                                                    [math.sin(theta), math.cos(theta)]], dtype=torch.float64)
+        i += 2
+    for lam in eigs_real:
+        D[i, i] = lam
+        i += 1
+    S = torch.eye(d, dtype=torch.float64) + 0.3 * torch.randn(d, d, generator=g, dtype=torch.float64) / d**0.5
+    A = (S @ D @ torch.linalg.inv(S)).to(dtype)
+    b = torch.randn(d, generator=g, dtype=torch.float64).to(dtype)
+    return A, b
+
+
+def sorted_by_modulus(vals):
+    vals = np.asarray(vals)
+    return vals[np.lexsort((-vals.imag, -np.abs(vals)))]
+
+
+def test_affine_saddle_exact_point_and_spectrum():
+    d = 12
+    blocks = [(1.1, 0.7)]  # an unstable rotation: the fixed point is a saddle (also 0.95, -0.6, ...)
+    real = [0.95, -0.6, 0.5, 0.3, -0.2, 0.1, 0.05, 0.0, -0.01, 0.02]
+    A, b = affine_with_spectrum(real, blocks, d)
+    g = torch.Generator().manual_seed(1)
+    z0 = 5 * torch.randn(6, d, generator=g, dtype=torch.float64)
+    fps = find_fixed_points(lambda z: z @ A.T + b, z0, k=4)
+    z_star = torch.linalg.solve(torch.eye(d, dtype=torch.float64) - A, b)
+    assert isinstance(fps, FixedPoints) and len(fps) == 1
+    assert torch.allclose(fps.z[0], z_star, atol=1e-8)
+    expected = sorted_by_modulus([1.1 * np.exp(0.7j), 1.1 * np.exp(-0.7j), 0.95, -0.6])
+    np.testing.assert_allclose(fps.eigvals[0].numpy(), expected, atol=1e-8)
+    assert not bool(fps.stable[0]) and fps.spectral_radius[0] == pytest.approx(1.1, abs=1e-8)
+    assert fps.count.tolist() == [6] and fps.assignment.tolist() == [0] * 6
+    assert fps.converged.all() and (fps.kind == FIXED).all()
+    assert (fps.iterations <= 8).all()  # Newton: a handful of steps on a linear problem
+
+
+def cubic(a=0.5):
+    """Separable map with fixed points at every z in {-1, 0, 1}^d; attractors are the corners."""
+    return lambda z: z + a * (z - z**3)
+
+
+def test_cubic_finds_all_attractors_and_saddles():
+    d = 3
+    g = torch.Generator().manual_seed(0)
+    z0 = 3 * torch.rand(300, d, generator=g, dtype=torch.float64) - 1.5
+    fps = find_fixed_points(cubic(), z0, k=d)
+    lattice = {p for p in itertools.product((-1.0, 0.0, 1.0), repeat=d)}
+    found = {tuple(float(round(x)) for x in row) for row in fps.z.tolist()}
+    assert found == lattice and len(fps) == 27
+    assert torch.allclose(fps.z, fps.z.round(), atol=1e-8)
+    n_zero = (fps.z.round() == 0).sum(dim=1)
+    assert torch.equal(fps.stable, n_zero == 0)  # corners are stable, anything with a 0 coordinate is not
+    assert bool(fps.stable[:8].all()) and not bool(fps.stable[8:].any())  # sorted: stable first
+    for vals, zeros in zip(fps.eigvals, n_zero.tolist(), strict=True):  # Jacobian diag(1 + a(1 - 3 z_i^2))
+        expected = [1.5] * zeros + [0.0] * (d - zeros)
+        np.testing.assert_allclose(vals.numpy(), expected, atol=1e-8)
+    assert int(fps.count.sum()) == int(fps.converged.sum())
+    assert torch.equal(fps.z[fps.assignment[fps.converged]], fps.z[fps.assignment[fps.converged]])
+    dist = (fps.final[fps.converged] - fps.z[fps.assignment[fps.converged]]).norm(dim=1)
+    assert bool((dist < 1e-6).all())
+
+
+def test_rotation_conjugate_pair_order_and_stability():
+    for r, stable in ((0.9, True), (1.2, False)):
+        theta = 0.4
+        R = r * torch.tensor([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]],
+                             dtype=torch.float64)
+        fps = find_fixed_points(lambda z, R=R: z @ R.T, torch.tensor([[1.0, 2.0], [-3.0, 0.5]], dtype=torch.float64))
+        assert len(fps) == 1 and torch.allclose(fps.z[0], torch.zeros(2, dtype=torch.float64), atol=1e-10)
+        np.testing.assert_allclose(fps.eigvals[0].numpy(), [r * np.exp(0.4j), r * np.exp(-0.4j)], atol=1e-10)
+        assert bool(fps.stable[0]) is stable
+
+
+def test_saddle_node_ghost_is_a_slow_point_not_a_fixed_point():
+    eps = 0.01
+    fps = find_fixed_points(lambda z: z + z**2 + eps, torch.linspace(-1, 1, 7, dtype=torch.float64)[:, None])
+    assert len(fps) == 0 and (fps.kind == SLOW).all()
+    assert len(fps.slow) == 1 and fps.slow.count.tolist() == [7]
+    assert abs(float(fps.slow.z[0, 0])) < 1e-4
+    assert float(fps.slow.residual[0]) == pytest.approx(eps, rel=1e-4)
+    assert (fps.assignment == -1).all() and (fps.slow_assignment == 0).all()
+
+
+def test_kronecker_map_in_82944_dimensions_is_matrix_free():
+    """f(Z) = tanh(A Z B^T) on 81 x 1024 states: fixed point 0, Jacobian B (x) A with known eigenvalues."""
+    g = torch.Generator().manual_seed(0)
+    a_eigs, b_eigs = torch.tensor([0.9, -0.5, 0.3]), torch.tensor([0.8, 0.4])
+    QA = torch.linalg.qr(torch.randn(81, 81, generator=g, dtype=torch.float64))[0]
+    QB = torch.linalg.qr(torch.randn(1024, 1024, generator=g, dtype=torch.float64))[0]
+    da = torch.zeros(81, dtype=torch.float64)
+    da[:3] = a_eigs
+    db = torch.zeros(1024, dtype=torch.float64)
+    db[:2] = b_eigs
+    A, B = QA @ torch.diag(da) @ QA.T, QB @ torch.diag(db) @ QB.T
+
+    def f(z):
+        return torch.tanh((A @ z.reshape(-1, 81, 1024) @ B.T).reshape(z.shape[0], -1))
+
+    z0 = 0.05 * torch.randn(2, 81 * 1024, generator=g, dtype=torch.float64)
+    fps = find_fixed_points(f, z0, k=3, krylov_dim=8)
+    assert len(fps) == 1 and float(fps.z.abs().max()) < 1e-9
+    np.testing.assert_allclose(fps.eigvals[0].real.numpy(), [0.72, -0.4, 0.36], atol=1e-6)
+    assert bool(fps.stable[0])
+
+
+def test_nonfinite_starts_and_trials_are_handled():
+    # sqrt is NaN below 0: Newton steps from 0.5 overshoot into it and must be rejected, not crash.
+    z0 = torch.tensor([[4.0], [0.5], [2.0], [-1.0], [float("nan")]], dtype=torch.float64)
+    fps = find_fixed_points(torch.sqrt, z0)
+    assert len(fps) == 1 and float(fps.z[0, 0]) == pytest.approx(1.0, abs=1e-10)
+    assert fps.kind.tolist() == [FIXED, FIXED, FIXED, NONFINITE, NONFINITE]
+    assert fps.assignment.tolist() == [0, 0, 0, -1, -1]
+    assert fps.eigvals[0, 0].real == pytest.approx(0.5, abs=1e-8)
+    assert math.isinf(float(fps.final_residual[3]))
+
+
+def test_map_that_returns_nan_for_some_rows():
+    def f(z):
+        return torch.where(z[:, :1] > 0, torch.full_like(z, float("nan")), 0.5 * z - 1.0)
+
+    fps = find_fixed_points(f, torch.tensor([[-1.0, -1.0], [1.0, 0.0], [-3.0, 2.0]]))
+    assert fps.kind.tolist() == [FIXED, NONFINITE, FIXED]
+    assert torch.allclose(fps.z, torch.tensor([[-2.0, -2.0]]), atol=1e-4)
+
+
+def test_non_convergence_is_reported():
+    fps = find_fixed_points(cubic(), torch.tensor([[40.0, -25.0]], dtype=torch.float64), max_iter=1,
+                            fallback_iters=0)
+    assert len(fps) == 0 and fps.kind.tolist() == [FAILED]
+    assert not bool(fps.converged[0]) and fps.assignment.tolist() == [-1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtypes_one_dimension_one_start(dtype):
+    fps = find_fixed_points(lambda z: torch.cos(z), torch.tensor([[0.3]], dtype=dtype))
+    assert len(fps) == 1 and fps.z.dtype == dtype
+    assert float(fps.z[0, 0]) == pytest.approx(0.7390851332151607, abs=1e-5 if dtype == torch.float32 else 1e-10)
+    assert fps.eigvals[0, 0].real == pytest.approx(-math.sin(0.7390851332151607), abs=1e-4)
+    assert bool(fps.stable[0])
+
+
+def test_adam_method_batches_noise_and_arrays():
+    A, b = affine_with_spectrum([0.5, -0.4, 0.3, 0.2], [], 4, seed=3)
+    f = lambda z: z @ A.T + b  # noqa: E731
+    z0 = torch.randn(10, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    adam = find_fixed_points(f, z0, method="adam", tol=1e-8, k=2)
+    assert len(adam) == 1 and adam.converged.all()
+    assert torch.allclose(adam.z[0], torch.linalg.solve(torch.eye(4, dtype=torch.float64) - A, b), atol=1e-6)
+    one = find_fixed_points(f, z0, noise=0.5, generator=torch.Generator().manual_seed(7))
+    chunked = find_fixed_points(f, z0, noise=0.5, generator=torch.Generator().manual_seed(7), batch_size=3)
+    assert torch.allclose(one.final, chunked.final, atol=1e-9)
+    arrays = one.to_arrays()
+    assert arrays["z"].shape == (1, 4) and arrays["eigvals"].dtype == np.complex128
+    assert arrays["assignment"].shape == (10,) and "slow_z" in arrays
+    assert all(isinstance(v, np.ndarray) for v in arrays.values())
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(z0=torch.zeros(3)), dict(z0=torch.zeros(2, 3, 4)), dict(z0=np.zeros((2, 2))),
+     dict(z0=torch.zeros(2, 2, dtype=torch.long)), dict(method="bfgs"), dict(tol=-1.0), dict(max_iter=0),
+     dict(krylov_dim=0), dict(k=-1), dict(noise=-0.1), dict(batch_size=0)],
+)
+def test_bad_arguments_raise_value_error(kwargs):
+    args = dict(z0=torch.zeros(2, 2)) | kwargs
+    with pytest.raises(ValueError):
+        find_fixed_points(lambda z: z, args.pop("z0"), **args)
