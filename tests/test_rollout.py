@@ -163,3 +163,22 @@ def test_cli_solve_missing_checkpoint_and_unwritable_output(ckpt, tmp_path, caps
     blocker.write_text("x")
     assert main(["solve", str(ckpt), "--generate", "2", "--out", str(blocker / "r.h5"), "--no-progress"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_torchrun_sharded_solve_merges_into_one_run(ckpt, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "sharded.h5"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                           "29531", "-m", "attractorlab", "solve", str(ckpt), "--generate", "5", "--difficulty",
+                           "singles", "--depth", "3", "--batch-size", "2", "--out", str(out), "--no-progress",
+                           "--device", "cpu"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with recording.open_run(out) as run:
+        assert run.n == 5
+        tokens = np.sort(run.puzzles.tokens, axis=0)
+    expected = np.sort(sudoku.generate(5, seed=0, difficulty="singles").tokens, axis=0)
+    np.testing.assert_array_equal(tokens, expected)
