@@ -31,7 +31,7 @@ PRESETS: dict[str, dict] = {
                  batch_size=64, lr=2e-3, warmup_steps=100, weight_decay=0.1, ema_decay=0.99, steps=1500,
                  n_train=2000, eval_every=250, checkpoint_every=250, eval_depths=(1, 4, 16)),
     "small": dict(model=dict(hidden_size=128, expansion=2.0, L_layers=2, H_cycles=2, L_cycles=3, halt_max_steps=8),
-                  batch_size=96, lr=1e-3, warmup_steps=300, weight_decay=0.1, ema_decay=0.995, steps=4000,
+                  batch_size=64, lr=1.5e-3, warmup_steps=100, weight_decay=0.1, ema_decay=0.995, steps=4000,
                   n_train=20000, eval_every=500, checkpoint_every=100, eval_depths=(1, 4, 16, 64)),
     "paper": dict(model=dict(hidden_size=512, expansion=4.0, L_layers=2, H_cycles=3, L_cycles=6, halt_max_steps=16),
                   batch_size=768, lr=1e-4, warmup_steps=2000, weight_decay=1.0, ema_decay=0.999, steps=50000,

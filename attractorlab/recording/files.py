@@ -1,0 +1,120 @@
+"""Low-level HDF5 helpers shared by the writer, reader, analysis and shard modules: attribute conversion,
+opening files with the run-file settings, schema checks and the committed-row count."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .schema import LIBVER, SCHEMA, SCHEMA_VERSION, RunFileError, RunFileNotFoundError, StateSpec
+
+
+def _attr_value(key: str, value: Any) -> Any:
+    """Python value -> HDF5 attribute value (dicts as JSON text, sequences as arrays, strings UTF-8)."""
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        value = np.asarray(value)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "OUS":
+        return np.array([str(v) for v in value.ravel()], dtype=h5py.string_dtype()).reshape(value.shape)
+    if isinstance(value, (str, bool, int, float, np.generic, np.ndarray)):
+        return value
+    raise ValueError(f"attribute {key!r}: cannot store a {type(value).__name__} (str, numbers, arrays, dict)")
+
+
+def _write_attrs(obj: Any, attrs: dict) -> None:
+    for key, value in attrs.items():
+        if value is not None:
+            obj.attrs[key] = _attr_value(key, value)
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray) and value.dtype.kind == "O":
+        return np.array([_decode(v) for v in value.ravel()]).reshape(value.shape)
+    return value
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    try:
+        return json.loads(a or "{}") == json.loads(b or "{}")
+    except (TypeError, json.JSONDecodeError):
+        return a == b
+
+
+def _detail(err: BaseException) -> str:
+    """The informative part of an h5py error message (the last parenthesis)."""
+    m = re.search(r"\(([^()]*)\)\s*$", str(err))
+    return m.group(1) if m else str(err)
+
+
+def _open_h5(path: str, mode: str, swmr: bool = False) -> h5py.File:
+    """h5py.File with the run-file settings; h5py's OSError becomes a one-line RunFileError."""
+    try:
+        kw = {"libver": LIBVER} if mode != "r" else {"swmr": swmr}
+        return h5py.File(path, mode, rdcc_nbytes=16 << 20, **kw)
+    except FileNotFoundError:
+        raise RunFileNotFoundError(f"{path}: no such run file") from None
+    except OSError as err:
+        msg = str(err)
+        if "already open for" in msg:
+            problem = "open for writing by another process, or its writer was killed (repair_run/resume it)"
+        elif "unable to lock" in msg:
+            problem = "locked by another process that is writing it"
+        elif "signature" in msg:
+            problem = "not an HDF5 file"
+        else:
+            kind = "truncated" if "truncated" in msg else "corrupt or unreadable"
+            problem = f"{kind} HDF5 file ({_detail(err)})"
+        raise RunFileError(f"{path}: {problem}") from None
+
+
+def _check_schema(f: h5py.File, path: str) -> int:
+    schema = _decode(f.attrs.get("schema"))
+    if schema != SCHEMA:
+        found = "no 'schema' attribute" if schema is None else f"schema {schema!r}"
+        raise RunFileError(f"{path}: not an attractorlab run file ({found})")
+    try:
+        version = int(f.attrs["schema_version"])
+    except (KeyError, TypeError, ValueError):
+        raise RunFileError(f"{path}: run file without a valid schema_version") from None
+    if version > SCHEMA_VERSION:
+        raise RunFileError(f"{path}: schema_version {version} is newer than this attractorlab supports "
+                           f"({SCHEMA_VERSION}); upgrade attractorlab")
+    if version < 1:
+        raise RunFileError(f"{path}: invalid schema_version {version}")
+    return version
+
+
+def _n_done(f: h5py.File) -> int:
+    if "n_done" in f:
+        if f.swmr_mode:
+            f["n_done"].refresh()
+        return int(f["n_done"][()])
+    return int(f.attrs.get("n_done", f["puzzles/tokens"].shape[0] if "puzzles/tokens" in f else 0))
+
+
+def _row_datasets(f: h5py.File) -> list:
+    """Datasets whose first axis is the puzzle axis N."""
+    out = [f[g][k] for g in ("puzzles", "rollout") if g in f for k in f[g]]
+    return out + ([f["states/data"]] if "states/data" in f else [])
+
+
+def _state_spec(f: h5py.File) -> StateSpec:
+    if "states" not in f:
+        return StateSpec()
+    g = f["states"]
+    return StateSpec(mode=str(_decode(g.attrs["mode"])), stride=int(g.attrs["stride"]),
+                     dtype=str(_decode(g.attrs["dtype"])), shape=tuple(int(s) for s in g.attrs["shape"]),
+                     projection=g["projection"][()] if "projection" in g else None,
+                     description=str(_decode(g.attrs.get("description", ""))))

@@ -1,0 +1,114 @@
+"""Run-file schema: format constants, dataset tables and descriptions, :class:`StateSpec`, errors, and the
+analysis result type and naming rule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SCHEMA = "attractorlab.run"
+SCHEMA_VERSION = 1
+LIBVER = ("v110", "v110")  # SWMR needs >= 1.10; "latest" (the 2.0 format) is unreadable by 1.10 tools
+STATE_MODES = ("none", "final", "all")
+STATE_DTYPES = ("float16", "float32")
+RESERVED_ATTRS = ("schema", "schema_version", "n_done", "breadth", "depth", "writer", "merged")
+PUZZLE_FIELDS = {"tokens": ("u1", (81,)), "solution": ("u1", (81,)), "source": ("str", ()),
+                 "rating": ("i4", ())}
+OPTIONAL_ROLLOUT = {"selected_majority": ("i4", ())}
+DESCRIPTIONS = {  # dataset -> (axes, description), written as attributes for readers of the raw file
+    "puzzles/tokens": ("N,81", "token encoding: 0 pad, 1 blank, 2..10 digits 1..9"),
+    "puzzles/solution": ("N,81", "solution digits 1..9, 0 = unknown"),
+    "puzzles/source": ("N", "puzzle source (UTF-8)"),
+    "puzzles/rating": ("N", "difficulty rating"),
+    "rollout/residual": ("N,B,T", "||z_t - z_{t-1}|| / ||z_t|| of the full state after outer step t"),
+    "rollout/halt_logit": ("N,B,T", "halting logit q after outer step t"),
+    "rollout/logit_change": ("N,B,T", "norm of the change of the output logits at outer step t"),
+    "rollout/pred": ("N,B,T,81", "decoded digits 1..9 after outer step t"),
+    "rollout/valid": ("N,B,T", "pred satisfies all Sudoku constraints and the givens"),
+    "rollout/correct": ("N,B,T", "pred equals the known solution"),
+    "rollout/steps": ("N,B", "outer steps run before halting; later entries repeat the last"),
+    "rollout/selected": ("N", "restart chosen by the selection rule"),
+    "rollout/selected_majority": ("N", "restart chosen by majority vote"),
+    "states/data": ("N,B,S,...", "latent state snapshots after the outer steps in /states/steps"),
+    "states/steps": ("S", "outer step of each snapshot (0 = initial state)"),
+    "states/projection": ("D,k", "basis applied to each stored vector (e.g. each cell's [z_H, z_L]) before storing"),
+    "n_done": ("", "puzzles fully written (commit point; rows beyond it are unfinished)"),
+}
+
+
+class RunFileError(ValueError):
+    """A run file that cannot be used: missing, not HDF5, not a run, too new, truncated or corrupt."""
+
+
+class RunFileNotFoundError(RunFileError, FileNotFoundError):
+    """The run file does not exist."""
+
+
+@dataclass
+class StateSpec:
+    """Which latent states a run stores under ``/states``.
+
+    mode: ``none`` | ``final`` (state after step T, frozen at halting) | ``all`` (initial state, every
+    ``stride``-th outer step and step T). ``shape`` is one snapshot's shape, e.g. ``(2, 81, 512)`` for
+    stacked (z_H, z_L) or ``(k,)`` for projected states; ``projection`` an optional ``[D_full, k]`` basis
+    that the caller already applied, stored for reference.
+    """
+
+    mode: str = "none"
+    stride: int = 1
+    dtype: str = "float16"
+    shape: tuple = ()
+    projection: np.ndarray | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.mode not in STATE_MODES:
+            raise ValueError(f"unknown state mode {self.mode!r}; choose one of {', '.join(STATE_MODES)}")
+        if isinstance(self.stride, bool) or not isinstance(self.stride, (int, np.integer)) or self.stride < 1:
+            raise ValueError(f"state stride must be a positive integer, got {self.stride!r}")
+        if self.dtype not in STATE_DTYPES:
+            raise ValueError(f"state dtype must be one of {', '.join(STATE_DTYPES)}, got {self.dtype!r}")
+        self.shape = tuple(int(s) for s in self.shape)
+        if self.mode != "none" and (not self.shape or min(self.shape) < 1):
+            raise ValueError(f"state mode {self.mode!r} needs a non-empty positive shape, got {self.shape}")
+        if self.projection is not None:
+            self.projection = np.asarray(self.projection)
+            if self.projection.ndim != 2 or not self.shape or self.shape[-1] != self.projection.shape[1]:
+                raise ValueError(f"projection must be [D_in, k] with shape (..., k); got projection "
+                                 f"{self.projection.shape} and shape {self.shape}")
+
+    def steps(self, depth: int) -> np.ndarray:
+        """Outer step of each stored snapshot, ``[S]`` int32 (0 = initial state, t = after step t)."""
+        if self.mode == "none":
+            return np.zeros(0, np.int32)
+        if self.mode == "final":
+            return np.array([depth], np.int32)
+        kept = [0, *range(self.stride, depth + 1, self.stride)]
+        return np.array(kept + ([depth] if depth % self.stride else []), np.int32)
+
+    def key(self) -> tuple:
+        """Everything that must match for two runs to share a ``/states`` layout."""
+        proj = None if self.projection is None else (self.projection.shape, self.projection.tobytes())
+        return self.mode, self.stride, self.dtype, self.shape, proj
+
+
+def _rollout_fields(breadth: int, depth: int) -> dict[str, tuple[str, tuple]]:
+    """Required ``/rollout`` datasets: name -> (dtype, per-puzzle shape)."""
+    bt = (breadth, depth)
+    return {"residual": ("f4", bt), "halt_logit": ("f4", bt), "logit_change": ("f4", bt),
+            "pred": ("u1", (*bt, 81)), "valid": ("bool", bt), "correct": ("bool", bt),
+            "steps": ("i4", (breadth,)), "selected": ("i4", ())}
+
+
+class AnalysisResult(dict):
+    """``dict`` of arrays/scalars from ``/analysis/<name>``; the group's attributes in ``.attrs``."""
+
+    attrs: dict
+
+
+def _check_name(name: str) -> str:
+    parts = str(name).strip("/").split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid analysis name {name!r}")
+    return "/".join(parts)
