@@ -300,16 +300,19 @@ class EquilibriumReasoner(nn.Module):
         return z_H, z_L
 
     def step(self, state: LatentState, tokens: torch.Tensor, *, noise: bool = True,
-             generator: torch.Generator | None = None, x: torch.Tensor | None = None) -> LatentState:
+             generator: torch.Generator | None = None, x: torch.Tensor | None = None,
+             grad_last_only: bool | None = None) -> LatentState:
         """One outer step: H_cycles x (L_cycles updates of z_L, then one of z_H).
 
         In training mode the first ``H_cycles - 1`` cycles run without gradients (as in the reference), so
         gradients flow only through the last cycle. ``noise=False`` makes the step a deterministic map.
-        ``x`` may pass a precomputed ``embed(tokens)`` to save work in long rollouts.
+        ``x`` may pass a precomputed ``embed(tokens)`` to save work in long rollouts; ``grad_last_only``
+        overrides the training-mode gradient truncation (``False`` always keeps the full graph).
         """
         x = self.embed(tokens) if x is None else x
         z_H, z_L = state.z_H, state.z_L
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.training):
+        truncate = self.training if grad_last_only is None else grad_last_only
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not truncate):
             for _ in range(self.config.H_cycles - 1):
                 z_H, z_L = self._cycle(z_H, z_L, x, noise, generator)
         z_H, z_L = self._cycle(z_H, z_L, x, noise, generator)
@@ -328,7 +331,8 @@ class EquilibriumReasoner(nn.Module):
     def as_map(self, tokens: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """The deterministic outer step as a flat map ``F: [N, 2 L D] -> [N, 2 L D]`` for the dynamics tools.
 
-        tokens: ``[1, L]`` (one puzzle, broadcast over N) or ``[N, L]``. Noise is off, so F is a pure function.
+        tokens: ``[1, L]`` (one puzzle, broadcast over N) or ``[N, L]``. Noise is off and the full graph is kept
+        (also in training mode), so F is a pure function whose Jacobian covers the whole outer step.
         """
         x_fixed = self.embed(tokens.to(self.device))
         seq_len, hidden = self.config.seq_len, self.config.hidden_size
@@ -336,7 +340,7 @@ class EquilibriumReasoner(nn.Module):
         def step_map(z: torch.Tensor) -> torch.Tensor:
             state = LatentState.unflatten(z, seq_len, hidden)
             x = x_fixed.expand(z.shape[0], -1, -1) if x_fixed.shape[0] == 1 else x_fixed
-            return self.step(state, tokens, noise=False, x=x.to(z.dtype)).flatten()
+            return self.step(state, tokens, noise=False, x=x.to(z.dtype), grad_last_only=False).flatten()
 
         return step_map
 

@@ -1,7 +1,7 @@
 """Linear probes on latent states: what can be read out linearly, and from which step on.
 
-- :func:`probe_cells`: per recorded step, a multinomial logistic regression decodes each cell's digit from that
-  cell's latent vector (one probe per step, shared over the 81 cells).
+- :func:`probe_cells`: per recorded step, a multinomial logistic regression decodes each cell's digit from
+  that cell's latent vector (one probe per step, shared over the 81 cells).
 - :func:`probe_correctness`: per recorded step, a logistic regression predicts whether the puzzle ends solved
   from the whole (flattened) state.
 
@@ -114,7 +114,7 @@ def probe_cells(
     *,
     steps=None,
     n_splits: int = 3,
-    max_samples: int = 20000,
+    max_samples: int = 10000,
     max_iter: int = 200,
     C: float = 1.0,
     seed: int = 0,

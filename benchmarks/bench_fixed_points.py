@@ -5,9 +5,9 @@ The baseline re-implements the optimisation loop of FixedPointFinder (Golub & Su
 github.com/mattgolub/fixed-point-finder) with its published defaults:
 
 - joint optimisation of the mean of ``q_i = 0.5 ||f(z_i) - z_i||^2`` over all starts;
-- Adam with ``epsilon = 0.01`` (``adam_hps``), learning rate from ``AdaptiveLearningRate`` (recurrent-whisperer):
-  initial rate 1.0, times 0.95 when the latest loss is worse than all of the previous 5 and times 1/0.95 after
-  5 monotonic decreases, at most one change per 5 steps;
+- Adam with ``epsilon = 0.01`` (``adam_hps``), learning rate from recurrent-whisperer's
+  ``AdaptiveLearningRate``: initial rate 1.0, times 0.95 when the latest loss is worse than all of the
+  previous 5 and times 1/0.95 after 5 monotonic decreases, at most one change per 5 steps;
 - ``AdaptiveGradNormClip``: global-norm clipping at the 95th percentile of the last 128 gradient norms
   (initial clip value 1e12, so the first step is unclipped);
 - stop when every start has ``q < tol_q`` or ``|dq| < tol_dq * learning_rate`` (tol_q 1e-12, tol_dq 1e-20),
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from attractorlab.dynamics import find_fixed_points
+from attractorlab.dynamics import KIND_NAMES, find_fixed_points
 
 
 @dataclass
@@ -51,6 +51,7 @@ class Outcome:
     z: torch.Tensor
     residual: torch.Tensor
     iterations: int
+    note: str = ""
 
 
 def tanh_rnn_case(args: argparse.Namespace) -> Case:
@@ -83,8 +84,8 @@ CASES: dict[str, Callable[[argparse.Namespace], Case]] = {"tanh_rnn": tanh_rnn_c
 class _AdaptiveLearningRate:
     """Learning-rate schedule of recurrent-whisperer's AdaptiveLearningRate with its defaults (no warm-up)."""
 
-    def __init__(self, rate: float = 1.0, factor_down: float = 0.95, factor_up: float = 1 / 0.95, window: int = 5):
-        self.rate, self.down, self.up, self.window = rate, factor_down, factor_up, window
+    def __init__(self, rate: float = 1.0, down: float = 0.95, up: float = 1 / 0.95, window: int = 5):
+        self.rate, self.down, self.up, self.window = rate, down, up, window
         self.losses: list[float] = []
         self.step, self.last_change = 0, 0
 
@@ -151,12 +152,15 @@ def fpf_adam(case: Case, max_iters: int = 5000, tol_dq: float = 1e-20) -> Outcom
 
 
 def ours(case: Case) -> Outcome:
-    """attractorlab's find_fixed_points at the same absolute tolerance (its tol is relative to max(||z||, 1))."""
+    """attractorlab's find_fixed_points at the same absolute tolerance (its own is relative, see there)."""
     scale = float(case.z0.norm(dim=1).clamp_min(1.0).max())
     start = time.perf_counter()
     fps = find_fixed_points(case.f, case.z0, tol=case.tol / (2 * scale), k=0)
     seconds = time.perf_counter() - start
-    return Outcome("find_fixed_points", seconds, fps.final, fps.final_residual, int(fps.iterations.max()))
+    kinds = torch.bincount(fps.kind.long(), minlength=len(KIND_NAMES)).tolist()
+    note = ", ".join(f"{n} {name}" for name, n in zip(KIND_NAMES, kinds, strict=True))
+    iterations = int(fps.iterations.max())
+    return Outcome("find_fixed_points", seconds, fps.final, fps.final_residual, iterations, note)
 
 
 def _unique_count(z: torch.Tensor, tol: float) -> int:
@@ -170,12 +174,13 @@ def _unique_count(z: torch.Tensor, tol: float) -> int:
 
 def report(case: Case, outcomes: list[Outcome]) -> None:
     print(f"\n== {case.name}: {case.z0.shape[0]} starts, tolerance ||f(z) - z|| <= {case.tol:g}")
-    print(f"{'method':<22}{'seconds':>9}{'iters':>7}{'converged':>11}{'unique':>8}{'median res':>12}{'max res':>10}")
+    print(f"{'method':<22}{'seconds':>9}{'iters':>7}{'converged':>11}{'unique':>8}{'median res':>12}"
+          f"{'max res':>10}")
     for o in outcomes:
         ok = o.residual <= case.tol
         unique = _unique_count(o.z[ok], 1e-3) if bool(ok.any()) else 0
         print(f"{o.method:<22}{o.seconds:>9.2f}{o.iterations:>7d}{int(ok.sum()):>7d}/{len(ok):<3d}{unique:>8d}"
-              f"{float(o.residual.median()):>12.2e}{float(o.residual.max()):>10.2e}")
+              f"{float(o.residual.median()):>12.2e}{float(o.residual.max()):>10.2e}  {o.note}")
     base, new = outcomes
     print(f"speed-up (wall time, baseline / ours): {base.seconds / new.seconds:.1f}x")
 
@@ -187,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--g", type=float, default=1.5, help="gain of the tanh RNN weights")
     parser.add_argument("--n", type=int, default=300, help="number of start states")
     parser.add_argument("--noise", type=float, default=0.01, help="std of the noise added to sampled states")
-    parser.add_argument("--tol", type=float, default=1e-8, help="absolute residual tolerance for both methods")
+    parser.add_argument("--tol", type=float, default=2**0.5 * 1e-6,
+                        help="absolute residual tolerance for both (default: FPF's tol_q = 1e-12)")
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"], help="state dtype")
     parser.add_argument("--max-iters", type=int, default=5000, help="baseline iteration cap (FPF default)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")

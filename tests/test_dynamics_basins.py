@@ -70,7 +70,8 @@ def test_unknown_attractors_are_collected():
 
 
 def test_limit_cycle_is_never_assigned_to_the_repelling_origin():
-    samples = sample_ball(torch.zeros(2, dtype=torch.float64), 2.0, 300, generator=torch.Generator().manual_seed(2))
+    gen = torch.Generator().manual_seed(2)
+    samples = sample_ball(torch.zeros(2, dtype=torch.float64), 2.0, 300, generator=gen)
     origin = torch.zeros(1, 2, dtype=torch.float64)
     stats = basin_stability(limit_cycle, origin, samples, max_steps=300, return_final=True)
     assert stats.unassigned == 1.0 and stats.fraction.tolist() == [0.0]

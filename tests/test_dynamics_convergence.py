@@ -60,7 +60,8 @@ def test_auroc_perfect_reversed_and_single_class():
     reversed_ = auroc_scores(residual, ~correct_final)
     assert reversed_.auroc()["final_residual"] == 0.0
     single = auroc_scores(residual, np.ones_like(correct_final))
-    assert np.isnan(single.auroc()["final_residual"]) and "one class" in single.scores["final_residual"].reason
+    assert np.isnan(single.auroc()["final_residual"])
+    assert "one class" in single.scores["final_residual"].reason
     assert "final_residual/auroc" in res.to_arrays()
 
 

@@ -93,7 +93,8 @@ def test_rotation_conjugate_pair_order_and_stability():
         theta = 0.4
         R = r * torch.tensor([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]],
                              dtype=torch.float64)
-        fps = find_fixed_points(lambda z, R=R: z @ R.T, torch.tensor([[1.0, 2.0], [-3.0, 0.5]], dtype=torch.float64))
+        z0 = torch.tensor([[1.0, 2.0], [-3.0, 0.5]], dtype=torch.float64)
+        fps = find_fixed_points(lambda z, R=R: z @ R.T, z0)
         assert len(fps) == 1 and torch.allclose(fps.z[0], torch.zeros(2, dtype=torch.float64), atol=1e-10)
         np.testing.assert_allclose(fps.eigvals[0].numpy(), [r * np.exp(0.4j), r * np.exp(-0.4j)], atol=1e-10)
         assert bool(fps.stable[0]) is stable
@@ -162,7 +163,8 @@ def test_non_convergence_is_reported():
 def test_dtypes_one_dimension_one_start(dtype):
     fps = find_fixed_points(lambda z: torch.cos(z), torch.tensor([[0.3]], dtype=dtype))
     assert len(fps) == 1 and fps.z.dtype == dtype
-    assert float(fps.z[0, 0]) == pytest.approx(0.7390851332151607, abs=1e-5 if dtype == torch.float32 else 1e-10)
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    assert float(fps.z[0, 0]) == pytest.approx(0.7390851332151607, abs=tol)  # the Dottie number
     assert fps.eigvals[0, 0].real == pytest.approx(-math.sin(0.7390851332151607), abs=1e-4)
     assert bool(fps.stable[0])
 
@@ -187,9 +189,10 @@ def test_adam_method_batches_noise_and_arrays():
     "kwargs",
     [dict(z0=torch.zeros(3)), dict(z0=torch.zeros(2, 3, 4)), dict(z0=np.zeros((2, 2))),
      dict(z0=torch.zeros(2, 2, dtype=torch.long)), dict(method="bfgs"), dict(tol=-1.0), dict(max_iter=0),
-     dict(krylov_dim=0), dict(k=-1), dict(noise=-0.1), dict(batch_size=0)],
+     dict(krylov_dim=0), dict(k=-1), dict(noise=-0.1), dict(batch_size=0), dict(fallback_iters=-1),
+     dict(fallback_lr=0.0), dict(f=lambda z: z[:, :1]), dict(f="not a map")],
 )
 def test_bad_arguments_raise_value_error(kwargs):
-    args = dict(z0=torch.zeros(2, 2)) | kwargs
+    args = dict(z0=torch.zeros(2, 2), f=lambda z: z) | kwargs
     with pytest.raises(ValueError):
-        find_fixed_points(lambda z: z, args.pop("z0"), **args)
+        find_fixed_points(args.pop("f"), args.pop("z0"), **args)

@@ -15,6 +15,7 @@ from attractorlab.dynamics import (
     top_singular_values,
 )
 
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny tensor ops are much faster single-threaded on a shared machine; restore the setting afterwards."""
@@ -37,8 +38,8 @@ def kronecker_map(n1, n2, seed=0, dtype=torch.float64):
     def f(z):
         return torch.tanh((A @ z.reshape(-1, n1, n2) @ B.T).reshape(z.shape[0], -1))
 
-    exact = (torch.linalg.eigvals(A.double())[:, None] * torch.linalg.eigvals(B.double())[None, :]).reshape(-1)
-    return f, exact.numpy(), A, B
+    exact = torch.linalg.eigvals(A.double())[:, None] * torch.linalg.eigvals(B.double())[None, :]
+    return f, exact.reshape(-1).numpy(), A, B
 
 
 def top_by_modulus(vals, k):
@@ -69,7 +70,8 @@ def test_dense_and_arnoldi_agree_on_a_nonlinear_map_at_several_points():
     arnoldi = jacobian_spectrum(f, z, k=5, method="arnoldi")
     np.testing.assert_allclose(arnoldi.numpy(), dense.numpy(), rtol=1e-7, atol=1e-9)
     jac = torch.func.jacrev(lambda x: f(x[None])[0])(z[1])
-    np.testing.assert_allclose(dense[1].numpy(), top_by_modulus(torch.linalg.eigvals(jac).numpy(), 5), atol=1e-10)
+    expected = top_by_modulus(torch.linalg.eigvals(jac).numpy(), 5)
+    np.testing.assert_allclose(dense[1].numpy(), expected, atol=1e-10)
     np.testing.assert_allclose(jacobian_matrix(f, z)[1].numpy(), jac.numpy(), atol=1e-12)
 
 
@@ -93,16 +95,21 @@ def test_rotation_pairs_sorting_which_and_vectors():
         assert torch.allclose(Dc @ v, spec.eigvals[0, j] * v, atol=1e-10)
 
 
+def svd_products(A, B):
+    """Singular values of A (x) B, decreasing."""
+    products = torch.linalg.svdvals(A)[:, None] * torch.linalg.svdvals(B)[None, :]
+    return np.sort(products.reshape(-1).numpy())[::-1]
+
+
 def test_top_singular_values_dense_arnoldi_exact():
     f, _, A, B = kronecker_map(10, 300, seed=2)
     z = torch.zeros(1, 3000, dtype=torch.float64)
-    exact = (torch.linalg.svdvals(A)[:, None] * torch.linalg.svdvals(B)[None, :]).reshape(-1).sort(descending=True)
+    exact = svd_products(A, B)
     arnoldi = top_singular_values(f, z, k=4)
-    np.testing.assert_allclose(arnoldi[0].numpy(), exact.values[:4].numpy(), rtol=1e-7)
+    np.testing.assert_allclose(arnoldi[0].numpy(), exact[:4], rtol=1e-7)
     small_f, _, A2, B2 = kronecker_map(4, 5, seed=3)
     dense = top_singular_values(small_f, torch.zeros(2, 20, dtype=torch.float64), k=3)
-    exact2 = (torch.linalg.svdvals(A2)[:, None] * torch.linalg.svdvals(B2)[None, :]).reshape(-1).sort(descending=True)
-    np.testing.assert_allclose(dense.numpy(), np.tile(exact2.values[:3].numpy(), (2, 1)), rtol=1e-10)
+    np.testing.assert_allclose(dense.numpy(), np.tile(svd_products(A2, B2)[:3], (2, 1)), rtol=1e-10)
 
 
 def test_spectral_radius_power_iteration_with_complex_dominant_pair():
@@ -113,13 +120,17 @@ def test_spectral_radius_power_iteration_with_complex_dominant_pair():
     M = Q @ D @ Q.T
     scales = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)
 
-    def f_rows(z):  # the block of rows of point i is scaled by scales[i]: spectral radii 0.95 * scales
-        reps = z.shape[0] // 3
-        return (z @ M.T) * scales.repeat_interleave(reps)[:, None]
+    def f(z):  # at (s, 0, ..., 0) the Jacobian is blockdiag(0, s M): spectral radius 0.95 |s|
+        return torch.cat([0 * z[:, :1], z[:, :1] * (z[:, 1:] @ M.T)], dim=1)
 
-    rho = spectral_radius(f_rows, torch.zeros(3, d, dtype=torch.float64), iters=60,
-                          generator=torch.Generator().manual_seed(1))
+    points = torch.zeros(3, d + 1, dtype=torch.float64)
+    points[:, 0] = scales
+    rho = spectral_radius(f, points, iters=60, generator=torch.Generator().manual_seed(1))
     np.testing.assert_allclose(rho.numpy(), 0.95 * scales.numpy(), rtol=1e-6)
+    crowded = torch.linspace(0.95, 1.0, d, dtype=torch.float64)  # the Ritz value cannot settle in 40 steps
+    z0 = torch.zeros(1, d, dtype=torch.float64)
+    rho_crowded = spectral_radius(lambda z: z * crowded, z0, iters=40, block=2)
+    assert float(rho_crowded[0]) == pytest.approx(1.0, abs=0.02)
     nan_map = lambda z: torch.where(z[:, :1] > 0, float("nan"), 0.5 * z)  # noqa: E731
     rho_nan = spectral_radius(nan_map, torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), iters=5)
     assert math.isnan(float(rho_nan[0])) and float(rho_nan[1]) == pytest.approx(0.5, abs=1e-6)

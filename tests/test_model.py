@@ -200,3 +200,15 @@ def test_load_reference_errors():
         load_reference(sd, hidden_size=64)
     with pytest.raises(CheckpointError, match="not found"):
         load_reference("/nonexistent/ref.pt")
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script.* is deprecated:DeprecationWarning")  # torch's own jvp
+def test_as_map_keeps_the_full_jacobian_in_training_mode():
+    model = EquilibriumReasoner(tiny_config(H_cycles=2)).train()
+    f = model.as_map(tokens(1))
+    z = model.init_state(tokens(1), generator=torch.Generator().manual_seed(0)).flatten()
+    v = torch.randn_like(z)
+    _, jv_train = torch.func.jvp(f, (z,), (v,))
+    model.eval()
+    _, jv_eval = torch.func.jvp(f, (z,), (v,))
+    torch.testing.assert_close(jv_train, jv_eval)

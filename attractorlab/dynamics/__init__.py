@@ -1,9 +1,9 @@
 """Model-agnostic analysis of batched maps ``f: [N, d] -> [N, d]``: fixed points, Jacobian spectra, basins of
 attraction, embeddings, and convergence-vs-correctness statistics from run-file arrays.
 
-Every function takes a callable on torch tensors (any float dtype, any device) that acts on rows independently,
-plus tensors; nothing here imports the model or h5py. Residual tolerances are relative to the state norm:
-a state has converged when ``||f(z) - z|| <= tol * max(||z||, 1)``.
+Every function takes a callable on torch tensors (any float dtype, any device) that acts on rows
+independently, plus tensors; nothing here imports the model or h5py. Residual tolerances are relative to the
+state norm: a state has converged when ``||f(z) - z|| <= tol * max(||z||, 1)``.
 """
 
 from .basins import BasinMap, BasinStats, basin_map, basin_stability, sample_ball
@@ -22,7 +22,14 @@ from .convergence import (
 )
 from .embedding import PCAEmbedder, UMAPEmbedder, embed
 from .fixed_points import KIND_NAMES, FixedPoints, SlowPoints, find_fixed_points
-from .jacobian import Linearization, Spectrum, jacobian_matrix, jacobian_spectrum, spectral_radius, top_singular_values
+from .jacobian import (
+    Linearization,
+    Spectrum,
+    jacobian_matrix,
+    jacobian_spectrum,
+    spectral_radius,
+    top_singular_values,
+)
 
 __all__ = [
     "ENDING_NAMES",

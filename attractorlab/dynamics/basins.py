@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .fixed_points import _greedy_unique, _numpy
-from .jacobian import BatchedMap, Tensor, check_states
+from .jacobian import BatchedMap, Tensor, check_map, check_states
 
 
 @dataclass
@@ -51,8 +51,9 @@ class BasinStats:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """All fields as numpy arrays (``final`` only when present)."""
-        out = {name: _numpy(getattr(self, name)) for name in (
-            "fraction", "stderr", "count", "assignment", "steps", "converged", "new_attractors", "new_assignment")}
+        names = ("fraction", "stderr", "count", "assignment", "steps", "converged", "new_attractors",
+                 "new_assignment")
+        out = {name: _numpy(getattr(self, name)) for name in names}
         out["unassigned"] = np.asarray(self.unassigned)
         out["unassigned_stderr"] = np.asarray(self.unassigned_stderr)
         if self.final is not None:
@@ -182,9 +183,8 @@ def _collect_new(final, converged, assignment, tol):
 
 
 def _check_common(f, attractors, samples, max_steps, tol, assign_tol, batch_size):
-    if not callable(f):
-        raise ValueError("f must be callable: a batched map [N, d] -> [N, d]")
     samples = check_states(samples, "samples")
+    check_map(f, samples)
     d = samples.shape[1]
     if attractors is None:
         attractors = samples.new_zeros(0, d)
@@ -272,7 +272,8 @@ def _plane(anchors) -> tuple[Tensor, Tensor, Tensor]:
     else:
         points = anchors
         if not isinstance(points, torch.Tensor) or points.ndim != 2 or points.shape[0] != 3:
-            raise ValueError(f"anchors must be a [3, d] tensor or (center, u, v), got {getattr(points, 'shape', None)}")
+            shape = getattr(points, "shape", None)
+            raise ValueError(f"anchors must be a [3, d] tensor or (center, u, v), got shape {shape}")
     if not points.is_floating_point() or not bool(torch.isfinite(points).all()):
         raise ValueError("anchors must be finite floating-point states")
     origin = points[0]
@@ -331,7 +332,7 @@ def basin_map(
         pad = margin * (hi - lo).max().clamp_min(1e-12)
         extent = (float(lo[0] - pad), float(hi[0] + pad), float(lo[1] - pad), float(hi[1] + pad))
     if len(extent) != 4 or not (extent[0] < extent[1] and extent[2] < extent[3]):
-        raise ValueError(f"extent must be (xmin, xmax, ymin, ymax) with xmin < xmax, ymin < ymax, got {extent!r}")
+        raise ValueError(f"extent must be (xmin, xmax, ymin, ymax), xmin < xmax, ymin < ymax, got {extent!r}")
     gx, gy = resolution
     xs = torch.linspace(extent[0], extent[1], gx, dtype=origin.dtype, device=origin.device)
     ys = torch.linspace(extent[2], extent[3], gy, dtype=origin.dtype, device=origin.device)

@@ -7,8 +7,8 @@ shape ``[..., T]`` works; numpy arrays or torch tensors. Results are small datac
 ``to_arrays()``.
 
 - :func:`residual_curves`: median and quartiles per step, correct vs incorrect trajectories.
-- :func:`auroc_scores`: how well convergence scores (final residual, mean of the last residuals, halting logit,
-  logit change) predict final correctness (AUROC and ROC curves).
+- :func:`auroc_scores`: how well convergence scores (final residual, mean of the last residuals, halting
+  logit, logit change) predict final correctness (AUROC and ROC curves).
 - :func:`steps_vs_difficulty`: Spearman correlation of steps-to-halt with the puzzle rating.
 - :func:`classify_endings`: each trajectory ends converged on a valid solution, converged on an invalid one
   (a spurious fixed point), in a cycle (with its period) or still drifting.
@@ -48,7 +48,8 @@ def _lengths(steps, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def final_values(x, steps=None) -> np.ndarray:
-    """Value of ``x [..., T]`` at the last recorded step ``steps - 1`` (``T - 1`` without steps) -> ``[...]``."""
+    """Value of ``x [..., T]`` at the last recorded step, ``steps - 1`` (``T - 1`` without steps): ``[...]``.
+    """
     x = _array(x, "x")
     idx = _lengths(steps, x.shape) - 1
     return np.take_along_axis(x, idx[..., None], axis=-1)[..., 0]
@@ -108,8 +109,9 @@ def _quantiles(rows: np.ndarray) -> np.ndarray:
 def residual_curves(residual, correct_final, *, steps=None) -> SplitCurves:
     """Median / quartile curves of ``residual [..., T]`` for finally-correct vs incorrect trajectories.
 
-    ``correct_final`` is ``[...]`` (or ``[..., T]``, then its value at the last recorded step). With ``steps``,
-    values after a trajectory halted are left out. Works for any per-step quantity (e.g. ``halt_logit``).
+    ``correct_final`` is ``[...]`` (or ``[..., T]``, then its value at the last recorded step). With
+    ``steps``, values after a trajectory halted are left out. Works for any per-step quantity (e.g.
+    ``halt_logit``).
     """
     values = _array(residual, "residual").astype(np.float64)
     shape = values.shape
@@ -192,8 +194,8 @@ def auroc_scores(
     """AUROC of convergence scores as predictors of final correctness, over all trajectories.
 
     Scores (higher = predicted correct): ``final_residual`` (minus the residual at the last recorded step),
-    ``mean_last{window}_residual`` (minus the mean of the last ``window`` residuals), ``halt_logit`` (its final
-    value, when given) and ``logit_change`` (minus the mean of the last ``window`` values: the reference
+    ``mean_last{window}_residual`` (minus the mean of the last ``window`` residuals), ``halt_logit`` (its
+    final value, when given) and ``logit_change`` (minus the mean of the last ``window`` values: the reference
     convergence score, when given). residual, halt_logit, logit_change: [..., T]; correct: [..., T] or [...].
     """
     res = _array(residual, "residual").astype(np.float64)
@@ -290,7 +292,9 @@ class Endings:
 
 
 def _tail_windows(x: np.ndarray, lengths: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Last ``width`` recorded entries of each row of x [M, T, ...] -> (windows [M, width, ...], valid [M, width])."""
+    """Last ``width`` recorded entries of each row of x [M, T, ...].
+
+    Returns (windows [M, width, ...], valid [M, width])."""
     t = x.shape[1]
     pos = lengths[:, None] - width + np.arange(width)
     valid = pos >= 0
@@ -327,9 +331,10 @@ def classify_endings(
 
     - converged (final residual <= ``tol``): ``converged_valid`` if the final prediction is valid, else
       ``converged_invalid`` (a fixed point that is not a solution);
-    - ``cycle``: with ``pred [..., T, 81]``, the predictions over the last ``tail`` steps repeat with a smallest
-      period 2..``max_period``; without ``pred`` (or with a constant readout), the residuals repeat with a
-      smallest period of at least 2 (relative tolerance ``cycle_rtol``; the state's period may then be a multiple);
+    - ``cycle``: with ``pred [..., T, 81]``, the predictions over the last ``tail`` steps repeat with a
+      smallest period 2..``max_period``; without ``pred`` (or with a constant readout), the residuals repeat
+      with a smallest period of at least 2 (relative tolerance ``cycle_rtol``; the state's period may then be
+      a multiple);
     - ``drifting``: everything else (including constant non-zero residuals, which cannot tell a 2-cycle from
       steady motion).
 

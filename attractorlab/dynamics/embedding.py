@@ -134,13 +134,14 @@ class UMAPEmbedder:
         if X.shape[0] <= self.n_components + 1:
             raise ValueError(f"UMAP needs more than n_components + 1 = {self.n_components + 1} samples, "
                              f"got {X.shape[0]}")
-        with warnings.catch_warnings():  # umap warns on import that its TensorFlow-based variant is unavailable
+        with warnings.catch_warnings():  # umap warns on import that its TensorFlow variant is unavailable
             warnings.filterwarnings("ignore", message=".*ParametricUMAP", category=ImportWarning)
             import umap  # optional and heavy (numba): imported on first use only
 
         rng = np.random.default_rng(self.random_state)
         n = X.shape[0]
-        self.fit_indices_ = np.sort(rng.choice(n, self.max_fit, replace=False)) if n > self.max_fit else np.arange(n)
+        subsample = np.sort(rng.choice(n, self.max_fit, replace=False)) if n > self.max_fit else np.arange(n)
+        self.fit_indices_ = subsample
         Xf = X[self.fit_indices_]
         self.pca_ = None
         if self.pca_components is not None and X.shape[1] > self.pca_components:
@@ -174,7 +175,7 @@ class UMAPEmbedder:
         return np.asarray(self.umap_.transform(self._reduce(X))).reshape(*lead, self.n_components)
 
     def fit_transform(self, X) -> np.ndarray:
-        """Fit on a subsample of ``X [..., d]``; the fitted rows keep their embedding, the rest are transformed."""
+        """Fit on a subsample of ``X [..., d]``; fitted rows keep their embedding, others are transformed."""
         X, lead = _as_matrix(X)
         fitted = self._fit(X)
         out = np.empty((X.shape[0], self.n_components), dtype=fitted.dtype)
@@ -188,12 +189,14 @@ class UMAPEmbedder:
 _EMBEDDERS = {"pca": PCAEmbedder, "umap": UMAPEmbedder}
 
 
-def embed(X, method: str = "pca", n_components: int = 2, **kwargs) -> tuple[np.ndarray, PCAEmbedder | UMAPEmbedder]:
+def embed(
+    X, method: str = "pca", n_components: int = 2, **kwargs
+) -> tuple[np.ndarray, PCAEmbedder | UMAPEmbedder]:
     """Embed states ``X [..., d]`` with ``method`` ``"pca"`` or ``"umap"``.
 
     Extra keyword arguments go to :class:`PCAEmbedder` / :class:`UMAPEmbedder`. Returns
-    ``(coords [..., n_components], fitted embedder)``; reuse the embedder's ``transform`` to draw trajectories,
-    fixed points and basin maps in the same coordinates.
+    ``(coords [..., n_components], fitted embedder)``; reuse the embedder's ``transform`` to draw
+    trajectories, fixed points and basin maps in the same coordinates.
     """
     if method not in _EMBEDDERS:
         raise ValueError(f"method must be one of {tuple(_EMBEDDERS)}, got {method!r}")

@@ -1,19 +1,24 @@
 """Fixed points and slow points of batched maps, found by a matrix-free second-order solver.
 
-A fixed point of ``f: [N, d] -> [N, d]`` is a root of ``F(z) = f(z) - z``. From each start state the solver runs
-a Levenberg-Marquardt / Newton-Krylov iteration: per outer step, a batched Arnoldi process builds a Krylov basis
-``V`` of ``J_F = df/dz - I`` from ``-F`` with Jacobian-vector products (``J_F V_m = V_{m+1} H``, all N starts
-together), then the damped Gauss-Newton step ``min_y ||beta e1 - H y||^2 + mu ||y||^2`` is solved from the SVD
-of the small Hessenberg matrix ``H``. ``mu`` is adapted per start by a trust-region ratio test, so far from a
-root the step bends towards the (projected) gradient of ``q = 0.5 ||F||^2`` and near a root it is a full Newton
-step: the iteration converges quadratically to attractors, saddles and repellers alike. Starts that stall are
-handed to a first-order fallback (Adam on ``q``) and then polished again.
+A fixed point of ``f: [N, d] -> [N, d]`` is a root of ``F(z) = f(z) - z``. From each start state the solver
+runs a Levenberg-Marquardt / Newton-Krylov iteration. Per outer step, all N starts together:
+
+1. linearise ``f`` once (:class:`~attractorlab.dynamics.jacobian.Linearization`: cached Jacobian products);
+2. a batched Arnoldi process builds a Krylov basis ``V`` of ``J_F = df/dz - I`` from ``-F``
+   (``J_F V_m = V_{m+1} H``), augmented by the gradient ``J_F^T F`` of ``q = 0.5 ||F||^2``;
+3. the damped Gauss-Newton step ``min_y ||beta e1 - H y||^2 + mu ||y||^2`` is solved by a small QR, with
+   ``mu`` adapted per start by a trust-region ratio test: far from a root the step bends towards the
+   gradient of ``q``, near a root it is a Newton step, so the iteration converges quadratically to
+   attractors, saddles and repellers alike.
+
+Starts that stall (residual not halved in 10 iterations) are handed to a first-order fallback (Adam on ``q``)
+and polished again. A start that ends at a stationary point of ``q`` with ``q > 0``
+(``||J_F^T F|| <= slow_tol ||F||``) is a *slow point*: reported in :attr:`FixedPoints.slow`, never among the
+fixed points.
 
 Conventions shared by ``attractorlab.dynamics``: tolerances on residuals are relative to the state norm,
-``||F(z)|| <= tol * max(||z||, 1)`` (absolute for states of norm below one); ``f`` must act on rows independently.
-
-A start whose iteration ends at a stationary point of ``q`` with ``q > 0`` (``||J_F^T F|| <= slow_tol ||F||``)
-is a *slow point*: reported in :attr:`FixedPoints.slow`, never among the fixed points.
+``||F(z)|| <= tol * max(||z||, 1)`` (absolute for states of norm below one); ``f`` must act on rows
+independently.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from .jacobian import (
     BatchedMap,
     Linearization,
     Tensor,
+    check_map,
     check_states,
     compute_dtype,
     jacobian_spectrum,
@@ -51,8 +57,8 @@ _STALL_WINDOW, _STALL_FACTOR = 10, 0.5
 class SlowPoints:
     """Unique slow points: local minima of ``q = 0.5 ||f(z) - z||^2`` with ``q > 0``.
 
-    z: [S, d]; residual: [S] ``||f(z) - z||``; grad_ratio: [S] ``||J_F^T F|| / ||F||`` (small at a slow point);
-    count: [S] number of starts that ended there.
+    z: [S, d]; residual: [S] ``||f(z) - z||``; grad_ratio: [S] ``||J_F^T F|| / ||F||`` (small at a slow
+    point); count: [S] number of starts that ended there.
     """
 
     z: Tensor
@@ -164,8 +170,8 @@ def _krylov_model(lin: Linearization, F: Tensor, g: Tensor, m: int, eta: Tensor)
     point of ``q`` (plain Newton-GMRES can stagnate where ``F`` is orthogonal to ``J_F K``).
 
     F, g: [n, d]. Returns the orthonormal step basis ``W = [V_j, w]`` as (V_j [n, j, d], w [n, d]), then
-    H [n, j+2, j+1] float64 with ``J_F W = V_{j+2} H`` and ``-F = ||F|| V_{j+2} e1``, and bad [n] (a JVP was not
-    finite).
+    H [n, j+2, j+1] float64 with ``J_F W = V_{j+2} H`` and ``-F = ||F|| V_{j+2} e1``, and bad [n] (a Jacobian
+    product was not finite).
     """
     n, d = F.shape
     basis = F.new_zeros(n, m + 2, d)
@@ -342,8 +348,9 @@ def _greedy_unique(z: Tensor, tol: float) -> tuple[Tensor, Tensor]:
     return labels, torch.tensor(leaders, dtype=torch.long, device=z.device)
 
 
-def _check_args(z0, tol, max_iter, method, krylov_dim, k, unique_tol, slow_tol, noise):
+def _check_args(f, z0, tol, max_iter, method, krylov_dim, k, unique_tol, slow_tol, noise, fallback):
     z0 = check_states(z0, "z0")
+    check_map(f, z0)
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     for name, value in (("tol", tol), ("unique_tol", unique_tol), ("slow_tol", slow_tol)):
@@ -356,6 +363,9 @@ def _check_args(z0, tol, max_iter, method, krylov_dim, k, unique_tol, slow_tol, 
         raise ValueError(f"k must be a non-negative integer, got {k!r}")
     if not (isinstance(noise, (int, float)) and noise >= 0):
         raise ValueError(f"noise must be a non-negative number, got {noise!r}")
+    iters, lr = fallback
+    if not (isinstance(iters, int) and iters >= 0) or not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"fallback_iters must be an integer >= 0 and fallback_lr > 0, got {iters!r}, {lr!r}")
     return z0
 
 
@@ -392,7 +402,8 @@ def find_fixed_points(
         noise: std of Gaussian noise added to z0 (drawn with ``generator``, a CPU generator).
         unique_tol: converged points closer than ``unique_tol * max(median ||z||, 1)`` are one point.
         slow_tol: an unconverged end with ``||J_F^T F|| <= slow_tol * ||F||`` is a slow point.
-        fallback_iters, fallback_lr: Adam fallback length and step (relative to the RMS of each state).
+        fallback_iters, fallback_lr: Adam fallback length and step size (relative to the RMS of each state;
+            the step size is also that of ``method="adam"``).
         batch_size: solve the starts in chunks of this many rows (default: all at once).
         spectrum_method: passed to :func:`jacobian_spectrum` as ``method``.
 
@@ -400,7 +411,8 @@ def find_fixed_points(
         :class:`FixedPoints`. Starts where ``f`` is not finite are ``kind == NONFINITE``; starts that neither
         converge nor reach a stationary point of ``q`` are ``FAILED``.
     """
-    z0 = _check_args(z0, tol, max_iter, method, krylov_dim, k, unique_tol, slow_tol, noise)
+    z0 = _check_args(f, z0, tol, max_iter, method, krylov_dim, k, unique_tol, slow_tol, noise,
+                     (fallback_iters, fallback_lr))
     n, d = z0.shape
     in_dtype, dtype = z0.dtype, compute_dtype(z0.dtype)
     if tol is None:

@@ -5,8 +5,8 @@ of row ``i`` of the output depends only on row ``i`` of the input) and states ``
 products come from ``torch.func.jvp`` (and ``torch.func.vjp`` for transposed products), so no dense ``d x d``
 matrix is ever formed except on the explicit dense path, which is meant for ``d <= DENSE_MAX_DIM``.
 
-- :func:`jacobian_spectrum`: top-k eigenvalues of ``df/dz`` at each point (ARPACK on a ``LinearOperator`` whose
-  matvec is a JVP, or a dense eigendecomposition for small ``d``).
+- :func:`jacobian_spectrum`: top-k eigenvalues of ``df/dz`` at each point (ARPACK on a ``LinearOperator``
+  whose matvec is a Jacobian-vector product, or a dense eigendecomposition for small ``d``).
 - :func:`top_singular_values`: top-k singular values (transient growth), via ``svds`` with JVP/VJP.
 - :func:`spectral_radius`: batched subspace iteration with a Rayleigh-Ritz step; cheap and device-resident,
   exact on complex-conjugate dominant pairs once the block has converged.
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigs, svds
+from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigs, svds
 
 Tensor = torch.Tensor
 BatchedMap = Callable[[Tensor], Tensor]
@@ -57,6 +57,18 @@ def check_states(z: Tensor, name: str = "z") -> Tensor:
     return z
 
 
+def check_map(f: BatchedMap, z: Tensor) -> None:
+    """Raise ValueError unless ``f`` is callable and maps the first row of ``z [N, d]`` to a [1, d] tensor."""
+    if not callable(f):
+        raise ValueError(f"f must be a callable batched map [N, d] -> [N, d], got {type(f).__name__}")
+    with torch.no_grad():
+        out = f(z[:1])
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, z.shape[1]):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        d = z.shape[1]
+        raise ValueError(f"f must map [N, {d}] to [N, {d}]; for [1, {d}] it returned {shape}")
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype used for linear algebra on states of ``dtype``: half precisions are promoted to float32."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
@@ -71,7 +83,7 @@ def _prepare_forward_ad() -> None:
     global _forward_ad_ready
     if not _forward_ad_ready:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", ".*torch.jit.script.* is deprecated", DeprecationWarning)
             x = torch.zeros(1)
             torch.func.jvp(torch.sin, (x,), (x,))
         _forward_ad_ready = True
@@ -89,9 +101,9 @@ class Linearization:
     ``rmatvec`` is a cached ``torch.func.vjp``. ``matvec`` differentiates that VJP once more (``J v`` is the
     gradient of ``<J^T u, v>`` with respect to ``u``), which reuses the recorded graph and costs about one
     forward pass per product instead of the three of a fresh ``torch.func.jvp``. With ``double_backward=None``
-    the first product is checked against ``torch.func.jvp`` and maps without double-backward support (or that
-    disagree) fall back to fresh JVPs; the outcome is kept in :attr:`double_backward` so later linearisations of
-    the same map can skip the check. ``value`` is ``f(z)``.
+    the first product is checked against ``torch.func.jvp`` and maps without double-backward support (or
+    that disagree) fall back to fresh JVPs; the outcome is kept in :attr:`double_backward` so that later
+    linearisations of the same map can skip the check. ``value`` is ``f(z)``.
     """
 
     def __init__(self, f: BatchedMap, z: Tensor, double_backward: bool | None = None):
@@ -117,7 +129,11 @@ class Linearization:
                 self.double_backward = False
                 return jvp(self._f, self._z, v)
             if self.double_backward is None:
-                exact = jvp(self._f, self._z, v)
+                try:
+                    exact = jvp(self._f, self._z, v)
+                except (RuntimeError, NotImplementedError):  # no forward-mode AD: trust double backward
+                    self.double_backward = True
+                    return cached
                 tol = 1e3 * torch.finfo(exact.dtype).eps * (exact.abs().max() + 1)
                 self.double_backward = bool(((cached - exact).abs() <= tol).all())
                 return exact
@@ -145,7 +161,7 @@ def _check_method(method: str, d: int, k: int) -> str:
 
 
 def _sort_order(vals: np.ndarray, which: str) -> np.ndarray:
-    """Indices sorting eigenvalues ``vals [n]`` by ``which``; conjugate pairs: positive imaginary part first."""
+    """Indices sorting eigenvalues ``vals [n]`` by ``which``; conjugate pairs: positive imaginary first."""
     primary = -np.abs(vals) if which == "LM" else -vals.real
     return np.lexsort((-vals.imag, primary))
 
@@ -176,11 +192,12 @@ def jacobian_matrix(f: BatchedMap, z: Tensor) -> Tensor:
 
 def _dense_spectrum(f: BatchedMap, z: Tensor, k: int, which: str, vectors: bool):
     jac = jacobian_matrix(f, z).detach().to("cpu", torch.float64).numpy()
+    finite = _finite_rows(f, z).cpu().numpy()
     n = jac.shape[0]
     vals_out = np.full((n, k), np.nan + 0j)
     vecs_out = np.full((n, jac.shape[1], k), np.nan + 0j) if vectors else None
     for i in range(n):
-        if not np.isfinite(jac[i]).all():
+        if not (finite[i] and np.isfinite(jac[i]).all()):
             continue
         if vectors:
             vals, vecs = np.linalg.eig(jac[i])
@@ -224,8 +241,10 @@ def _arnoldi_spectrum(f, z, k, which, vectors, tol, ncv, maxiter, seed):
         try:
             res = eigs(op, k=k_arpack, which=which, tol=tol, ncv=ncv, maxiter=maxiter, v0=v0,
                        return_eigenvectors=vectors)
-        except ArpackNoConvergence as err:
+        except ArpackNoConvergence as err:  # keep what converged, the rest stays NaN
             res = (err.eigenvalues, err.eigenvectors) if vectors else err.eigenvalues
+        except ArpackError:
+            continue
         vals, vecs = res if vectors else (res, None)
         order = _sort_order(vals, which)[:k]
         vals_out[i, : len(order)] = vals[order]
@@ -254,20 +273,23 @@ def jacobian_spectrum(
         z: [N, d] (or [d] for a single point) states at which to linearise.
         k: number of eigenvalues (clipped to d).
         which: ``"LM"`` (largest modulus, the default) or ``"LR"`` (largest real part).
-        method: ``"dense"`` (full Jacobian + LAPACK), ``"arnoldi"`` (ARPACK on a JVP ``LinearOperator``, float64
-            on the numpy side, one point at a time) or ``"auto"`` (dense for ``d <= DENSE_MAX_DIM``).
+        method: ``"dense"`` (full Jacobian + LAPACK), ``"arnoldi"`` (ARPACK on a ``LinearOperator`` of cached
+            Jacobian products, float64 on the numpy side, one point at a time) or ``"auto"`` (dense for
+            ``d <= DENSE_MAX_DIM``).
         return_vectors: also return right eigenvectors, as a :class:`Spectrum`.
         tol, ncv, maxiter: ARPACK controls (relative accuracy of Ritz values, Krylov dimension, restarts).
         seed: seeds ARPACK's starting vectors, so results are deterministic.
 
     Returns:
         complex128 tensor [N, k] (or [k] for a 1-D ``z``) on ``z.device``, sorted by decreasing modulus for
-        ``"LM"`` (decreasing real part for ``"LR"``); a conjugate pair lists the positive imaginary part first.
+        ``"LM"`` (decreasing real part for ``"LR"``); a conjugate pair lists the positive imaginary part
+        first.
         Rows where ``f`` is not finite, and eigenvalues ARPACK did not converge, are NaN. With
         ``return_vectors`` a :class:`Spectrum`.
     """
     single = isinstance(z, torch.Tensor) and z.ndim == 1
     z = check_states(z[None] if single else z).detach()
+    check_map(f, z)
     d = z.shape[1]
     if which not in _WHICH:
         raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
@@ -295,10 +317,12 @@ def top_singular_values(
 ) -> Tensor:
     """Top-k singular values of the Jacobian at each state (transient growth of perturbations).
 
-    z: [N, d]; returns float64 [N, k], decreasing. ``method`` as in :func:`jacobian_spectrum`; the matrix-free
-    path runs ``scipy.sparse.linalg.svds`` (ARPACK) with JVP matvecs and VJP rmatvecs. Non-finite rows are NaN.
+    z: [N, d]; returns float64 [N, k], decreasing. ``method`` as in :func:`jacobian_spectrum`; the
+    matrix-free path runs ``scipy.sparse.linalg.svds`` (ARPACK) with cached ``J v`` and ``J^T u`` products.
+    Non-finite rows (and points where ARPACK fails) are NaN.
     """
     z = check_states(z).detach()
+    check_map(f, z)
     n, d = z.shape
     k = _check_k(k, d)
     method = _check_method(method, d, k)
@@ -307,7 +331,7 @@ def top_singular_values(
     out = np.full((n, k), np.nan)
     if method == "dense":
         jac = jacobian_matrix(f, z).detach().to("cpu", torch.float64)
-        finite = torch.isfinite(jac).flatten(1).all(dim=1)
+        finite = torch.isfinite(jac).flatten(1).all(dim=1) & _finite_rows(f, z).cpu()
         out[finite.numpy()] = torch.linalg.svdvals(jac[finite])[:, :k].numpy()
     else:
         finite = _finite_rows(f, z).cpu().numpy()
@@ -317,7 +341,10 @@ def top_singular_values(
             if not finite[i]:
                 continue
             op = _row_operator(f, z[i : i + 1])
-            s = svds(op, k=k, tol=tol, v0=v0, return_singular_vectors=False, solver="arpack")
+            try:
+                s = svds(op, k=k, tol=tol, v0=v0, return_singular_vectors=False, solver="arpack")
+            except (ArpackNoConvergence, ArpackError):
+                continue
             out[i] = np.sort(s)[::-1]
     return torch.as_tensor(out, dtype=torch.float64, device=z.device)
 
@@ -332,35 +359,38 @@ def spectral_radius(
 ) -> Tensor:
     """Estimate the spectral radius of the Jacobian at each state by batched subspace iteration.
 
-    A block of ``block`` orthonormal vectors per point is pushed through the Jacobian ``iters`` times (JVPs on a
-    row-expanded batch ``[N * block, d]``, on the device of ``z``), then the largest modulus eigenvalue of the
-    projected ``block x block`` matrix (Rayleigh-Ritz) is returned. A block of at least 2 resolves a dominant
-    complex-conjugate pair, where plain power iteration oscillates. Accuracy improves like
-    ``(|lambda_{block+1}| / |lambda_1|) ** iters``.
+    A block of ``block`` orthonormal vectors per point is pushed through the Jacobian ``iters`` times (cached
+    Jacobian products on a row-expanded batch ``[N * block, d]``, on the device of ``z``). Where the largest
+    Ritz value of the projected ``block x block`` matrix has settled (relative change < 1e-6 over the last
+    step) it is returned; a block of at least 2 resolves a dominant complex-conjugate pair, where plain power
+    iteration oscillates. Where it has not (crowded spectra converge like
+    ``(|lambda_{block+1}| / |lambda_1|) ** iters``), the growth rate of the leading vector, the geometric mean
+    of ``||J q||`` over the second half of the iterations, is returned instead: correct to ``O(1 / iters)``.
 
-    z: [N, d]; returns [N] (real dtype of z); NaN where ``f`` or its JVP is not finite.
+    z: [N, d]; returns [N] (real dtype of z); NaN where ``f`` or its Jacobian products are not finite.
     """
     z = check_states(z).detach()
-    if not isinstance(iters, int) or iters < 1:
-        raise ValueError(f"iters must be a positive integer, got {iters!r}")
+    if not isinstance(iters, int) or iters < 2:
+        raise ValueError(f"iters must be an integer >= 2, got {iters!r}")
     if not isinstance(block, int) or block < 1:
         raise ValueError(f"block must be a positive integer, got {block!r}")
+    check_map(f, z)
     n, d = z.shape
     p = min(block, d)
-    z_rep = z.repeat_interleave(p, dim=0)
+    lin = Linearization(f, z.repeat_interleave(p, dim=0))
     start = torch.randn(n, d, p, generator=generator, dtype=torch.float64, device="cpu")
     q = torch.linalg.qr(start.to(device=z.device, dtype=compute_dtype(z.dtype)))[0]
-
-    def apply(basis: Tensor) -> Tensor:
-        out = jvp(f, z_rep, basis.transpose(1, 2).reshape(n * p, d))
-        return out.reshape(n, p, d).transpose(1, 2)
-
+    finite = torch.isfinite(lin.value).reshape(n, -1).all(dim=1)
+    ritz = torch.zeros(n, dtype=torch.float64, device=z.device)
+    log_growth = []
     for _ in range(iters):
-        w = apply(q)
-        w = torch.where(torch.isfinite(w), w, torch.zeros((), dtype=w.dtype, device=w.device))
-        q = torch.linalg.qr(w)[0]
-    w = apply(q)
-    finite = torch.isfinite(w).flatten(1).all(dim=1) & _finite_rows(f, z)
-    small = (q.transpose(1, 2) @ torch.where(finite[:, None, None], w, 0.0)).to(torch.float64)
-    rho = torch.linalg.eigvals(small).abs().amax(dim=1).to(q.dtype)
+        w = lin.matvec(q.transpose(1, 2).reshape(n * p, d)).reshape(n, p, d).transpose(1, 2)
+        finite &= torch.isfinite(w).flatten(1).all(dim=1)
+        w = torch.where(finite[:, None, None], w, 0.0)
+        ritz_prev, ritz = ritz, torch.linalg.eigvals((q.transpose(1, 2) @ w).double()).abs().amax(dim=1)
+        q, r = torch.linalg.qr(w)
+        log_growth.append(r[:, 0, 0].abs().double().log())
+    growth = torch.stack(log_growth[iters // 2 :]).mean(dim=0).exp()
+    settled = (ritz - ritz_prev).abs() <= 1e-6 * ritz
+    rho = torch.where(settled, ritz, growth)
     return torch.where(finite, rho, torch.full_like(rho, float("nan"))).to(z.dtype)
