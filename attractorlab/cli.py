@@ -123,7 +123,9 @@ def add_solve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--breadth", type=int, default=1, help="independent random restarts per puzzle")
     p.add_argument("--halt", default="never", choices=["never", "q", "converge"],
                    help="stop a restart by the learned halting logit (q > 0), by convergence, or never")
-    p.add_argument("--tol", type=float, default=1e-3, help="relative residual below which a step counts as converged")
+    p.add_argument("--tol", type=float, default=1e-3,
+                   help="relative residual below which a step counts as converged (path noise keeps the residual "
+                   "near 1.5 x noise_scale: use --no-noise with --halt converge, or a tol above that floor)")
     p.add_argument("--patience", type=int, default=2, help="consecutive converged steps before halting")
     p.add_argument("--select", default="convergence", choices=["convergence", "majority"],
                    help="how to choose among restarts without a verifier")
@@ -308,8 +310,11 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"[2/4] generating {args.n} puzzles of mixed difficulty")
     puzzles = sudoku.generate(args.n, seed=args.seed + 777, difficulty="mixed", progress=args.progress)
     run = os.path.join(args.out_dir, "demo.h5")
-    print(f"[3/4] solving: depth {args.depth}, breadth {args.breadth}, halting by convergence -> {run}")
-    cfg = rollout.RolloutConfig(depth=args.depth, breadth=args.breadth, halt="converge", seed=args.seed)
+    print(f"[3/4] solving: depth {args.depth}, breadth {args.breadth}, halting by convergence (no path noise) "
+          f"-> {run}")
+    # Noise off: the trajectories are those of the deterministic map whose fixed points and basins are analysed,
+    # and convergence halting can fire (path noise keeps the residual above its tolerance).
+    cfg = rollout.RolloutConfig(depth=args.depth, breadth=args.breadth, halt="converge", noise=False, seed=args.seed)
     attrs = {"config_json": json.dumps({"model": model.config.to_dict(), "rollout": dataclasses.asdict(cfg),
                                         "data": f"generated:mixed:{args.n}"}, sort_keys=True),
              "checkpoint_path": os.path.abspath(ckpt), "checkpoint_sha256": checkpoint.file_sha256(ckpt)}

@@ -334,13 +334,17 @@ class EquilibriumReasoner(nn.Module):
         tokens: ``[1, L]`` (one puzzle, broadcast over N) or ``[N, L]``. Noise is off and the full graph is kept
         (also in training mode), so F is a pure function whose Jacobian covers the whole outer step.
         """
-        x_fixed = self.embed(tokens.to(self.device))
+        x_fixed = self.embed(tokens.to(self.device)).detach()
         seq_len, hidden = self.config.seq_len, self.config.hidden_size
+        # Detached views of the weights (same storage): F is a function of z alone, and its outputs carry no
+        # autograd history back to the parameters.
+        weights = {name: p.detach() for name, p in self.named_parameters()}
 
         def step_map(z: torch.Tensor) -> torch.Tensor:
             state = LatentState.unflatten(z, seq_len, hidden)
             x = x_fixed.expand(z.shape[0], -1, -1) if x_fixed.shape[0] == 1 else x_fixed
-            return self.step(state, tokens, noise=False, x=x.to(z.dtype), grad_last_only=False).flatten()
+            kwargs = {"noise": False, "x": x.to(z.dtype), "grad_last_only": False}
+            return torch.func.functional_call(self, weights, (state, tokens), kwargs).flatten()
 
         return step_map
 

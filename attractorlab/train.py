@@ -120,10 +120,10 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 # --- data -----------------------------------------------------------------------------------------------------
 
-def load_data(cfg: TrainConfig) -> tuple[sudoku.PuzzleSet, sudoku.PuzzleSet]:
+def load_data(cfg: TrainConfig, progress: bool = False) -> tuple[sudoku.PuzzleSet, sudoku.PuzzleSet]:
     """Training pool and held-out split (disjoint)."""
     if cfg.data is None:
-        train = sudoku.generate(cfg.n_train, seed=cfg.seed, difficulty=cfg.difficulty, progress=True)
+        train = sudoku.generate(cfg.n_train, seed=cfg.seed, difficulty=cfg.difficulty, progress=progress)
         held = sudoku.generate(cfg.n_eval, seed=cfg.seed + 1_000_003, difficulty=cfg.difficulty)
         return train, held
     puzzles = sudoku.load_csv(cfg.data)
@@ -391,7 +391,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", res
         cfg = TrainConfig.from_dict(payload["train_state"]["config"])
     if steps is not None:
         cfg = dataclasses.replace(cfg, steps=steps)
-    pool, held = load_data(cfg)
+    pool, held = load_data(cfg, progress and dist_info.main)
     trainer = Trainer(cfg, dev, dist_info, pool)
     if payload is not None:
         trainer.load_state_dict(payload["train_state"])

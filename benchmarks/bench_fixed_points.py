@@ -78,7 +78,29 @@ def tanh_rnn_case(args: argparse.Namespace) -> Case:
     return Case(f"tanh RNN d={d} g={args.g} N={args.n} {args.dtype}", f, z0, args.tol)
 
 
-CASES: dict[str, Callable[[argparse.Namespace], Case]] = {"tanh_rnn": tanh_rnn_case}
+def reasoner_case(args: argparse.Namespace) -> Case:
+    """The trained reasoner's outer step (noise off) on one generated puzzle; starts are the states after
+    ``--warm`` noisy outer steps from the model's own random initial states (trajectory samples)."""
+    from attractorlab import checkpoint, sudoku
+
+    model = checkpoint.load(args.checkpoint).requires_grad_(False)
+    dtype = getattr(torch, args.dtype)
+    model = model.to(dtype)
+    puzzle = sudoku.generate(1, seed=args.seed, difficulty="singles")
+    tokens = torch.as_tensor(puzzle.tokens, dtype=torch.long)
+    gen = torch.Generator().manual_seed(args.seed)
+    with torch.no_grad():
+        state = model.init_state(tokens.expand(args.n_reasoner, -1), generator=gen)
+        for _ in range(args.warm):
+            state = model.step(state, tokens.expand(args.n_reasoner, -1), generator=gen)
+    f = model.as_map(tokens)
+    z0 = state.flatten().to(dtype)
+    d = z0.shape[1]
+    return Case(f"reasoner d={d} N={args.n_reasoner} {args.dtype} ({args.checkpoint})", f, z0,
+                args.reasoner_tol * float(z0.norm(dim=1).median()))
+
+
+CASES: dict[str, Callable[[argparse.Namespace], Case]] = {"tanh_rnn": tanh_rnn_case, "reasoner": reasoner_case}
 
 
 class _AdaptiveLearningRate:
@@ -187,7 +209,13 @@ def report(case: Case, outcomes: list[Outcome]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES), help="cases to run")
+    parser.add_argument("--cases", nargs="+", default=["tanh_rnn"], choices=list(CASES), help="cases to run")
+    parser.add_argument("--checkpoint", default="attractorlab/checkpoints/sudoku-small.pt",
+                        help="reasoner case: model checkpoint")
+    parser.add_argument("--n-reasoner", type=int, default=16, help="reasoner case: number of start states")
+    parser.add_argument("--warm", type=int, default=8, help="reasoner case: noisy outer steps before starting")
+    parser.add_argument("--reasoner-tol", type=float, default=1e-5,
+                        help="reasoner case: tolerance relative to the median state norm")
     parser.add_argument("--d", type=int, default=256, help="state dimension of the tanh RNN")
     parser.add_argument("--g", type=float, default=1.5, help="gain of the tanh RNN weights")
     parser.add_argument("--n", type=int, default=300, help="number of start states")

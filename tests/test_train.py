@@ -79,7 +79,7 @@ def test_non_finite_loss_keeps_last_checkpoint(pool, tmp_path, monkeypatch):
         return out * float("nan") if calls["n"] > 3 else out
 
     monkeypatch.setattr(train, "stablemax_cross_entropy", flaky)
-    monkeypatch.setattr(train, "load_data", lambda c: (pool, pool[:4]))
+    monkeypatch.setattr(train, "load_data", lambda c, progress=False: (pool, pool[:4]))
     out = tmp_path / "run.pt"
     with pytest.raises(train.TrainingError):
         train.train(cfg, out, device="cpu", progress=False)

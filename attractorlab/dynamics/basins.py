@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .fixed_points import _greedy_unique, _numpy
 from .jacobian import BatchedMap, Tensor, check_map, check_states
