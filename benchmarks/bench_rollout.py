@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from attractorlab import checkpoint, sudoku
-from attractorlab.rollout import RolloutConfig, rollout, solve
+from attractorlab.rollout import RolloutConfig, convergence_score, rollout, select_lowest_score, solve
 
 
 def _puzzles(args: argparse.Namespace) -> sudoku.PuzzleSet:
@@ -51,41 +51,54 @@ def throughput(model, puzzles, args) -> None:
 
 
 def adaptive(model, puzzles, args) -> None:
+    """Fixed depth vs halting by convergence (and by the learned halting logit), all without path noise so that
+    convergence can be detected; wall time includes the compute saved by dropping halted rows."""
     tok, sol = torch.as_tensor(puzzles.tokens, dtype=torch.long), torch.as_tensor(puzzles.solution)
     rows = []
-    fixed = rollout(model, tok, sol, RolloutConfig(depth=args.depth, seed=args.seed))
+    t0 = time.perf_counter()
+    fixed = rollout(model, tok, sol, RolloutConfig(depth=args.depth, seed=args.seed, noise=False))
+    t_fixed = time.perf_counter() - t0
     for d in (1, 2, 4, 8, 16, 32, args.depth):
         if d <= args.depth:
-            rows.append((f"fixed depth {d}", float(fixed.correct[:, 0, d - 1].mean()), float(d)))
-    for tol in (1e-2, 3e-3, 1e-3, 3e-4):
-        res = rollout(model, tok, sol, RolloutConfig(depth=args.depth, halt="converge", tol=tol, patience=2,
-                                                     seed=args.seed))
-        rows.append((f"converge tol {tol:g}", float(res.final_correct.mean()), float(res.steps.mean())))
-    res = rollout(model, tok, sol, RolloutConfig(depth=args.depth, halt="q", seed=args.seed))
-    rows.append(("learned halting q > 0", float(res.final_correct.mean()), float(res.steps.mean())))
-    print(f"{len(puzzles)} puzzles ({args.data or args.difficulty}), depth cap {args.depth}")
-    print(f"  {'rule':<24} {'accuracy':>9} {'mean steps':>11}")
-    for label, acc, steps in rows:
-        print(f"  {label:<24} {acc:9.3f} {steps:11.2f}")
+            rows.append((f"fixed depth {d}", float(fixed.correct[:, 0, d - 1].mean()), float(d), None))
+    rows[-1] = (*rows[-1][:3], t_fixed)
+    for halt, tol in (("converge", 1e-2), ("converge", 3e-3), ("converge", 1e-3), ("converge", 3e-4), ("q", 1e-3)):
+        t0 = time.perf_counter()
+        res = rollout(model, tok, sol, RolloutConfig(depth=args.depth, halt=halt, tol=tol, patience=2,
+                                                     seed=args.seed, noise=False))
+        label = f"converge tol {tol:g}" if halt == "converge" else "learned halting q > 0"
+        rows.append((label, float(res.final_correct.mean()), float(res.steps.mean()), time.perf_counter() - t0))
+    print(f"{len(puzzles)} puzzles ({args.data or args.difficulty}), depth cap {args.depth}, no path noise")
+    print(f"  {'rule':<24} {'accuracy':>9} {'mean steps':>11} {'seconds':>8}")
+    for label, acc, steps, sec in rows:
+        print(f"  {label:<24} {acc:9.3f} {steps:11.2f} {'' if sec is None else f'{sec:8.1f}'}")
 
 
 def scaling(model, puzzles, args) -> None:
+    """One fixed-depth rollout per breadth to the deepest depth; accuracy at each shallower depth is read off
+    the same trajectories (selection uses only the steps up to that depth)."""
     depths = [int(d) for d in args.depths.split(",")]
     breadths = [int(b) for b in args.breadths.split(",")]
     tok, sol = torch.as_tensor(puzzles.tokens, dtype=torch.long), torch.as_tensor(puzzles.solution)
-    print(f"{len(puzzles)} puzzles ({args.data or args.difficulty}); accuracy selected / oracle pass@B")
-    print("  depth " + "".join(f"{'B' + str(b):>16}" for b in breadths))
+    table = {}
+    t0 = time.perf_counter()
+    for b in breadths:
+        parts = [rollout(model, tok[s:s + args.batch_size], sol[s:s + args.batch_size],
+                         RolloutConfig(depth=max(depths), breadth=b, seed=args.seed + s, noise=not args.no_noise))
+                 for s in range(0, len(puzzles), args.batch_size)]
+        correct = np.concatenate([p.correct for p in parts])  # [n, B, T]
+        change = np.concatenate([p.logit_change for p in parts])
+        rows = np.arange(len(puzzles))
+        for d in depths:
+            score = convergence_score(change[:, :, :d], np.full(correct.shape[:2], d))
+            selected = select_lowest_score(score)
+            table[d, b] = (correct[rows, selected, d - 1].mean(), correct[:, :, d - 1].any(axis=1).mean())
+    print(f"{len(puzzles)} puzzles ({args.data or args.difficulty}), noise {'off' if args.no_noise else 'on'}, "
+          f"{time.perf_counter() - t0:.0f} s; exact accuracy selected / oracle pass@B")
+    print("  depth  layers " + "".join(f"{'B' + str(b):>16}" for b in breadths))
     for d in depths:
-        cells = []
-        for b in breadths:
-            hit = hit_oracle = 0
-            for s in range(0, len(puzzles), args.batch_size):
-                res = rollout(model, tok[s:s + args.batch_size], sol[s:s + args.batch_size],
-                              RolloutConfig(depth=d, breadth=b, seed=args.seed + s))
-                hit += int(res.selected_correct.sum())
-                hit_oracle += int(res.pass_at_b.sum())
-            cells.append(f"{hit / len(puzzles):7.3f} / {hit_oracle / len(puzzles):5.3f}")
-        print(f"  {d:>5} " + "".join(f"{c:>16}" for c in cells))
+        layers = d * model.config.layer_equivalents_per_step
+        print(f"  {d:>5} {layers:>7} " + "".join(f"{table[d, b][0]:9.3f} / {table[d, b][1]:4.3f}" for b in breadths))
 
 
 def main() -> None:
@@ -101,7 +114,10 @@ def main() -> None:
     parser.add_argument("--breadths", default="1,8,64", help="breadths (scaling)")
     parser.add_argument("--batch-size", type=int, default=64, help="puzzles per batch")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--no-noise", action="store_true", help="scaling: roll out without path noise")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     model = checkpoint.load(args.checkpoint)
     puzzles = _puzzles(args)
     {"throughput": throughput, "adaptive": adaptive, "scaling": scaling}[args.what](model, puzzles, args)

@@ -20,7 +20,7 @@ from torch import nn
 from attractorlab import sudoku
 from attractorlab.model import Block, Linear, ReasonerConfig
 from attractorlab.rollout import accuracy_at_depths
-from attractorlab.train import PuzzleStream, Trainer, TrainConfig, lr_at, stablemax_cross_entropy
+from attractorlab.train import PuzzleStream, TrainConfig, Trainer, lr_at, stablemax_cross_entropy
 
 
 class FeedforwardStack(nn.Module):
