@@ -9,15 +9,6 @@ import torch
 from attractorlab.dynamics import BasinMap, BasinStats, basin_map, basin_stability, sample_ball
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensor ops are much faster single-threaded on a shared machine; restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def cubic(z, a=0.5):
     """Separable: on [-1, 1] each coordinate goes monotonically to the sign of its start (0 stays 0)."""
     return z + a * (z - z**3)

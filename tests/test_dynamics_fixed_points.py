@@ -11,14 +11,6 @@ from attractorlab.dynamics import KIND_NAMES, FixedPoints, find_fixed_points
 
 FIXED, SLOW, FAILED, NONFINITE = (KIND_NAMES.index(k) for k in ("fixed", "slow", "failed", "nonfinite"))
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensor ops are much faster single-threaded on a shared machine; restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def affine_with_spectrum(eigs_real, blocks, d, seed=0, dtype=torch.float64):
     """f(z) = A z + b with A = S D S^-1: D holds the real eigenvalues and 2x2 blocks r R(theta)."""

@@ -16,15 +16,6 @@ from attractorlab.dynamics import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensor ops are much faster single-threaded on a shared machine; restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def kronecker_map(n1, n2, seed=0, dtype=torch.float64):
     """f(Z) = tanh(A Z B^T) on [n1, n2] states; at Z = 0 the Jacobian is B (x) A (row-major vec: A (x) B).
 
