@@ -59,6 +59,8 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="random seed (data, init, noise)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--compile", dest="compile_model", action="store_true",
+                   help="torch.compile the outer step (worth it on GPUs for long runs)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     _model_flags(p)
 
@@ -81,11 +83,12 @@ def add_import_eqr(p: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from attractorlab.train import TrainConfig, train
 
-    not_fields = ("command", "preset", "out", "resume", "device", "progress", "func", "threads")
+    not_fields = ("command", "preset", "out", "resume", "device", "progress", "func", "threads", "compile_model")
     overrides = {k: v for k, v in vars(args).items() if v is not None and k not in not_fields}
     cfg = TrainConfig.from_preset(args.preset, **overrides)
     os.environ.setdefault("ATTRACTORLAB_COMMAND", "attractorlab " + shlex.join(sys.argv[1:]))
-    result = train(cfg, args.out, device=args.device, resume=args.resume, steps=args.steps, progress=args.progress)
+    result = train(cfg, args.out, device=args.device, resume=args.resume, steps=args.steps, progress=args.progress,
+                   compile_model=args.compile_model)
     evals = result["evals"]
     last = evals[max(evals, key=int)] if evals else {}
     print(f"saved {args.out} after {result['step']} steps; held-out exact accuracy "

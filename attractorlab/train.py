@@ -195,7 +195,7 @@ class Trainer:
     """Holds model, optimizer, EMA, carry and RNG; ``train_step`` is one segmented step."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device, dist_info: Dist | None = None,
-                 pool: sudoku.PuzzleSet | None = None) -> None:
+                 pool: sudoku.PuzzleSet | None = None, compile_model: bool = False) -> None:
         self.cfg, self.device, self.dist = cfg, device, dist_info or Dist()
         if cfg.batch_size % self.dist.world:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {self.dist.world} ranks")
@@ -206,6 +206,9 @@ class Trainer:
         if self.dist.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.net = self.ddp or self.model  # forward = one outer step
+        if compile_model:
+            self.net = torch.compile(self.net)
         self.optimizer = self._make_optimizer()
         self.ema = {k: v.detach().clone() for k, v in self.model.named_parameters()}
         self.step_count = 0
@@ -257,9 +260,8 @@ class Trainer:
         self._refill()
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step_count, cfg)
-        net = self.ddp or self.model
         with autocast(self.device):
-            state = self._forward(net)
+            state = self.net(self.carry, self.tokens)
             logits, q = self.model.readout(state)
         loss_tok = stablemax_cross_entropy(logits, self.labels)  # [b, 81]
         solved = (logits.argmax(-1) == self.labels).all(-1)
@@ -295,11 +297,6 @@ class Trainer:
         self.step_count += 1
         return {"lm_loss": stats[0].item(), "halt_loss": stats[1].item(), "exact": stats[2].item(),
                 "cell_acc": stats[3].item()}
-
-    def _forward(self, net: torch.nn.Module) -> LatentState:
-        if self.ddp is None:
-            return self.model.step(self.carry, self.tokens)
-        return net(self.carry, self.tokens)
 
     def ema_model(self) -> EquilibriumReasoner:
         model = EquilibriumReasoner(self.cfg.model).to(self.device)
@@ -374,7 +371,7 @@ def _np_state_from(d: dict) -> dict:
 
 
 def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", resume: bool = False,
-          steps: int | None = None, progress: bool = True) -> dict:
+          steps: int | None = None, progress: bool = True, compile_model: bool = False) -> dict:
     """Run (or resume) training, checkpointing atomically to ``out``; returns the final metrics.
 
     On resume the configuration stored in ``out`` is used; ``steps`` may extend the run.
@@ -392,7 +389,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", res
     if steps is not None:
         cfg = dataclasses.replace(cfg, steps=steps)
     pool, held = load_data(cfg, progress and dist_info.main)
-    trainer = Trainer(cfg, dev, dist_info, pool)
+    trainer = Trainer(cfg, dev, dist_info, pool, compile_model=compile_model)
     if payload is not None:
         trainer.load_state_dict(payload["train_state"])
     held_tok = torch.as_tensor(held.tokens, dtype=torch.long)

@@ -135,3 +135,15 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     for k, v in a["params"].items():
         torch.testing.assert_close(b["params"][k], v, rtol=1e-4, atol=1e-5, msg=k)
     assert torch.equal(a["carry"]["tokens"], b["carry"]["tokens"])
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script.* is deprecated:DeprecationWarning")  # inside torch.compile
+def test_compiled_training_step_matches_eager(pool):
+    kw = dict(hidden_size=16, expansion=1.0, H_cycles=1, L_cycles=1, L_layers=1, batch_size=4, noise_scale=0.0)
+    eager = make_trainer(pool, **kw)
+    compiled = train.Trainer(eager.cfg, torch.device("cpu"), pool=pool, compile_model=True)
+    for _ in range(2):
+        a, b = eager.train_step(), compiled.train_step()
+        assert a["lm_loss"] == pytest.approx(b["lm_loss"], rel=1e-5)
+    for p, q in zip(eager.model.parameters(), compiled.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
