@@ -25,7 +25,9 @@ def _puzzles(args: argparse.Namespace) -> sudoku.PuzzleSet:
     if args.data:
         p = sudoku.load_csv(args.data)
         return p[np.random.default_rng(args.seed).permutation(len(p))[: args.n]]
-    return sudoku.generate(args.n, seed=args.seed + 12345, difficulty=args.difficulty)
+    band = args.difficulty.split("-")
+    difficulty = (int(band[0]), int(band[1])) if len(band) == 2 else args.difficulty
+    return sudoku.generate(args.n, seed=args.seed + 12345, difficulty=difficulty)
 
 
 def throughput(model, puzzles, args) -> None:
@@ -106,7 +108,8 @@ def main() -> None:
     parser.add_argument("what", choices=["throughput", "adaptive", "scaling"], help="which benchmark")
     parser.add_argument("--checkpoint", default="checkpoints/sudoku-small.pt", help="model checkpoint")
     parser.add_argument("--data", help="puzzle file (default: generated puzzles)")
-    parser.add_argument("--difficulty", default="mixed", help="difficulty of generated puzzles")
+    parser.add_argument("--difficulty", default="mixed",
+                        help="generated puzzles: mixed, singles, search, or a rating band LO-HI such as 1-5")
     parser.add_argument("--n", type=int, default=128, help="number of puzzles")
     parser.add_argument("--depth", type=int, default=32, help="depth (throughput, adaptive cap)")
     parser.add_argument("--breadth", type=int, default=1, help="breadth (throughput)")
