@@ -106,7 +106,7 @@ def scaling(model, puzzles, args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["throughput", "adaptive", "scaling"], help="which benchmark")
-    parser.add_argument("--checkpoint", default="checkpoints/sudoku-small.pt", help="model checkpoint")
+    parser.add_argument("--checkpoint", default="attractorlab/checkpoints/sudoku-small.pt", help="model checkpoint")
     parser.add_argument("--data", help="puzzle file (default: generated puzzles)")
     parser.add_argument("--difficulty", default="mixed",
                         help="generated puzzles: mixed, singles, search, or a rating band LO-HI such as 1-5")
