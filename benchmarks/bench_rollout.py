@@ -60,7 +60,7 @@ def adaptive(model, puzzles, args) -> None:
     t0 = time.perf_counter()
     fixed = rollout(model, tok, sol, RolloutConfig(depth=args.depth, seed=args.seed, noise=False))
     t_fixed = time.perf_counter() - t0
-    for d in (1, 2, 4, 8, 16, 32, args.depth):
+    for d in sorted({1, 2, 4, 8, 16, 32, args.depth}):
         if d <= args.depth:
             rows.append((f"fixed depth {d}", float(fixed.correct[:, 0, d - 1].mean()), float(d), None))
     rows[-1] = (*rows[-1][:3], t_fixed)
