@@ -295,8 +295,12 @@ def analyze(run_path: str, *, checkpoint: str | None = None, only: list[str] | N
         statuses.append(AnalysisStatus(name, "skipped", reason))
         log(f"  {name:<13} skipped: {reason}")
 
+    from tqdm import tqdm
+
     model = None
-    for name in wanted:
+    bar = tqdm(wanted, disable=not progress, unit="analysis", dynamic_ncols=True)
+    for name in bar:
+        bar.set_description(name)
         if not force and any(k.startswith(name + "/") for k in cached) or (
                 not force and name in cached and not _was_skipped(run_path, name)):
             statuses.append(AnalysisStatus(name, "cached"))
