@@ -9,6 +9,7 @@ is kept and only per-step scalars (plus optional state snapshots) are stored.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -322,11 +323,9 @@ def solve(model: EquilibriumReasoner, puzzles: sudoku.PuzzleSet, config: Rollout
     Batch ``i`` uses seed ``config.seed + i`` so a resumed run reproduces an uninterrupted one. With
     ``world > 1`` this process takes every ``world``-th batch (a shard), as one rank of a torchrun job.
     """
-    import time
-
     from tqdm import tqdm
 
-    from attractorlab import recording
+    from attractorlab import recording  # h5py only when a run is actually solved
 
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")

@@ -263,13 +263,13 @@ class Trainer:
         with autocast(self.device):
             state = self.net(self.carry, self.tokens)
             logits, q = self.model.readout(state)
-        loss_tok = stablemax_cross_entropy(logits, self.labels)  # [b, 81]
-        solved = (logits.argmax(-1) == self.labels).all(-1)
-        q_loss = F.binary_cross_entropy_with_logits(q, solved.float(), reduction="none")
-        local = loss_tok.mean(-1).sum() + 0.5 * q_loss.sum().double()
-        loss = local / self.halted.numel()
-        stats = torch.stack([loss_tok.mean(-1).sum().detach(), q_loss.sum().detach().double(),
-                             solved.sum().double(), (logits.argmax(-1) == self.labels).float().mean(-1).sum().double()])
+        right = logits.argmax(-1) == self.labels  # [b, 81]
+        solved = right.all(-1)
+        lm_sum = stablemax_cross_entropy(logits, self.labels).mean(-1).sum()  # float64
+        q_sum = F.binary_cross_entropy_with_logits(q, solved.float(), reduction="sum").double()
+        loss = (lm_sum + 0.5 * q_sum) / self.halted.numel()
+        stats = torch.stack([lm_sum.detach(), q_sum.detach(), solved.sum().double(),
+                             right.double().mean(-1).sum()])
         stats = _reduce_sum(stats, self.dist) / self.cfg.batch_size
         if not torch.isfinite(stats[:2]).all():
             raise TrainingError(f"non-finite loss at step {self.step_count} (lm {stats[0].item():.4g}, "
