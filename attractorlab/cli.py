@@ -36,11 +36,18 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", choices=["tiny", "small", "paper"],
                    help="tiny: ~10 min on 2 CPU cores; small: the best CPU model in 1-2 h; paper: the EqR GPU recipe")
     p.add_argument("--out", default="checkpoints/run.pt", help="checkpoint file (written atomically)")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out exactly where it stopped")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --out exactly where it stopped (only --steps, --lr-min-ratio and "
+                   "--decay-start may change)")
     p.add_argument("--steps", type=int, help="optimizer steps in total")
     p.add_argument("--batch-size", type=int, dest="batch_size", help="global batch size (split over DDP ranks)")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--warmup-steps", type=int, dest="warmup_steps", help="linear warm-up steps")
+    p.add_argument("--lr-min-ratio", type=float, dest="lr_min_ratio",
+                   help="cosine-decay the learning rate to lr x this at the last step (default 1.0: constant)")
+    p.add_argument("--decay-start", type=int, dest="decay_start",
+                   help="step where the decay begins (default: end of warm-up); with --resume it may start a decay "
+                   "from the current step on")
     p.add_argument("--weight-decay", type=float, dest="weight_decay", help="AdamW weight decay")
     p.add_argument("--ema-decay", type=float, dest="ema_decay", help="EMA decay of the shipped weights")
     p.add_argument("--grad-clip", type=float, dest="grad_clip", help="gradient-norm clip (0 = off)")
@@ -81,14 +88,18 @@ def add_import_eqr(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from attractorlab.train import TrainConfig, train
+    from attractorlab.train import SCHEDULE_FIELDS, TrainConfig, train
 
     not_fields = ("command", "preset", "out", "resume", "device", "progress", "func", "threads", "compile_model")
     overrides = {k: v for k, v in vars(args).items() if v is not None and k not in not_fields}
-    cfg = TrainConfig.from_preset(args.preset, **overrides)
+    schedule = {k: overrides.pop(k) for k in SCHEDULE_FIELDS if k in overrides}
+    if args.resume and overrides:
+        flags = ", ".join("--" + k.rstrip("_").replace("_", "-") for k in sorted(overrides))
+        raise ValueError(f"{flags} cannot change on --resume (the run keeps its stored configuration)")
+    cfg = TrainConfig.from_preset(args.preset, **overrides, **schedule)
     os.environ.setdefault("ATTRACTORLAB_COMMAND", "attractorlab " + shlex.join(sys.argv[1:]))
-    result = train(cfg, args.out, device=args.device, resume=args.resume, steps=args.steps, progress=args.progress,
-                   compile_model=args.compile_model)
+    result = train(cfg, args.out, device=args.device, resume=args.resume, progress=args.progress,
+                   compile_model=args.compile_model, schedule=schedule if args.resume else None)
     evals = result["evals"]
     last = evals[max(evals, key=int)] if evals else {}
     print(f"saved {args.out} after {result['step']} steps; held-out exact accuracy "
@@ -124,12 +135,15 @@ def add_solve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="use only the first N puzzles of --data")
     p.add_argument("--depth", type=int, default=64, help="maximum outer steps per restart (x42 layers in the paper)")
     p.add_argument("--breadth", type=int, default=1, help="independent random restarts per puzzle")
-    p.add_argument("--halt", default="never", choices=["never", "q", "converge"],
-                   help="stop a restart by the learned halting logit (q > 0), by convergence, or never")
+    p.add_argument("--halt", default="never", choices=["never", "q", "converge", "stable"],
+                   help="stop a restart by the learned halting logit (q > 0), by latent convergence (residual below "
+                   "--tol), once its answer is stable (unchanged for --patience steps; works with path noise), or "
+                   "never")
     p.add_argument("--tol", type=float, default=1e-3,
                    help="relative residual below which a step counts as converged (path noise keeps the residual "
                    "near 1.5 x noise_scale: use --no-noise with --halt converge, or a tol above that floor)")
-    p.add_argument("--patience", type=int, default=2, help="consecutive converged steps before halting")
+    p.add_argument("--patience", type=int, default=2,
+                   help="consecutive converged (or unchanged-answer) steps before halting")
     p.add_argument("--select", default="convergence", choices=["convergence", "majority"],
                    help="how to choose among restarts without a verifier")
     p.add_argument("--no-noise", dest="noise", action="store_false", help="turn the path noise off at test time")
@@ -299,7 +313,7 @@ def add_demo(p: argparse.ArgumentParser) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from attractorlab import analyze, checkpoint, report, rollout, sudoku
-    from attractorlab.train import TrainConfig, train
+    from attractorlab.train import SCHEDULE_FIELDS, TrainConfig, train
 
     os.makedirs(args.out_dir, exist_ok=True)
     ckpt = args.checkpoint

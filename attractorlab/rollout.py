@@ -20,7 +20,7 @@ from attractorlab import sudoku
 from attractorlab.model import EquilibriumReasoner, LatentState, autocast
 from attractorlab.sudoku import is_valid_solution
 
-HALT_RULES = ("never", "q", "converge")
+HALT_RULES = ("never", "q", "converge", "stable")
 SELECT_RULES = ("convergence", "majority")
 
 
@@ -151,6 +151,7 @@ def rollout(model: EquilibriumReasoner, tokens: torch.Tensor, solution: torch.Te
         x = model.embed(tok)
         logits, _ = model.readout(state)
         prev_logits = logits.float()
+        prev_answer = (prev_logits[..., 2:].argmax(-1) + 1).to(torch.uint8)
         active = torch.arange(rows, device=device)
         below = torch.zeros(rows, dtype=torch.int32, device=device)
         current = state_fn(state).float().cpu() if states != "none" else None  # [rows, *shape], frozen at halt
@@ -171,14 +172,17 @@ def rollout(model: EquilibriumReasoner, tokens: torch.Tensor, solution: torch.Te
             residual[active, t] = res
             logit_change[active, t] = dlog
             halt_logit[active, t] = q
-            pred[active, t] = (logits[..., 2:].argmax(-1) + 1).to(torch.uint8)
+            answer = (logits[..., 2:].argmax(-1) + 1).to(torch.uint8)
+            pred[active, t] = answer
             if cfg.halt == "q":
                 done = q > 0
-            elif cfg.halt == "converge":
-                below[active] = torch.where(res < cfg.tol, below[active] + 1, 0)
+            elif cfg.halt in ("converge", "stable"):
+                settled = res < cfg.tol if cfg.halt == "converge" else (answer == prev_answer).all(dim=1)
+                below[active] = torch.where(settled, below[active] + 1, 0)
                 done = below[active] >= cfg.patience
             else:
                 done = torch.zeros_like(q, dtype=torch.bool)
+            prev_answer = answer
             if t == T - 1:
                 done = torch.ones_like(done)
             if states == "all" and (t + 1) in snap_set:
@@ -190,7 +194,8 @@ def rollout(model: EquilibriumReasoner, tokens: torch.Tensor, solution: torch.Te
                 if states == "final":
                     current[active[done].cpu()] = state_fn(_rows(state, done)).float().cpu()
                 keep = ~done
-                active, state, x, prev_logits = active[keep], _rows(state, keep), x[keep], prev_logits[keep]
+                active, state, x = active[keep], _rows(state, keep), x[keep]
+                prev_logits, prev_answer = prev_logits[keep], prev_answer[keep]
             if on_step is not None:
                 on_step(t + 1, int(active.numel()))
             if active.numel() == 0:

@@ -11,6 +11,7 @@ single-process run with the same global batch; only the in-module path noise is 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ class TrainConfig:
     batch_size: int = 64  # global batch (split over DDP ranks)
     lr: float = 1e-4
     warmup_steps: int = 2000
+    lr_min_ratio: float = 1.0  # cosine decay to lr * lr_min_ratio at the last step; 1.0 = constant (the reference)
+    decay_start: int | None = None  # step where the decay begins (default: the end of warm-up)
     weight_decay: float = 1.0
     betas: tuple[float, float] = (0.9, 0.95)
     ema_decay: float = 0.999
@@ -69,6 +72,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0 or self.warmup_steps < 0 or self.weight_decay < 0 or not 0 <= self.ema_decay < 1:
             raise ValueError("need lr > 0, warmup_steps >= 0, weight_decay >= 0 and 0 <= ema_decay < 1")
+        if not 0 < self.lr_min_ratio <= 1:
+            raise ValueError(f"lr_min_ratio must be in (0, 1], got {self.lr_min_ratio!r}")
+        if self.decay_start is not None and self.decay_start < 0:
+            raise ValueError(f"decay_start must be >= 0, got {self.decay_start!r}")
         if self.optimizer not in ("adamw", "adam-atan2"):
             raise ValueError(f"unknown optimizer {self.optimizer!r} (adamw or adam-atan2)")
 
@@ -114,8 +121,18 @@ def stablemax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to ``lr``, then constant (the reference uses lr_min_ratio 1.0)."""
-    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    """Linear warm-up to ``lr``, constant, then (if ``lr_min_ratio < 1``) a cosine decay from ``decay_start`` to
+    ``lr * lr_min_ratio`` at the last step. The reference recipe is constant (``lr_min_ratio`` 1.0)."""
+    lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    start = cfg.warmup_steps if cfg.decay_start is None else cfg.decay_start
+    if cfg.lr_min_ratio >= 1.0 or step < start:
+        return lr
+    progress = min(1.0, (step - start) / max(1, cfg.steps - start))
+    return lr * (cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+SCHEDULE_FIELDS = ("steps", "lr_min_ratio", "decay_start")
+"""Fields a resumed run may change: they only shape the learning rate from the resume point on."""
 
 
 # --- data -----------------------------------------------------------------------------------------------------
@@ -371,10 +388,12 @@ def _np_state_from(d: dict) -> dict:
 
 
 def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", resume: bool = False,
-          steps: int | None = None, progress: bool = True, compile_model: bool = False) -> dict:
+          steps: int | None = None, progress: bool = True, compile_model: bool = False,
+          schedule: dict | None = None) -> dict:
     """Run (or resume) training, checkpointing atomically to ``out``; returns the final metrics.
 
-    On resume the configuration stored in ``out`` is used; ``steps`` may extend the run.
+    On resume the configuration stored in ``out`` is used; ``steps`` may extend the run and ``schedule`` (keys in
+    :data:`SCHEDULE_FIELDS`) may change the learning-rate schedule from the resume point on, e.g. start a decay.
     """
     from tqdm import tqdm
 
@@ -386,8 +405,15 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", res
         if "train_state" not in payload:
             raise ValueError(f"{out} holds no training state to resume from")
         cfg = TrainConfig.from_dict(payload["train_state"]["config"])
+    schedule = {k: v for k, v in (schedule or {}).items() if v is not None}
     if steps is not None:
-        cfg = dataclasses.replace(cfg, steps=steps)
+        schedule["steps"] = steps
+    unknown = set(schedule) - set(SCHEDULE_FIELDS)
+    if unknown:
+        raise ValueError(f"only {', '.join(SCHEDULE_FIELDS)} may change on resume, not {', '.join(sorted(unknown))}")
+    cfg = dataclasses.replace(cfg, **schedule)
+    if payload is not None and cfg.steps < int(payload["train_state"]["step"]):
+        raise ValueError(f"{out} is already at step {payload['train_state']['step']}, past --steps {cfg.steps}")
     pool, held = load_data(cfg, progress and dist_info.main)
     trainer = Trainer(cfg, dev, dist_info, pool, compile_model=compile_model)
     if payload is not None:

@@ -78,29 +78,35 @@ def tanh_rnn_case(args: argparse.Namespace) -> Case:
     return Case(f"tanh RNN d={d} g={args.g} N={args.n} {args.dtype}", f, z0, args.tol)
 
 
-def reasoner_case(args: argparse.Namespace) -> Case:
-    """The trained reasoner's outer step (noise off) on one generated puzzle; starts are the states after
-    ``--warm`` noisy outer steps from the model's own random initial states (trajectory samples)."""
+def reasoner_cases(args: argparse.Namespace) -> list[Case]:
+    """The trained reasoner's outer step (noise off), one case per generated puzzle (the map depends on the
+    puzzle); starts are the states after ``--warm`` noisy outer steps from the model's own random initial
+    states (trajectory samples of ``--n-reasoner`` restarts)."""
     from attractorlab import checkpoint, sudoku
 
-    model = checkpoint.load(args.checkpoint).requires_grad_(False)
     dtype = getattr(torch, args.dtype)
-    model = model.to(dtype)
-    puzzle = sudoku.generate(1, seed=args.seed, difficulty="singles")
-    tokens = torch.as_tensor(puzzle.tokens, dtype=torch.long)
-    gen = torch.Generator().manual_seed(args.seed)
-    with torch.no_grad():
-        state = model.init_state(tokens.expand(args.n_reasoner, -1), generator=gen)
-        for _ in range(args.warm):
-            state = model.step(state, tokens.expand(args.n_reasoner, -1), generator=gen)
-    f = model.as_map(tokens)
-    z0 = state.flatten().to(dtype)
-    d = z0.shape[1]
-    return Case(f"reasoner d={d} N={args.n_reasoner} {args.dtype} ({args.checkpoint})", f, z0,
-                args.reasoner_tol * float(z0.norm(dim=1).median()))
+    model = checkpoint.load(args.checkpoint).requires_grad_(False).to(dtype)
+    puzzles = sudoku.generate(args.puzzles, seed=args.seed, difficulty=args.difficulty)
+    cases = []
+    for i in range(args.puzzles):
+        tokens = torch.as_tensor(puzzles.tokens[i : i + 1], dtype=torch.long)
+        gen = torch.Generator().manual_seed(args.seed + i)
+        with torch.no_grad():
+            state = model.init_state(tokens.expand(args.n_reasoner, -1), generator=gen)
+            for _ in range(args.warm):
+                state = model.step(state, tokens.expand(args.n_reasoner, -1), generator=gen)
+        z0 = state.flatten().to(dtype)
+        cases.append(Case(f"reasoner puzzle {i}", model.as_map(tokens), z0,
+                          args.reasoner_tol * float(z0.norm(dim=1).median())))
+    return cases
 
 
-CASES: dict[str, Callable[[argparse.Namespace], Case]] = {"tanh_rnn": tanh_rnn_case, "reasoner": reasoner_case}
+def tanh_rnn_cases(args: argparse.Namespace) -> list[Case]:
+    return [tanh_rnn_case(args)]
+
+
+CASES: dict[str, Callable[[argparse.Namespace], list[Case]]] = {"tanh_rnn": tanh_rnn_cases,
+                                                                  "reasoner": reasoner_cases}
 
 
 class _AdaptiveLearningRate:
@@ -203,8 +209,24 @@ def report(case: Case, outcomes: list[Outcome]) -> None:
         unique = _unique_count(o.z[ok], 1e-3) if bool(ok.any()) else 0
         print(f"{o.method:<22}{o.seconds:>9.2f}{o.iterations:>7d}{int(ok.sum()):>7d}/{len(ok):<3d}{unique:>8d}"
               f"{float(o.residual.median()):>12.2e}{float(o.residual.max()):>10.2e}  {o.note}")
-    base, new = outcomes
-    print(f"speed-up (wall time, baseline / ours): {base.seconds / new.seconds:.1f}x")
+
+
+def report_total(results: list[tuple[Case, list[Outcome]]]) -> None:
+    """Totals over cases; the speed-up is a lower bound when the baseline stopped at its cap unconverged."""
+    totals = []
+    for i in range(2):
+        seconds = sum(outs[i].seconds for _, outs in results)
+        converged = sum(int((outs[i].residual <= case.tol).sum()) for case, outs in results)
+        starts = sum(len(outs[i].residual) for _, outs in results)
+        totals.append((results[0][1][i].method, seconds, converged, starts))
+    if len(results) > 1:
+        print(f"\n== total over {len(results)} cases")
+        for method, seconds, converged, starts in totals:
+            print(f"{method:<22}{seconds:>9.2f}{'':>7}{converged:>7d}/{starts:<3d}")
+    (_, base_s, base_c, n), (_, ours_s, ours_c, _) = totals
+    bound = "" if base_c >= ours_c else (f" (a lower bound: the baseline converged {base_c}/{n} within its iteration "
+                                         f"cap, ours {ours_c}/{n})")
+    print(f"speed-up (wall time, baseline / ours): {base_s / ours_s:.1f}x{bound}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -212,7 +234,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", nargs="+", default=["tanh_rnn"], choices=list(CASES), help="cases to run")
     parser.add_argument("--checkpoint", default="attractorlab/checkpoints/sudoku-small.pt",
                         help="reasoner case: model checkpoint")
-    parser.add_argument("--n-reasoner", type=int, default=16, help="reasoner case: number of start states")
+    parser.add_argument("--puzzles", type=int, default=4, help="reasoner case: generated puzzles (one map each)")
+    parser.add_argument("--difficulty", default="singles", help="reasoner case: generator difficulty")
+    parser.add_argument("--n-reasoner", type=int, default=8, help="reasoner case: start states per puzzle")
     parser.add_argument("--warm", type=int, default=8, help="reasoner case: noisy outer steps before starting")
     parser.add_argument("--reasoner-tol", type=float, default=1e-5,
                         help="reasoner case: tolerance relative to the median state norm")
@@ -229,12 +253,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     for name in args.cases:
-        case = CASES[name](args)
-        warm_up = Case(case.name, case.f, case.z0[:4], case.tol)
+        cases = CASES[name](args)
+        warm_up = Case(cases[0].name, cases[0].f, cases[0].z0[:4], cases[0].tol)
         fpf_adam(warm_up, max_iters=20)
         ours(warm_up)
-        report(case, [fpf_adam(case, max_iters=args.max_iters), ours(case)])
-
+        results = []
+        for case in cases:
+            results.append((case, [fpf_adam(case, max_iters=args.max_iters), ours(case)]))
+            report(case, results[-1][1])
+        report_total(results)
 
 if __name__ == "__main__":
     main()

@@ -53,27 +53,37 @@ def throughput(model, puzzles, args) -> None:
 
 
 def adaptive(model, puzzles, args) -> None:
-    """Fixed depth vs halting by convergence (and by the learned halting logit), all without path noise so that
-    convergence can be detected; wall time includes the compute saved by dropping halted rows."""
+    """Fixed depth vs adaptive halting, all without path noise so that latent convergence can be detected; wall
+    time includes the compute saved by dropping halted rows. Rules: ``converge`` (relative latent residual below
+    tol for 2 steps), ``stable`` (the read-out answer unchanged for ``patience`` steps), learned ``q > 0``."""
     tok, sol = torch.as_tensor(puzzles.tokens, dtype=torch.long), torch.as_tensor(puzzles.solution)
     rows = []
     t0 = time.perf_counter()
     fixed = rollout(model, tok, sol, RolloutConfig(depth=args.depth, seed=args.seed, noise=False))
     t_fixed = time.perf_counter() - t0
-    for d in sorted({1, 2, 4, 8, 16, 32, args.depth}):
+    for d in sorted({1, 2, 4, 8, 16, 32, 64, args.depth}):
         if d <= args.depth:
             rows.append((f"fixed depth {d}", float(fixed.correct[:, 0, d - 1].mean()), float(d), None))
     rows[-1] = (*rows[-1][:3], t_fixed)
-    for halt, tol in (("converge", 1e-2), ("converge", 3e-3), ("converge", 1e-3), ("converge", 3e-4), ("q", 1e-3)):
+    fixed_rows = list(rows)
+    rules = [("converge", 1e-2, 2), ("converge", 1e-3, 2), ("stable", 0.0, 2), ("stable", 0.0, 3),
+             ("stable", 0.0, 4), ("q", 1e-3, 2)]
+    for halt, tol, patience in rules:
         t0 = time.perf_counter()
-        res = rollout(model, tok, sol, RolloutConfig(depth=args.depth, halt=halt, tol=tol, patience=2,
+        res = rollout(model, tok, sol, RolloutConfig(depth=args.depth, halt=halt, tol=tol or 1e-3, patience=patience,
                                                      seed=args.seed, noise=False))
-        label = f"converge tol {tol:g}" if halt == "converge" else "learned halting q > 0"
+        label = {"converge": f"converge tol {tol:g}", "stable": f"stable answer x{patience}",
+                 "q": "learned halting q > 0"}[halt]
         rows.append((label, float(res.final_correct.mean()), float(res.steps.mean()), time.perf_counter() - t0))
     print(f"{len(puzzles)} puzzles ({args.data or args.difficulty}), depth cap {args.depth}, no path noise")
-    print(f"  {'rule':<24} {'accuracy':>9} {'mean steps':>11} {'seconds':>8}")
+    print(f"  {'rule':<24} {'accuracy':>9} {'mean steps':>11} {'seconds':>8} {'fewer steps than cap':>21}"
+          f" {'than shallowest equal fixed depth':>34}")
     for label, acc, steps, sec in rows:
-        print(f"  {label:<24} {acc:9.3f} {steps:11.2f} {'' if sec is None else f'{sec:8.1f}'}")
+        # the shallowest fixed depth whose accuracy is at least this rule's: the fair comparison at equal accuracy
+        equal = next((d for name, a, d, _ in fixed_rows if a >= acc - 1e-9), None)
+        vs_equal = "" if equal is None else f"{equal / steps:.1f}x (depth {equal:g})"
+        print(f"  {label:<24} {acc:9.3f} {steps:11.2f} {'' if sec is None else f'{sec:8.1f}':>8}"
+              f" {args.depth / steps:20.1f}x {vs_equal:>34}")
 
 
 def scaling(model, puzzles, args) -> None:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from attractorlab import checkpoint, recording, sudoku
-from attractorlab.cli import main
+from attractorlab.cli import DEFAULT_CHECKPOINT, main
 from attractorlab.model import EquilibriumReasoner, ReasonerConfig
 from attractorlab.rollout import (
     RolloutConfig,
@@ -182,3 +182,43 @@ def test_torchrun_sharded_solve_merges_into_one_run(ckpt, tmp_path):
         tokens = np.sort(run.puzzles.tokens, axis=0)
     expected = np.sort(sudoku.generate(5, seed=0, difficulty="singles").tokens, axis=0)
     np.testing.assert_array_equal(tokens, expected)
+
+
+def _first_run(mask: np.ndarray, patience: int) -> np.ndarray:
+    """Step (1-based) at which ``mask [rows, T]`` has been true ``patience`` times in a row; T if never."""
+    rows, t_max = mask.shape
+    out = np.full(rows, t_max)
+    for r in range(rows):
+        count = 0
+        for t in range(t_max):
+            count = count + 1 if mask[r, t] else 0
+            if count >= patience:
+                out[r] = t + 1
+                break
+    return out
+
+
+@pytest.mark.parametrize("halt", ["converge", "stable"])
+def test_convergence_and_stable_answer_halting_match_fixed_depth_records(puzzles, halt):
+    model = checkpoint.load(DEFAULT_CHECKPOINT)  # the shipped model: trajectories that settle at different steps
+    tok, sol = as_tensors(puzzles)
+    depth, patience, tol = 24, 3, 1e-3
+    fixed = rollout(model, tok, sol, RolloutConfig(depth=depth, breadth=2, noise=False, seed=0))
+    halted = rollout(model, tok, sol, RolloutConfig(depth=depth, breadth=2, noise=False, seed=0, halt=halt, tol=tol,
+                                                    patience=patience))
+    res, pred = fixed.residual.reshape(-1, depth), fixed.pred.reshape(-1, depth, 81)
+    if halt == "converge":
+        settled = res < tol
+    else:
+        with torch.no_grad():  # the answer read out from the initial state
+            state = model.init_state(tok.repeat_interleave(2, dim=0), generator=torch.Generator().manual_seed(0))
+            init = (model.readout(state)[0][..., 2:].argmax(-1) + 1).numpy().astype(np.uint8)
+        previous = np.concatenate([init[:, None], pred[:, :-1]], axis=1)
+        settled = (pred == previous).all(axis=2)
+    expected = _first_run(settled, patience)
+    assert expected.min() < depth  # the case exercises early halting
+    np.testing.assert_array_equal(halted.steps.reshape(-1), expected)
+    assert halted.compute_steps == expected.sum()
+    for r, last in enumerate(expected):
+        np.testing.assert_array_equal(halted.pred.reshape(-1, depth, 81)[r, :last], pred[r, :last])
+        assert (halted.pred.reshape(-1, depth, 81)[r, last:] == pred[r, last - 1]).all()

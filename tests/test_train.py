@@ -1,5 +1,6 @@
 """Training: the loss goes down, resume is bit-for-bit, DDP (2 gloo processes) equals one process."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -111,6 +112,37 @@ def test_cli_train_and_resume_equal_straight_run(tmp_path, capsys):
     for k, v in a["train_state"]["params"].items():
         assert torch.equal(v, b["train_state"]["params"][k]), k
     assert b["meta"]["step"] == 6
+
+
+def test_lr_schedule_warmup_constant_and_cosine_decay():
+    cfg = train.TrainConfig.from_preset("tiny", lr=1e-3, warmup_steps=10, steps=110)
+    assert train.lr_at(0, cfg) == pytest.approx(1e-4) and train.lr_at(9, cfg) == pytest.approx(1e-3)
+    assert train.lr_at(109, cfg) == pytest.approx(1e-3)  # constant by default, as the reference
+    cfg = dataclasses.replace(cfg, lr_min_ratio=0.1, decay_start=10)
+    assert train.lr_at(10, cfg) == pytest.approx(1e-3)
+    assert train.lr_at(60, cfg) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # half-way: the cosine's midpoint
+    assert train.lr_at(110, cfg) == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="lr_min_ratio"):
+        train.TrainConfig.from_preset("tiny", lr_min_ratio=0.0)
+
+
+def test_cli_resume_may_start_a_decay_and_equals_a_straight_run(tmp_path, capsys):
+    straight, resumed = tmp_path / "a.pt", tmp_path / "b.pt"
+    decay = ["--lr-min-ratio", "0.1", "--decay-start", "3"]
+    assert main(["train", "--preset", "tiny", "--steps", "6", "--out", str(straight), *CLI_FLAGS, *decay]) == 0
+    assert main(["train", "--preset", "tiny", "--steps", "3", "--checkpoint-every", "3", "--out", str(resumed),
+                 *CLI_FLAGS]) == 0
+    assert main(["train", "--resume", "--steps", "6", "--out", str(resumed), "--no-progress", *decay]) == 0
+    a, b = checkpoint.read(straight), checkpoint.read(resumed)
+    for k, v in a["train_state"]["params"].items():
+        assert torch.equal(v, b["train_state"]["params"][k]), k
+    assert b["train_state"]["config"]["lr_min_ratio"] == 0.1
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(resumed), "--lr", "1", "--steps", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "--lr cannot change on --resume" in err and "Traceback" not in err
+    assert main(["train", "--resume", "--out", str(resumed), "--steps", "4"]) == 2
+    assert "already at step 6" in capsys.readouterr().err
 
 
 def test_cli_train_errors(tmp_path, capsys):
