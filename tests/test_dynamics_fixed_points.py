@@ -188,3 +188,30 @@ def test_bad_arguments_raise_value_error(kwargs):
     args = dict(z0=torch.zeros(2, 2), f=lambda z: z) | kwargs
     with pytest.raises(ValueError):
         find_fixed_points(args.pop("f"), args.pop("z0"), **args)
+
+
+def test_fallback_that_worsens_a_start_never_replaces_the_second_order_end(monkeypatch):
+    from attractorlab.dynamics import fixed_points as module
+
+    start = torch.tensor([[40.0, -25.0]], dtype=torch.float64)
+    plain = find_fixed_points(cubic(), start, max_iter=1, fallback_iters=0)
+    calls = []
+
+    def worse(fc, z, tol, iters, lr, patience=None):
+        calls.append(patience)
+        return z + 100.0, torch.full((z.shape[0],), iters)
+
+    monkeypatch.setattr(module, "_adam_solve", worse)
+    fps = find_fixed_points(cubic(), start, max_iter=1, fallback_iters=5)
+    assert calls == [module._FALLBACK_PATIENCE]  # the fallback ran, with its stall check
+    assert torch.equal(fps.final, plain.final) and fps.kind.tolist() == [FAILED]
+    assert fps.iterations.tolist() == [plain.iterations[0] + 5]
+
+
+def test_fallback_stops_rows_that_stall():
+    from attractorlab.dynamics.fixed_points import _adam_solve
+
+    # F(z) = z^2 + 1 has no root; Adam on q creeps towards z = 0 and its residual stops falling
+    z, count = _adam_solve(lambda z: z + z**2 + 1, torch.tensor([[3.0]], dtype=torch.float64), 1e-12, 5000, 1e-2,
+                           patience=25)
+    assert int(count[0]) < 5000 and abs(float(z[0, 0])) < 3.0

@@ -49,8 +49,9 @@ _LAMBDA_INIT, _LAMBDA_MIN, _LAMBDA_MAX = 1e-6, 1e-16, 1e10
 _ACCEPT, _GOOD, _BAD = 1e-4, 0.75, 0.25
 _MAX_TRIALS = 8
 _ETA_MAX = 1e-2
-_CHECK_EVERY = 10
+_CHECK_EVERY_SMALL, _LARGE_STATE = 10, 4096
 _STALL_WINDOW, _STALL_FACTOR = 10, 0.5
+_FALLBACK_PATIENCE = 25
 
 
 @dataclass
@@ -174,6 +175,9 @@ def _krylov_model(lin: Linearization, F: Tensor, g: Tensor, m: int, eta: Tensor)
     product was not finite).
     """
     n, d = F.shape
+    # The GMRES residual costs a small QR per check: for large states the Jacobian products dominate, so check
+    # every step and stop as early as possible; for small ones check every few steps.
+    check_every = 1 if d >= _LARGE_STATE else _CHECK_EVERY_SMALL
     basis = F.new_zeros(n, m + 2, d)
     hess = torch.zeros(n, m + 2, m + 1, dtype=torch.float64, device=F.device)
     basis[:, 0] = _normalize(-F, F.norm(dim=1))[0]
@@ -192,7 +196,7 @@ def _krylov_model(lin: Linearization, F: Tensor, g: Tensor, m: int, eta: Tensor)
         j += 1
         if not bool((h_next > 0).any()):
             break
-        if j % _CHECK_EVERY == 0 and j < m:
+        if j % check_every == 0 and j < m:
             q = torch.linalg.qr(hess[:, : j + 1, :j])[0]
             gmres_rel = (1.0 - (q[:, 0, :] ** 2).sum(dim=1)).clamp_min(0.0).sqrt()
             if bool((gmres_rel <= eta).all()):
@@ -294,10 +298,11 @@ def _grad_ratio(fc: BatchedMap, z: Tensor, F: Tensor) -> Tensor:
     return g.norm(dim=1) / F.norm(dim=1).clamp_min(torch.finfo(F.dtype).tiny)
 
 
-def _adam_solve(fc: BatchedMap, z: Tensor, tol: float, iters: int, lr: float):
+def _adam_solve(fc: BatchedMap, z: Tensor, tol: float, iters: int, lr: float, patience: int | None = None):
     """First-order fallback: per-row Adam on ``q = 0.5 ||F||^2``; converged rows stop moving.
 
-    Returns (z [n, d], iterations [n]).
+    With ``patience`` set, a row also stops once its residual has not fallen by a quarter over the last
+    ``patience`` iterations (a stalled first-order run would only burn time). Returns (z [n, d], iterations [n]).
     """
     z = z.clone()
     n = z.shape[0]
@@ -305,14 +310,19 @@ def _adam_solve(fc: BatchedMap, z: Tensor, tol: float, iters: int, lr: float):
     m1, m2 = torch.zeros_like(z), torch.zeros_like(z)
     count = torch.zeros(n, dtype=torch.long, device=z.device)
     active = torch.ones(n, dtype=torch.bool, device=z.device)
+    checkpoint_res = torch.full((n,), math.inf, dtype=z.dtype, device=z.device)
     b1, b2, eps = 0.9, 0.999, 1e-8
-    for _ in range(iters):
+    for it in range(iters):
         idx = active.nonzero()[:, 0]
         if idx.numel() == 0:
             break
         F, g = _gradient(fc, z[idx])
         finite = _finite(F) & _finite(g)
-        moving = finite & (F.norm(dim=1) > tol * _scale(z[idx]))
+        res = F.norm(dim=1)
+        moving = finite & (res > tol * _scale(z[idx]))
+        if patience is not None and it % patience == 0:
+            moving &= res < 0.75 * checkpoint_res[idx]
+            checkpoint_res[idx] = res
         active[idx] = moving
         idx, g = idx[moving], g[moving]
         count[idx] += 1
@@ -472,10 +482,17 @@ def _solve_batch(fc, z, tol, max_iter, method, krylov_dim, slow_tol, fallback_it
     z, F, iterations, done = _lm_solve(fc, z, tol, max_iter, krylov_dim, slow_tol)
     retry = (~done & _finite(F)).nonzero()[:, 0]
     if retry.numel() and fallback_iters > 0:
-        z_fb, it_fb = _adam_solve(fc, z[retry], tol, fallback_iters, fallback_lr)
-        z_fb, _, it_lm, _ = _lm_solve(fc, z_fb, tol, max_iter, krylov_dim, slow_tol)
-        z[retry] = z_fb
-        iterations[retry] += it_fb + it_lm
+        z_fb, it_fb = _adam_solve(fc, z[retry], tol, fallback_iters, fallback_lr, patience=_FALLBACK_PATIENCE)
+        iterations[retry] += it_fb
+        # Polish only where the first-order run got below the second-order end; keep whichever end is better.
+        res_fb = _residual(fc, z_fb).norm(dim=1)
+        better = torch.isfinite(res_fb) & (res_fb < F[retry].norm(dim=1))
+        retry, z_fb = retry[better], z_fb[better]
+        if retry.numel():
+            z_fb, F_fb, it_lm, _ = _lm_solve(fc, z_fb, tol, max_iter, krylov_dim, slow_tol)
+            iterations[retry] += it_lm
+            improved = _finite(F_fb) & (F_fb.norm(dim=1) < F[retry].norm(dim=1))
+            z[retry[improved]] = z_fb[improved]
     return z, iterations
 
 

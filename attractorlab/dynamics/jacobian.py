@@ -359,11 +359,11 @@ def spectral_radius(
 ) -> Tensor:
     """Estimate the spectral radius of the Jacobian at each state by batched subspace iteration.
 
-    A block of ``block`` orthonormal vectors per point is pushed through the Jacobian ``iters`` times (cached
-    Jacobian products on a row-expanded batch ``[N * block, d]``, on the device of ``z``). Where the largest
-    Ritz value of the projected ``block x block`` matrix has settled (relative change < 1e-6 over the last
-    step) it is returned; a block of at least 2 resolves a dominant complex-conjugate pair, where plain power
-    iteration oscillates. Where it has not (crowded spectra converge like
+    A block of ``block`` orthonormal vectors per point is pushed through the Jacobian up to ``iters`` times
+    (cached Jacobian products on a row-expanded batch ``[N * block, d]``, on the device of ``z``; the iteration
+    stops early once every point's Ritz value has settled for 3 steps). Where the largest Ritz value of the
+    projected ``block x block`` matrix has settled (relative change < 1e-6 over the last step) it is returned; a
+    block of at least 2 resolves a dominant complex-conjugate pair, where plain power iteration oscillates. Where it has not (crowded spectra converge like
     ``(|lambda_{block+1}| / |lambda_1|) ** iters``), the growth rate of the leading vector, the geometric mean
     of ``||J q||`` over the second half of the iterations, is returned instead: correct to ``O(1 / iters)``.
 
@@ -383,6 +383,7 @@ def spectral_radius(
     finite = torch.isfinite(lin.value).reshape(n, -1).all(dim=1)
     ritz = torch.zeros(n, dtype=torch.float64, device=z.device)
     log_growth = []
+    calm = torch.zeros(n, dtype=torch.long, device=z.device)
     for _ in range(iters):
         w = lin.matvec(q.transpose(1, 2).reshape(n * p, d)).reshape(n, p, d).transpose(1, 2)
         finite &= torch.isfinite(w).flatten(1).all(dim=1)
@@ -390,7 +391,10 @@ def spectral_radius(
         ritz_prev, ritz = ritz, torch.linalg.eigvals((q.transpose(1, 2) @ w).double()).abs().amax(dim=1)
         q, r = torch.linalg.qr(w)
         log_growth.append(r[:, 0, 0].abs().double().log())
-    growth = torch.stack(log_growth[iters // 2 :]).mean(dim=0).exp()
-    settled = (ritz - ritz_prev).abs() <= 1e-6 * ritz
+        calm = torch.where((ritz - ritz_prev).abs() <= 1e-6 * ritz, calm + 1, 0)
+        if bool(((calm >= 3) | ~finite).all()):  # every Ritz value settled for 3 steps: stop early
+            break
+    growth = torch.stack(log_growth[len(log_growth) // 2 :]).mean(dim=0).exp()
+    settled = calm >= 1
     rho = torch.where(settled, ritz, growth)
     return torch.where(finite, rho, torch.full_like(rho, float("nan"))).to(z.dtype)
