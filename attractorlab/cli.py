@@ -313,7 +313,7 @@ def add_demo(p: argparse.ArgumentParser) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from attractorlab import analyze, checkpoint, report, rollout, sudoku
-    from attractorlab.train import SCHEDULE_FIELDS, TrainConfig, train
+    from attractorlab.train import TrainConfig, train
 
     os.makedirs(args.out_dir, exist_ok=True)
     ckpt = args.checkpoint
