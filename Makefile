@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/attractorlab demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check attractorlab tests benchmarks probes
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -363,9 +363,10 @@ def spectral_radius(
     (cached Jacobian products on a row-expanded batch ``[N * block, d]``, on the device of ``z``; the iteration
     stops early once every point's Ritz value has settled for 3 steps). Where the largest Ritz value of the
     projected ``block x block`` matrix has settled (relative change < 1e-6 over the last step) it is returned; a
-    block of at least 2 resolves a dominant complex-conjugate pair, where plain power iteration oscillates. Where
-    it has not (crowded spectra converge like ``(|lambda_{block+1}| / |lambda_1|) ** iters``), the growth rate of the leading vector, the geometric mean
-    of ``||J q||`` over the second half of the iterations, is returned instead: correct to ``O(1 / iters)``.
+    block of at least 2 resolves a dominant complex-conjugate pair, where plain power iteration oscillates.
+    Where it has not (crowded spectra converge like ``(|lambda_{block+1}| / |lambda_1|) ** iters``), the growth
+    rate of the leading vector, the geometric mean of ``||J q||`` over the second half of the iterations, is
+    returned instead: correct to ``O(1 / iters)``.
 
     z: [N, d]; returns [N] (real dtype of z); NaN where ``f`` or its Jacobian products are not finite.
     """
