@@ -39,10 +39,12 @@ class FeedforwardStack(nn.Module):
         return self.lm_head(h)
 
 
-def train_feedforward(cfg: TrainConfig, pool: sudoku.PuzzleSet) -> FeedforwardStack:
+def train_feedforward(cfg: TrainConfig, pool: sudoku.PuzzleSet) -> nn.Module:
     torch.manual_seed(cfg.seed)
     model = FeedforwardStack(cfg.model, cfg.model.layer_equivalents_per_step)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(
+        cfg.ema_decay))  # evaluated with EMA weights, like the reasoner
     stream = PuzzleStream(pool, cfg.seed + 17, cfg.augment)
     for step in range(cfg.steps):
         tokens, labels = stream.draw(cfg.batch_size)
@@ -53,7 +55,8 @@ def train_feedforward(cfg: TrainConfig, pool: sudoku.PuzzleSet) -> FeedforwardSt
         loss.float().backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-    return model.eval()
+        ema.update_parameters(model)
+    return ema.module.eval()
 
 
 def main() -> None:
@@ -62,11 +65,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600, help="optimizer steps for each model")
     parser.add_argument("--n-eval", type=int, default=200, help="held-out puzzles")
     parser.add_argument("--depths", default="1,4,16,64", help="reasoner evaluation depths")
+    parser.add_argument("--eval-difficulty", help="difficulty of the held-out puzzles (default: the training mix)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     args = parser.parse_args()
     cfg = TrainConfig.from_preset(args.preset, steps=args.steps, seed=args.seed)
     pool = sudoku.generate(cfg.n_train, seed=cfg.seed, difficulty=cfg.difficulty)
-    held = sudoku.generate(args.n_eval, seed=cfg.seed + 1_000_003, difficulty=cfg.difficulty)
+    held = sudoku.generate(args.n_eval, seed=cfg.seed + 1_000_003, difficulty=args.eval_difficulty or cfg.difficulty)
     tok, sol = torch.as_tensor(held.tokens, dtype=torch.long), torch.as_tensor(held.solution)
 
     t0 = time.time()
@@ -87,7 +91,7 @@ def main() -> None:
 
     n_layers = cfg.model.layer_equivalents_per_step
     print(f"preset {args.preset}, {cfg.steps} steps x batch {cfg.batch_size}, {args.n_eval} held-out "
-          f"{cfg.difficulty} puzzles; exact accuracy and accuracy on the blank cells")
+          f"{args.eval_difficulty or cfg.difficulty} puzzles; exact accuracy and accuracy on the blank cells")
     print(f"  feedforward stack, {n_layers} untied blocks{'':<10} exact {ff_acc:.3f}  blank cells "
           f"{(pred == held.solution)[blank].mean():.3f}  (train {t_ff:.0f} s)")
     for d in depths:
