@@ -84,6 +84,22 @@ def adaptive(model, puzzles, args) -> None:
         vs_equal = "" if equal is None else f"{equal / steps:.1f}x (depth {equal:g})"
         print(f"  {label:<24} {acc:9.3f} {steps:11.2f} {'' if sec is None else f'{sec:8.1f}':>8}"
               f" {args.depth / steps:20.1f}x {vs_equal:>34}")
+    if args.plot:
+        _plot_adaptive(fixed.correct[:, 0].mean(axis=0), rows[len(fixed_rows):], args)
+
+
+def _plot_adaptive(fixed_curve: np.ndarray, rules: list, args: argparse.Namespace) -> None:
+    """Accuracy vs mean outer steps: the fixed-depth curve (every depth) and one marker per halting rule."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_scatter(x=np.arange(1, len(fixed_curve) + 1), y=fixed_curve, mode="lines", name="fixed depth")
+    for label, acc, steps, _ in rules:
+        fig.add_scatter(x=[steps], y=[acc], mode="markers", marker_size=10, name=label)
+    fig.update_layout(title=f"Adaptive compute: accuracy vs mean outer steps (cap {args.depth}, no path noise)",
+                      xaxis_title="mean outer steps per puzzle", yaxis_title="exact accuracy", xaxis_type="log")
+    fig.write_html(args.plot, include_plotlyjs="cdn")
+    print(f"wrote {args.plot}")
 
 
 def scaling(model, puzzles, args) -> None:
@@ -129,6 +145,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--no-noise", action="store_true", help="scaling: roll out without path noise")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--plot", help="adaptive: write the accuracy-vs-steps curve to this HTML file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = checkpoint.load(args.checkpoint)
