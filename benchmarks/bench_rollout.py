@@ -53,13 +53,14 @@ def throughput(model, puzzles, args) -> None:
 
 
 def adaptive(model, puzzles, args) -> None:
-    """Fixed depth vs adaptive halting, all without path noise so that latent convergence can be detected; wall
-    time includes the compute saved by dropping halted rows. Rules: ``converge`` (relative latent residual below
+    """Fixed depth vs adaptive halting, by default without path noise so that latent convergence can be detected;
+    wall time includes the compute saved by dropping halted rows. Rules: ``converge`` (relative latent residual below
     tol for 2 steps), ``stable`` (the read-out answer unchanged for ``patience`` steps), learned ``q > 0``."""
     tok, sol = torch.as_tensor(puzzles.tokens, dtype=torch.long), torch.as_tensor(puzzles.solution)
     rows = []
     t0 = time.perf_counter()
-    fixed = rollout(model, tok, sol, RolloutConfig(depth=args.depth, seed=args.seed, noise=False))
+    noise = args.noise
+    fixed = rollout(model, tok, sol, RolloutConfig(depth=args.depth, seed=args.seed, noise=noise))
     t_fixed = time.perf_counter() - t0
     for d in sorted({1, 2, 4, 8, 16, 32, 64, args.depth}):
         if d <= args.depth:
@@ -71,11 +72,12 @@ def adaptive(model, puzzles, args) -> None:
     for halt, tol, patience in rules:
         t0 = time.perf_counter()
         res = rollout(model, tok, sol, RolloutConfig(depth=args.depth, halt=halt, tol=tol or 1e-3, patience=patience,
-                                                     seed=args.seed, noise=False))
+                                                     seed=args.seed, noise=noise))
         label = {"converge": f"converge tol {tol:g}", "stable": f"stable answer x{patience}",
                  "q": "learned halting q > 0"}[halt]
         rows.append((label, float(res.final_correct.mean()), float(res.steps.mean()), time.perf_counter() - t0))
-    print(f"{len(puzzles)} puzzles ({args.data or args.difficulty}), depth cap {args.depth}, no path noise")
+    print(f"{len(puzzles)} puzzles ({args.data or args.difficulty}), depth cap {args.depth}, "
+          f"path noise {'on' if noise else 'off'}")
     print(f"  {'rule':<24} {'accuracy':>9} {'mean steps':>11} {'seconds':>8} {'fewer steps than cap':>21}"
           f" {'than shallowest equal fixed depth':>34}")
     for label, acc, steps, sec in rows:
@@ -96,7 +98,8 @@ def _plot_adaptive(fixed_curve: np.ndarray, rules: list, args: argparse.Namespac
     fig.add_scatter(x=np.arange(1, len(fixed_curve) + 1), y=fixed_curve, mode="lines", name="fixed depth")
     for label, acc, steps, _ in rules:
         fig.add_scatter(x=[steps], y=[acc], mode="markers", marker_size=10, name=label)
-    fig.update_layout(title=f"Adaptive compute: accuracy vs mean outer steps (cap {args.depth}, no path noise)",
+    fig.update_layout(title=f"Adaptive compute: accuracy vs mean outer steps (cap {args.depth}, "
+                      f"path noise {'on' if args.noise else 'off'})",
                       xaxis_title="mean outer steps per puzzle", yaxis_title="exact accuracy", xaxis_type="log")
     fig.write_html(args.plot, include_plotlyjs="cdn")
     print(f"wrote {args.plot}")
@@ -144,6 +147,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="puzzles per batch")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--no-noise", action="store_true", help="scaling: roll out without path noise")
+    parser.add_argument("--noise", action="store_true",
+                        help="adaptive: keep the path noise on (latent convergence then never fires)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--plot", help="adaptive: write the accuracy-vs-steps curve to this HTML file")
     args = parser.parse_args()
