@@ -24,7 +24,14 @@ import torch
 from attractorlab import checkpoint as ckpt
 from attractorlab import dynamics, probing, recording, sudoku
 from attractorlab.model import EquilibriumReasoner, LatentState
-from attractorlab.rollout import RolloutConfig, convergence_score, rollout, select_lowest_score, summarize
+from attractorlab.rollout import (
+    RolloutConfig,
+    answer_digits,
+    convergence_score,
+    rollout,
+    select_lowest_score,
+    summarize,
+)
 
 ANALYSES = ("summary", "scaling", "convergence", "embedding", "probes", "fixed_points", "basins")
 LABELS = ("correct", "valid, not the solution", "invalid")
@@ -190,7 +197,7 @@ def _label_states(model: EquilibriumReasoner, z: torch.Tensor, tokens: np.ndarra
     c = model.config
     with torch.no_grad():
         logits, _ = model.readout(LatentState.unflatten(z.to(model.device).float(), c.seq_len, c.hidden_size))
-    grids = (logits[..., 2:].argmax(-1) + 1).to(torch.uint8).cpu().numpy()
+    grids = answer_digits(logits).cpu().numpy()
     valid = sudoku.is_valid_solution(np.broadcast_to(tokens, grids.shape), grids)
     right = (grids == solution).all(-1) & (solution > 0).all()
     label = np.where(right, 0, np.where(valid, 1, 2))

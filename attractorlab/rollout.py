@@ -24,6 +24,11 @@ HALT_RULES = ("never", "q", "converge", "stable")
 SELECT_RULES = ("convergence", "majority")
 
 
+def answer_digits(logits: torch.Tensor) -> torch.Tensor:
+    """The read-out grid: the most likely digit per cell. logits: [N, 81, 11] -> [N, 81] uint8 digits 1-9."""
+    return (logits[..., 2:].argmax(-1) + 1).to(torch.uint8)
+
+
 @dataclass
 class RolloutConfig:
     """How deep, how wide, when to stop and how to choose among restarts."""
@@ -151,7 +156,7 @@ def rollout(model: EquilibriumReasoner, tokens: torch.Tensor, solution: torch.Te
         x = model.embed(tok)
         logits, _ = model.readout(state)
         prev_logits = logits.float()
-        prev_answer = (prev_logits[..., 2:].argmax(-1) + 1).to(torch.uint8)
+        prev_answer = answer_digits(prev_logits)
         active = torch.arange(rows, device=device)
         below = torch.zeros(rows, dtype=torch.int32, device=device)
         current = state_fn(state).float().cpu() if states != "none" else None  # [rows, *shape], frozen at halt
@@ -172,7 +177,7 @@ def rollout(model: EquilibriumReasoner, tokens: torch.Tensor, solution: torch.Te
             residual[active, t] = res
             logit_change[active, t] = dlog
             halt_logit[active, t] = q
-            answer = (logits[..., 2:].argmax(-1) + 1).to(torch.uint8)
+            answer = answer_digits(logits)
             pred[active, t] = answer
             if cfg.halt == "q":
                 done = q > 0
