@@ -161,6 +161,29 @@ def test_dtypes_one_dimension_one_start(dtype):
     assert bool(fps.stable[0])
 
 
+def test_snapping_to_found_points_keeps_the_answer_and_saves_iterations():
+    # A contracting random tanh network with a single attractor; krylov_dim 3 << d makes the final approach
+    # linear (GMRES cannot resolve the Jacobian), which is what snapping skips.
+    d = 48
+    g = torch.Generator().manual_seed(0)
+    W = 0.9 * torch.randn(d, d, generator=g, dtype=torch.float64) / d**0.5
+    b = 0.3 * torch.randn(d, generator=g, dtype=torch.float64)
+    f = lambda z: torch.tanh(z @ W.T + b)  # noqa: E731
+    z0 = torch.randn(40, d, generator=g, dtype=torch.float64)
+    snapped = find_fixed_points(f, z0, krylov_dim=3, k=2)
+    alone = find_fixed_points(f, z0, krylov_dim=3, k=2, snap=False)
+    assert len(snapped) == len(alone) == 1 and snapped.converged.all() and alone.converged.all()
+    assert torch.allclose(snapped.z, alone.z, atol=1e-8)
+    assert int(snapped.iterations.sum()) < int(alone.iterations.sum())
+    on_anchor = (snapped.final[:, None, :] == snapped.final[None, :, :]).all(dim=2).sum(dim=1) > 1
+    assert bool(on_anchor.any())  # some starts ended exactly on a point another start found
+    # distinct points farther apart than the radius are never merged: the cubic lattice is assigned as before
+    cube = 3 * torch.rand(200, 3, generator=g, dtype=torch.float64) - 1.5
+    a, b_ = find_fixed_points(cubic(), cube, k=0), find_fixed_points(cubic(), cube, k=0, snap=False)
+    assert torch.equal(a.z[a.assignment[a.converged]].round(), b_.z[b_.assignment[b_.converged]].round())
+    assert torch.equal(a.converged, b_.converged)
+
+
 def test_adam_method_batches_noise_and_arrays():
     A, b = affine_with_spectrum([0.5, -0.4, 0.3, 0.2], [], 4, seed=3)
     f = lambda z: z @ A.T + b  # noqa: E731
@@ -182,7 +205,7 @@ def test_adam_method_batches_noise_and_arrays():
     [dict(z0=torch.zeros(3)), dict(z0=torch.zeros(2, 3, 4)), dict(z0=np.zeros((2, 2))),
      dict(z0=torch.zeros(2, 2, dtype=torch.long)), dict(method="bfgs"), dict(tol=-1.0), dict(max_iter=0),
      dict(krylov_dim=0), dict(k=-1), dict(noise=-0.1), dict(batch_size=0), dict(fallback_iters=-1),
-     dict(fallback_lr=0.0), dict(f=lambda z: z[:, :1]), dict(f="not a map")],
+     dict(fallback_lr=0.0), dict(snap=1), dict(f=lambda z: z[:, :1]), dict(f="not a map")],
 )
 def test_bad_arguments_raise_value_error(kwargs):
     args = dict(z0=torch.zeros(2, 2), f=lambda z: z) | kwargs

@@ -12,7 +12,11 @@ runs a Levenberg-Marquardt / Newton-Krylov iteration. Per outer step, all N star
    attractors, saddles and repellers alike.
 
 Starts that stall (residual not halved in 10 iterations) are handed to a first-order fallback (Adam on ``q``)
-and polished again. A start that ends at a stationary point of ``q`` with ``q > 0``
+and polished again (stopping after 5 iterations without halving). Most samples of starts end at a few points,
+and the last part of each approach costs the most (convergence is only linear where GMRES cannot resolve the
+Jacobian in ``krylov_dim`` steps): with ``snap`` a start whose iterate comes within the de-duplication radius
+of a fixed point already found in the same call stops there and ends on that point, which the de-duplication
+would have merged it with anyway. A start that ends at a stationary point of ``q`` with ``q > 0``
 (``||J_F^T F|| <= slow_tol ||F||``) is a *slow point*: reported in :attr:`FixedPoints.slow`, never among the
 fixed points.
 
@@ -51,6 +55,7 @@ _MAX_TRIALS = 8
 _ETA_MAX = 1e-2
 _CHECK_EVERY_SMALL, _LARGE_STATE = 10, 4096
 _STALL_WINDOW, _STALL_FACTOR = 10, 0.5
+_POLISH_STALL_WINDOW = 5  # starts polished after the fallback have stalled once: a shorter leash
 _FALLBACK_PATIENCE = 25
 
 
@@ -138,28 +143,30 @@ def _finite(x: Tensor) -> Tensor:
     return torch.isfinite(x).all(dim=1)
 
 
-def _orthogonalize(w: Tensor, vs: Tensor) -> tuple[Tensor, Tensor]:
+def _orthogonalize(w: Tensor, vs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Remove from rows of w [n, d] their components on the orthonormal rows of vs [n, j, d].
 
     Classical Gram-Schmidt, repeated once when some row lost more than 30% of its norm (the DGKS criterion).
-    Returns (w [n, d], coefficients [n, j]).
+    Returns (w [n, d], coefficients [n, j], norm of w before [n] and after [n]).
     """
     norm_in = w.norm(dim=1)
     coef = torch.bmm(w[:, None, :], vs.transpose(1, 2))[:, 0]  # this operand order is several times faster
     w = w - torch.bmm(coef[:, None, :], vs)[:, 0]
-    if bool((w.norm(dim=1) < 0.7 * norm_in).any()):
+    norm_out = w.norm(dim=1)
+    if bool((norm_out < 0.7 * norm_in).any()):
         c = torch.bmm(w[:, None, :], vs.transpose(1, 2))[:, 0]
         w = w - torch.bmm(c[:, None, :], vs)[:, 0]
         coef = coef + c
-    return w, coef
+        norm_out = w.norm(dim=1)
+    return w, coef, norm_in, norm_out
 
 
-def _normalize(w: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
-    """Unit rows of w [n, d] and their norms [n]; rows that are ~0 relative to ``reference`` [n] become 0."""
-    norm = w.norm(dim=1)
+def _normalize(w: Tensor, norm: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
+    """Unit rows of w [n, d] given their norms [n]; rows that are ~0 relative to ``reference`` [n] become 0.
+    Returns (unit rows [n, d], norms [n], 0 where dropped)."""
     alive = norm > 1e-10 * reference.clamp_min(torch.finfo(w.dtype).tiny)
     norm = torch.where(alive, norm, torch.zeros_like(norm))
-    return torch.where(alive[:, None], w / norm.clamp_min(torch.finfo(w.dtype).tiny)[:, None], 0.0), norm
+    return w * torch.where(alive, 1.0 / norm.clamp_min(torch.finfo(w.dtype).tiny), 0.0)[:, None], norm
 
 
 def _krylov_model(lin: Linearization, F: Tensor, g: Tensor, m: int, eta: Tensor):
@@ -180,12 +187,13 @@ def _krylov_model(lin: Linearization, F: Tensor, g: Tensor, m: int, eta: Tensor)
     check_every = 1 if d >= _LARGE_STATE else _CHECK_EVERY_SMALL
     basis = F.new_zeros(n, m + 2, d)
     hess = torch.zeros(n, m + 2, m + 1, dtype=torch.float64, device=F.device)
-    basis[:, 0] = _normalize(-F, F.norm(dim=1))[0]
+    f_norm = F.norm(dim=1)
+    basis[:, 0] = _normalize(-F, f_norm, f_norm)[0]
 
     def add_image(v: Tensor, j: int) -> Tensor:
         """Column j: image of v, orthogonalised against basis[:, :j+1], stored as basis vector j+1."""
-        w, coef = _orthogonalize(lin.matvec(v) - v, basis[:, : j + 1])
-        basis[:, j + 1], h_next = _normalize(w, w.norm(dim=1) + coef.norm(dim=1))
+        w, coef, norm_in, norm_out = _orthogonalize(lin.matvec(v) - v, basis[:, : j + 1])
+        basis[:, j + 1], h_next = _normalize(w, norm_out, norm_in)
         hess[:, : j + 1, j] = coef.double()
         hess[:, j + 1, j] = h_next.double()
         return h_next
@@ -201,8 +209,8 @@ def _krylov_model(lin: Linearization, F: Tensor, g: Tensor, m: int, eta: Tensor)
             gmres_rel = (1.0 - (q[:, 0, :] ** 2).sum(dim=1)).clamp_min(0.0).sqrt()
             if bool((gmres_rel <= eta).all()):
                 break
-    w_grad, _ = _orthogonalize(g, basis[:, :j])
-    w_grad = _normalize(w_grad, g.norm(dim=1))[0]
+    w_grad, _, g_norm, w_norm = _orthogonalize(g, basis[:, :j])
+    w_grad = _normalize(w_grad, w_norm, g_norm)[0]
     add_image(w_grad, j)
     hess = hess[:, : j + 2, : j + 1]
     bad = ~torch.isfinite(hess).flatten(1).all(dim=1)
@@ -224,8 +232,37 @@ def _lm_subproblem(hess: Tensor, beta: Tensor, mu: Tensor) -> tuple[Tensor, Tens
     return y, (y * grad).sum(dim=1) + mu * (y * y).sum(dim=1)
 
 
-def _lm_solve(fc: BatchedMap, z: Tensor, tol: float, max_iter: int, krylov_dim: int, slow_tol: float):
-    """Krylov Levenberg-Marquardt on ``F = f(z) - z`` from the rows of z [n, d].
+class _Anchors:
+    """Fixed points found so far in one call (z, F: [K, d]); an iterate within ``radius`` of one snaps to it."""
+
+    def __init__(self, radius: float, like: Tensor):
+        self.radius = radius
+        self.z, self.F = like.new_zeros(0, like.shape[1]), like.new_zeros(0, like.shape[1])
+
+    def add(self, z: Tensor, F: Tensor) -> None:
+        """Keep the converged rows of z, F [c, d] that are not within ``radius`` of a known point."""
+        if z.shape[0] and self.z.shape[0]:
+            keep = self._distance(z).amin(dim=1) > self.radius
+            z, F = z[keep], F[keep]
+        self.z, self.F = torch.cat([self.z, z]), torch.cat([self.F, F])
+
+    def nearest(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """For rows of z [n, d]: (hit [n] bool: a known point lies within ``radius``, index [n] of the nearest)."""
+        if z.shape[0] == 0 or self.z.shape[0] == 0:
+            return torch.zeros(z.shape[0], dtype=torch.bool, device=z.device), torch.zeros(
+                z.shape[0], dtype=torch.long, device=z.device)
+        dist, which = self._distance(z).min(dim=1)
+        return dist <= self.radius, which
+
+    def _distance(self, z: Tensor) -> Tensor:
+        return torch.cdist(z, self.z, compute_mode="donot_use_mm_for_euclid_dist")
+
+
+def _lm_solve(fc: BatchedMap, z: Tensor, tol: float, max_iter: int, krylov_dim: int, slow_tol: float,
+              anchors: _Anchors | None = None, stall_window: int = _STALL_WINDOW):
+    """Krylov Levenberg-Marquardt on ``F = f(z) - z`` from the rows of z [n, d]; with ``anchors``, converged rows
+    are added to them and active rows that come within their radius stop on the nearest one. A row stops when
+    its residual has not halved over ``stall_window`` iterations.
 
     Returns (z [n, d], F [n, d], iterations [n], done [n] bool: converged or stationary).
     """
@@ -238,6 +275,9 @@ def _lm_solve(fc: BatchedMap, z: Tensor, tol: float, max_iter: int, krylov_dim: 
     stationary = torch.zeros(n, dtype=torch.bool, device=z.device)
     history = [F.norm(dim=1)]
     double_backward = None
+    if anchors is not None:
+        start_done = _finite(F) & ~active
+        anchors.add(z[start_done], F[start_done])
     m = min(krylov_dim, d)
 
     for it in range(max_iter):
@@ -278,9 +318,16 @@ def _lm_solve(fc: BatchedMap, z: Tensor, tol: float, max_iter: int, krylov_dim: 
         converged = Fa.norm(dim=1) <= tol * _scale(za)
         stuck = ~accepted & ~converged
         active[idx] = ~converged & ~stat_a & ~bad & ~(stuck & (lam_a > _LAMBDA_MAX))
+        if anchors is not None:
+            anchors.add(za[converged], Fa[converged])
+            live = active.nonzero()[:, 0]
+            hit, which = anchors.nearest(z[live])
+            snapped = live[hit]
+            z[snapped], F[snapped] = anchors.z[which[hit]], anchors.F[which[hit]]
+            active[snapped] = False
         history.append(F.norm(dim=1))
-        if it + 1 >= _STALL_WINDOW:
-            active &= ~(history[-1] > _STALL_FACTOR * history[-1 - _STALL_WINDOW])
+        if it + 1 >= stall_window:
+            active &= ~(history[-1] > _STALL_FACTOR * history[-1 - stall_window])
     done = (F.norm(dim=1) <= tol * _scale(z)) | stationary
     return z, F, iters, done & _finite(F)
 
@@ -396,6 +443,7 @@ def find_fixed_points(
     fallback_lr: float = 1e-2,
     batch_size: int | None = None,
     spectrum_method: str = "auto",
+    snap: bool = True,
 ) -> FixedPoints:
     """Find fixed points (and slow points) of ``f`` from the start states ``z0``.
 
@@ -416,6 +464,9 @@ def find_fixed_points(
             the step size is also that of ``method="adam"``).
         batch_size: solve the starts in chunks of this many rows (default: all at once).
         spectrum_method: passed to :func:`jacobian_spectrum` as ``method``.
+        snap: a start whose iterate comes within the de-duplication radius (``unique_tol``) of a fixed point
+            already found from another start stops and ends exactly on that point (much faster when many starts
+            share a few points); False polishes every start on its own.
 
     Returns:
         :class:`FixedPoints`. Starts where ``f`` is not finite are ``kind == NONFINITE``; starts that neither
@@ -432,6 +483,8 @@ def find_fixed_points(
     batch_size = n if batch_size is None else batch_size
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(snap, bool):
+        raise ValueError(f"snap must be True or False, got {snap!r}")
 
     def fc(x: Tensor) -> Tensor:
         return f(x.to(in_dtype)).to(dtype)
@@ -441,11 +494,12 @@ def find_fixed_points(
         z = z + noise * torch.randn(z.shape, generator=generator, dtype=torch.float64).to(z)
     start_ok = _finite(z)
     z = torch.where(start_ok[:, None], z, torch.zeros_like(z))
+    anchors = _Anchors(unique_tol * float(z.norm(dim=1).median().clamp_min(1.0)), z) if snap else None
 
     finals, iters = [], []
     for lo in range(0, n, batch_size):
         zb, it = _solve_batch(fc, z[lo : lo + batch_size], tol, max_iter, method, krylov_dim, slow_tol,
-                              fallback_iters, fallback_lr)
+                              fallback_iters, fallback_lr, anchors)
         finals.append(zb)
         iters.append(it)
     final, iterations = torch.cat(finals), torch.cat(iters)
@@ -475,11 +529,11 @@ def find_fixed_points(
     )
 
 
-def _solve_batch(fc, z, tol, max_iter, method, krylov_dim, slow_tol, fallback_iters, fallback_lr):
+def _solve_batch(fc, z, tol, max_iter, method, krylov_dim, slow_tol, fallback_iters, fallback_lr, anchors):
     """Solve one chunk of starts z [n, d]; returns (final z [n, d], iterations [n])."""
     if method == "adam":
         return _adam_solve(fc, z, tol, max_iter, fallback_lr)
-    z, F, iterations, done = _lm_solve(fc, z, tol, max_iter, krylov_dim, slow_tol)
+    z, F, iterations, done = _lm_solve(fc, z, tol, max_iter, krylov_dim, slow_tol, anchors)
     retry = (~done & _finite(F)).nonzero()[:, 0]
     if retry.numel() and fallback_iters > 0:
         z_fb, it_fb = _adam_solve(fc, z[retry], tol, fallback_iters, fallback_lr, patience=_FALLBACK_PATIENCE)
@@ -489,7 +543,8 @@ def _solve_batch(fc, z, tol, max_iter, method, krylov_dim, slow_tol, fallback_it
         better = torch.isfinite(res_fb) & (res_fb < F[retry].norm(dim=1))
         retry, z_fb = retry[better], z_fb[better]
         if retry.numel():
-            z_fb, F_fb, it_lm, _ = _lm_solve(fc, z_fb, tol, max_iter, krylov_dim, slow_tol)
+            z_fb, F_fb, it_lm, _ = _lm_solve(fc, z_fb, tol, max_iter, krylov_dim, slow_tol, anchors,
+                                             _POLISH_STALL_WINDOW)
             iterations[retry] += it_lm
             improved = _finite(F_fb) & (F_fb.norm(dim=1) < F[retry].norm(dim=1))
             z[retry[improved]] = z_fb[improved]
