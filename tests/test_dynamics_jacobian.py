@@ -1,5 +1,6 @@
 """Jacobian spectra: dense vs Arnoldi vs exact (Kronecker-structured maps with known spectra)."""
 
+import itertools
 import math
 
 import numpy as np
@@ -125,6 +126,16 @@ def test_spectral_radius_power_iteration_with_complex_dominant_pair():
     nan_map = lambda z: torch.where(z[:, :1] > 0, float("nan"), 0.5 * z)  # noqa: E731
     rho_nan = spectral_radius(nan_map, torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), iters=5)
     assert math.isnan(float(rho_nan[0])) and float(rho_nan[1]) == pytest.approx(0.5, abs=1e-6)
+
+
+def test_spectral_radius_of_jacobians_with_exact_zeros_and_repeated_eigenvalues():
+    # the lattice points of a separable cubic map: Jacobians diag(1.5 or 0); the block iteration drives entries of
+    # the projected matrix to ~1e-190, which LAPACK's eigenvalue solver cannot handle unless they are dropped
+    lattice = torch.tensor(list(itertools.product((-1.0, 0.0, 1.0), repeat=3)), dtype=torch.float64)
+    expected = torch.where((lattice == 0).any(dim=1), 1.5, 0.0)
+    for seed in range(20):
+        rho = spectral_radius(lambda z: z + 0.5 * (z - z**3), lattice, generator=torch.Generator().manual_seed(seed))
+        np.testing.assert_allclose(rho.numpy(), expected.numpy(), atol=1e-8)
 
 
 def test_nonfinite_points_give_nan_eigenvalues():
