@@ -163,7 +163,7 @@ def _orthogonalize(w: Tensor, vs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tenso
 
 def _normalize(w: Tensor, norm: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
     """Unit rows of w [n, d] given their norms [n]; rows that are ~0 relative to ``reference`` [n] become 0.
-    Returns (unit rows [n, d], norms [n], 0 where dropped)."""
+    Returns (unit rows [n, d], norms [n] with 0 for the dropped rows)."""
     alive = norm > 1e-10 * reference.clamp_min(torch.finfo(w.dtype).tiny)
     norm = torch.where(alive, norm, torch.zeros_like(norm))
     return w * torch.where(alive, 1.0 / norm.clamp_min(torch.finfo(w.dtype).tiny), 0.0)[:, None], norm
@@ -381,6 +381,11 @@ def _adam_solve(fc: BatchedMap, z: Tensor, tol: float, iters: int, lr: float, pa
     return z, count
 
 
+def _merge_radius(z: Tensor, tol: float) -> float:
+    """Distance under which two states are one point: ``tol * max(median ||z||, 1)``. z: [C, d]."""
+    return tol * float(z.norm(dim=1).median().clamp_min(1.0))
+
+
 def _greedy_unique(z: Tensor, tol: float) -> tuple[Tensor, Tensor]:
     """Greedy leader clustering of rows already sorted by preference (best first).
 
@@ -392,7 +397,7 @@ def _greedy_unique(z: Tensor, tol: float) -> tuple[Tensor, Tensor]:
     leaders = []
     if c == 0:
         return labels, torch.zeros(0, dtype=torch.long, device=z.device)
-    radius = tol * float(z.norm(dim=1).median().clamp_min(1.0))
+    radius = _merge_radius(z, tol)
     while True:
         free = (labels < 0).nonzero()[:, 0]
         if free.numel() == 0:
@@ -494,7 +499,7 @@ def find_fixed_points(
         z = z + noise * torch.randn(z.shape, generator=generator, dtype=torch.float64).to(z)
     start_ok = _finite(z)
     z = torch.where(start_ok[:, None], z, torch.zeros_like(z))
-    anchors = _Anchors(unique_tol * float(z.norm(dim=1).median().clamp_min(1.0)), z) if snap else None
+    anchors = _Anchors(_merge_radius(z, unique_tol), z) if snap else None
 
     finals, iters = [], []
     for lo in range(0, n, batch_size):
