@@ -190,17 +190,24 @@ def _krylov_model(lin: Linearization, F: Tensor, g: Tensor, m: int, eta: Tensor)
     f_norm = F.norm(dim=1)
     basis[:, 0] = _normalize(-F, f_norm, f_norm)[0]
 
-    def add_image(v: Tensor, j: int) -> Tensor:
-        """Column j: image of v, orthogonalised against basis[:, :j+1], stored as basis vector j+1."""
-        w, coef, norm_in, norm_out = _orthogonalize(lin.matvec(v) - v, basis[:, : j + 1])
+    def add_image(v: Tensor, j: int, in_basis: bool) -> Tensor:
+        """Column j: image of v under J_F, orthogonalised against basis[:, :j+1], stored as basis vector j+1.
+
+        When v is basis vector j (Arnoldi), J v is orthogonalised instead and the shift -I enters H as -1 on
+        the diagonal: the same basis, without J v - v losing most of its norm to v (which would call for a
+        second Gram-Schmidt pass)."""
+        image = lin.matvec(v)
+        w, coef, norm_in, norm_out = _orthogonalize(image if in_basis else image - v, basis[:, : j + 1])
         basis[:, j + 1], h_next = _normalize(w, norm_out, norm_in)
         hess[:, : j + 1, j] = coef.double()
+        if in_basis:
+            hess[:, j, j] -= 1.0
         hess[:, j + 1, j] = h_next.double()
         return h_next
 
     j = 0
     while j < m:
-        h_next = add_image(basis[:, j], j)
+        h_next = add_image(basis[:, j], j, in_basis=True)
         j += 1
         if not bool((h_next > 0).any()):
             break
@@ -211,7 +218,7 @@ def _krylov_model(lin: Linearization, F: Tensor, g: Tensor, m: int, eta: Tensor)
                 break
     w_grad, _, g_norm, w_norm = _orthogonalize(g, basis[:, :j])
     w_grad = _normalize(w_grad, w_norm, g_norm)[0]
-    add_image(w_grad, j)
+    add_image(w_grad, j, in_basis=False)
     hess = hess[:, : j + 2, : j + 1]
     bad = ~torch.isfinite(hess).flatten(1).all(dim=1)
     return basis[:, :j], w_grad, torch.where(bad[:, None, None], 0.0, hess), bad
