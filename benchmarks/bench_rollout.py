@@ -132,7 +132,7 @@ def scaling(model, puzzles, args) -> None:
         print(f"  {d:>5} {layers:>7} " + "".join(f"{table[d, b][0]:9.3f} / {table[d, b][1]:4.3f}" for b in breadths))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["throughput", "adaptive", "scaling"], help="which benchmark")
     parser.add_argument("--checkpoint", default="attractorlab/checkpoints/sudoku-small.pt", help="model checkpoint")
@@ -151,7 +151,7 @@ def main() -> None:
                         help="adaptive: keep the path noise on (latent convergence then never fires)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--plot", help="adaptive: write the accuracy-vs-steps curve to this HTML file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = checkpoint.load(args.checkpoint)
     puzzles = _puzzles(args)

@@ -29,19 +29,19 @@ from attractorlab.dynamics import jacobian_spectrum, spectral_radius, top_singul
 N_CELLS, WIDTH = 81, 512
 
 
-def factors(kind: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The small factors A [81, 81] and B [512, 512] of the Jacobian ``A (x) B``."""
+def factors(kind: str, seed: int, width: int = WIDTH) -> tuple[torch.Tensor, torch.Tensor]:
+    """The small factors A [81, 81] and B [width, width] of the Jacobian ``A (x) B``."""
     g = torch.Generator().manual_seed(seed)
 
     def randn(n: int) -> torch.Tensor:
         return torch.randn(n, n, generator=g, dtype=torch.float64) / n**0.5
 
     a_bulk = (randn(N_CELLS) + randn(N_CELLS).T) / 2
-    b_bulk = randn(WIDTH)
+    b_bulk = randn(width)
     if kind == "bulk":
         return a_bulk, b_bulk
     qa = torch.linalg.qr(torch.randn(N_CELLS, 2, generator=g, dtype=torch.float64))[0]
-    qb = torch.linalg.qr(torch.randn(WIDTH, 2, generator=g, dtype=torch.float64))[0]
+    qb = torch.linalg.qr(torch.randn(width, 2, generator=g, dtype=torch.float64))[0]
     c, s = np.cos(0.5), np.sin(0.5)
     rotation = 1.1 * torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
     a = 0.4 * a_bulk + qa @ torch.diag(torch.tensor([1.2, -0.9], dtype=torch.float64)) @ qa.T
@@ -53,7 +53,7 @@ def kronecker_map(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype):
     a, b = a.to(dtype), b.to(dtype)
 
     def f(z: torch.Tensor) -> torch.Tensor:
-        return torch.tanh((a @ z.reshape(-1, N_CELLS, WIDTH) @ b.T).reshape(z.shape[0], -1))
+        return torch.tanh((a @ z.reshape(-1, N_CELLS, b.shape[0]) @ b.T).reshape(z.shape[0], -1))
 
     return f
 
@@ -73,16 +73,16 @@ def modulus_error(found: np.ndarray, exact: np.ndarray) -> float:
 
 
 def run(kind: str, args: argparse.Namespace) -> None:
-    a, b = factors(kind, args.seed)
+    a, b = factors(kind, args.seed, args.width)
     dtype = getattr(torch, args.dtype)
     f = kronecker_map(a, b, dtype)
-    z = torch.zeros(1, N_CELLS * WIDTH, dtype=dtype)
+    z = torch.zeros(1, N_CELLS * args.width, dtype=dtype)
     eig_a, eig_b = np.linalg.eigvals(a.numpy()), np.linalg.eigvals(b.numpy())
     products = (eig_a[:, None] * eig_b[None, :]).reshape(-1)
     exact = exact_top(products, args.k)
     sv = np.sort((np.linalg.svd(a.numpy(), compute_uv=False)[:, None]
                   * np.linalg.svd(b.numpy(), compute_uv=False)[None, :]).reshape(-1))[::-1][: args.k]
-    print(f"\n== {kind}: d = {N_CELLS * WIDTH}, {args.dtype}; exact top-{args.k + 2} moduli "
+    print(f"\n== {kind}: d = {N_CELLS * args.width}, {args.dtype}; exact top-{args.k + 2} moduli "
           f"{np.array2string(np.abs(exact_top(products, args.k + 2)), precision=5)}")
 
     start = time.perf_counter()
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kinds", nargs="+", default=["outliers", "bulk"], choices=["outliers", "bulk"],
                         help="spectra to measure")
     parser.add_argument("--k", type=int, default=6, help="number of eigenvalues")
+    parser.add_argument("--width", type=int, default=WIDTH, help="columns of the state (d = 81 x width)")
     parser.add_argument("--tol", type=float, default=1e-6, help="ARPACK relative tolerance")
     parser.add_argument("--power-iters", type=int, default=100, help="iterations for spectral_radius")
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"], help="state dtype")

@@ -59,7 +59,7 @@ def train_feedforward(cfg: TrainConfig, pool: sudoku.PuzzleSet) -> nn.Module:
     return ema.module.eval()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", help="model/optimizer preset for both models")
     parser.add_argument("--steps", type=int, default=600, help="optimizer steps for each model")
@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--depths", default="1,4,16,64", help="reasoner evaluation depths")
     parser.add_argument("--eval-difficulty", help="difficulty of the held-out puzzles (default: the training mix)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     cfg = TrainConfig.from_preset(args.preset, steps=args.steps, seed=args.seed)
     pool = sudoku.generate(cfg.n_train, seed=cfg.seed, difficulty=cfg.difficulty)
     held = sudoku.generate(args.n_eval, seed=cfg.seed + 1_000_003, difficulty=args.eval_difficulty or cfg.difficulty)

@@ -1,0 +1,80 @@
+"""The benchmarks behind the README's numbers still run, on inputs small enough for the test suite.
+
+They are scripts, not part of the package: each is imported from its file and its ``main(argv)`` is called with
+tiny sizes; the checks are on what it prints (the tables the README quotes), not on timings.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fixed_points_benchmark_compares_both_methods(capsys):
+    bench = _load("bench_fixed_points")
+    bench.main(["--d", "16", "--n", "12", "--max-iters", "300", "--repeats", "1", "--no-snap-too"])
+    out = capsys.readouterr().out
+    assert "FPF Adam (baseline)" in out and "find_fixed_points" in out and "snap=False" in out
+    rows = re.findall(r"^find_fixed_points\s+([\d.]+)\s+(\d+)\s+(\d+)/12", out, flags=re.M)
+    assert rows and float(rows[0][0]) > 0 and int(rows[0][2]) >= 1
+    assert re.search(r"speed-up of find_fixed_points \(wall time, baseline / ours\): [\d.]+x", out)
+
+
+def test_fixed_points_benchmark_reasoner_case_builds_starts_from_the_model():
+    bench = _load("bench_fixed_points")
+    args = bench.argparse.Namespace(checkpoint="attractorlab/checkpoints/sudoku-small.pt", puzzles=2,
+                                    difficulty="singles", n_reasoner=3, warm=2, reasoner_tol=1e-5,
+                                    dtype="float32", seed=0)
+    cases = bench.reasoner_cases(args)
+    assert len(cases) == 2
+    for case in cases:
+        assert case.z0.shape[0] == 3 and case.f(case.z0).shape == case.z0.shape and case.tol > 0
+
+
+def test_rollout_benchmarks_print_their_tables(capsys, tmp_path):
+    bench = _load("bench_rollout")
+    bench.main(["scaling", "--n", "3", "--difficulty", "singles", "--depths", "1,3", "--breadths", "1,2"])
+    out = capsys.readouterr().out
+    assert re.search(r"^\s+3\s+\d+\s+[\d.]+ / [\d.]+\s+[\d.]+ / [\d.]+$", out, flags=re.M), out
+    plot = tmp_path / "curve.html"
+    bench.main(["adaptive", "--n", "4", "--depth", "4", "--plot", str(plot)])
+    out = capsys.readouterr().out
+    assert "fixed depth" in out and plot.stat().st_size > 0
+    bench.main(["throughput", "--n", "2", "--depth", "2", "--batch-size", "2"])
+    out = capsys.readouterr().out
+    assert "puzzle-steps/s" in out and "--states all" in out
+
+
+def test_generator_benchmark(capsys):
+    bench = _load("bench_generate")
+    sample = Path(__file__).parent / "data" / "sudoku_sample.csv"
+    bench.main(["--n", "20", "--workers", "1", "--data", str(sample)])
+    out = capsys.readouterr().out
+    assert "all unique, solutions match, ratings reproduce: True" in out
+    assert re.search(r"sudoku_sample.csv: [\d,]+ rows, .* valid True", out)
+
+
+def test_spectrum_benchmark_is_accurate_on_a_small_kronecker_map(capsys):
+    _load("bench_spectrum").main(["--width", "8", "--kinds", "outliers"])
+    out = capsys.readouterr().out
+    assert "d = 648" in out
+    error = float(re.search(r"jacobian_spectrum \(ARPACK\)\s+[\d.]+ s\s+max rel. error ([\d.e+-]+)", out).group(1))
+    assert error < 1e-6
+
+
+def test_weight_tying_benchmark(capsys):
+    _load("bench_weight_tying").main(["--steps", "2", "--n-eval", "4", "--depths", "1,2"])
+    out = capsys.readouterr().out
+    assert "feedforward stack" in out and re.search(r"weight-tied reasoner, depth\s+2", out)
