@@ -238,3 +238,34 @@ def test_fallback_stops_rows_that_stall():
     z, count = _adam_solve(lambda z: z + z**2 + 1, torch.tensor([[3.0]], dtype=torch.float64), 1e-12, 5000, 1e-2,
                            patience=25)
     assert int(count[0]) < 5000 and abs(float(z[0, 0])) < 3.0
+
+
+@pytest.mark.parametrize("m", [1, 5, 12])
+def test_krylov_model_reproduces_the_linear_residual(m):
+    """The reduced model the Levenberg-Marquardt step minimises is exact for an affine map: for any step
+    ``s = W y`` in the step basis ``W = [V_j, w]``, ``||F + J_F s|| = ||beta e1 - H y||``, and W is orthonormal."""
+    from attractorlab.dynamics.fixed_points import _krylov_model
+    from attractorlab.dynamics.jacobian import Linearization
+
+    d, n = 30, 4
+    A, b = affine_with_spectrum([0.9, -0.5, 1.3], [(0.95, 0.4)], d)
+    A[7:, 7:] += 0.4 * torch.randn(d - 7, d - 7, generator=torch.Generator().manual_seed(1), dtype=A.dtype)
+
+    def f(z):
+        return z @ A.T + b
+
+    z = torch.randn(n, d, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    F = f(z) - z
+    J_F = A - torch.eye(d, dtype=A.dtype)
+    g = F @ J_F
+    V, w, H, bad = _krylov_model(Linearization(f, z), F, g, m, torch.zeros(n, dtype=torch.float64))
+    W = torch.cat([V, w[:, None]], dim=1)  # [n, j+1, d]
+    assert not bad.any() and H.shape == (n, V.shape[1] + 2, V.shape[1] + 1)
+    torch.testing.assert_close(W @ W.transpose(1, 2), torch.eye(W.shape[1], dtype=W.dtype).expand_as(H[:, 1:]),
+                               atol=1e-10, rtol=0)
+    y = torch.randn(n, W.shape[1], generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    step = torch.einsum("nj,njd->nd", y, W)
+    e1 = torch.zeros(n, H.shape[1], dtype=H.dtype)
+    e1[:, 0] = F.norm(dim=1)
+    torch.testing.assert_close((F + step @ J_F.T).norm(dim=1), (e1 - torch.einsum("nij,nj->ni", H, y)).norm(dim=1),
+                               atol=1e-9, rtol=1e-9)
