@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from attractorlab import checkpoint, sudoku
+from attractorlab.model import pick_device
 from attractorlab.rollout import RolloutConfig, convergence_score, rollout, select_lowest_score, solve
 
 
@@ -44,7 +45,7 @@ def throughput(model, puzzles, args) -> None:
             timings[label] = (time.perf_counter() - t0, out)
         base = timings["rollout only"][0]
         print(f"{len(puzzles)} puzzles x B{args.breadth} x T{args.depth} = {rows_steps} puzzle-steps, "
-              f"batch {args.batch_size}, {torch.get_num_threads()} threads")
+              f"batch {args.batch_size}, {model.device}, {torch.get_num_threads()} threads")
         for label, (sec, out) in timings.items():
             size = os.path.getsize(out) / 2**20 if out else 0.0
             extra = f", file {size:.1f} MiB, {size / sec:.1f} MiB/s" if out else ""
@@ -144,16 +145,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--breadth", type=int, default=1, help="breadth (throughput)")
     parser.add_argument("--depths", default="1,4,16,64,256,1024", help="depths (scaling)")
     parser.add_argument("--breadths", default="1,8,64", help="breadths (scaling)")
-    parser.add_argument("--batch-size", type=int, default=64, help="puzzles per batch")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="puzzles per batch (rows = puzzles x breadth; on CPU about 64 rows run fastest)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--no-noise", action="store_true", help="scaling: roll out without path noise")
     parser.add_argument("--noise", action="store_true",
                         help="adaptive: keep the path noise on (latent convergence then never fires)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, ...")
     parser.add_argument("--plot", help="adaptive: write the accuracy-vs-steps curve to this HTML file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = checkpoint.load(args.checkpoint)
+    model = checkpoint.load(args.checkpoint, pick_device(args.device))
     puzzles = _puzzles(args)
     {"throughput": throughput, "adaptive": adaptive, "scaling": scaling}[args.what](model, puzzles, args)
 
