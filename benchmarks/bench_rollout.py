@@ -156,7 +156,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", help="adaptive: write the accuracy-vs-steps curve to this HTML file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = checkpoint.load(args.checkpoint, pick_device(args.device))
+    try:
+        device = pick_device(args.device)
+    except ValueError as err:
+        parser.error(str(err))
+    model = checkpoint.load(args.checkpoint, device)
     puzzles = _puzzles(args)
     {"throughput": throughput, "adaptive": adaptive, "scaling": scaling}[args.what](model, puzzles, args)
 

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One prepared GPU session: the CUDA tests, rollout throughput and the full test-time scaling table.
+#
+#   bash benchmarks/gpu_check.sh HARD.csv.gz [RESULTS_DIR]
+#
+# HARD.csv.gz is the shared hard set (puzzles5_forum_hardest_1905_11+.csv.gz); RESULTS_DIR defaults to $OUT, or
+# gpu-results. Runs from the repository root with the machine's own python3 (torch with CUDA, h5py, numba, scipy)
+# and the package on PYTHONPATH, so nothing is installed. Sized for about 10 minutes on one H200: the scaling
+# table is 48 puzzles x breadths 1, 8, 64 x depth 1,024 (3.6M puzzle-steps). Each step's output is kept in its
+# own file, and a failing step does not stop the ones after it.
+set -uo pipefail
+HARD=${1:?usage: bash benchmarks/gpu_check.sh HARD.csv.gz [RESULTS_DIR]}
+RESULTS=${2:-${OUT:-gpu-results}}
+mkdir -p "$RESULTS"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+
+step() {  # step NAME COMMAND...: run, show and keep the output and the wall time
+    local name=$1; shift
+    local start=$SECONDS
+    "$@" 2>&1 | tee "$RESULTS/$name.txt"
+    echo "[$name: exit ${PIPESTATUS[0]}, $((SECONDS - start)) s]" | tee -a "$RESULTS/$name.txt"
+}
+
+step gpu nvidia-smi
+step tests "$PY" -m pytest tests/test_gpu.py tests/test_dynamics_fixed_points.py -p no:cacheprovider -rs
+step throughput "$PY" benchmarks/bench_rollout.py throughput --device cuda --n 1024 --depth 16 --batch-size 1024
+step scaling_hard "$PY" benchmarks/bench_rollout.py scaling --device cuda --data "$HARD" --n 48 \
+    --depths 1,4,16,64,256,1024 --breadths 1,8,64 --batch-size 48
+step scaling_easy "$PY" benchmarks/bench_rollout.py scaling --device cuda --difficulty 1-5 --n 48 \
+    --depths 1,4,16,64,256,1024 --breadths 1,8,64 --batch-size 48
