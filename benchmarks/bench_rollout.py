@@ -1,10 +1,11 @@
 """Rollout benchmarks: throughput with and without recording, adaptive compute, test-time scaling.
 
     .venv/bin/python benchmarks/bench_rollout.py throughput --n 128 --depth 32
+    .venv/bin/python benchmarks/bench_rollout.py batching --n 64 --depth 3
     .venv/bin/python benchmarks/bench_rollout.py adaptive --n 300 --depth 64
     .venv/bin/python benchmarks/bench_rollout.py scaling --data ../shared/data/puzzles5_forum_hardest_1905_11+.csv.gz
 
-All three measure, side by side in one run, the configurations they compare.
+All four measure, side by side in one run, the configurations they compare.
 """
 
 from __future__ import annotations
@@ -51,6 +52,22 @@ def throughput(model, puzzles, args) -> None:
             extra = f", file {size:.1f} MiB, {size / sec:.1f} MiB/s" if out else ""
             print(f"  {label:<45} {sec:7.2f} s  {rows_steps / sec:8.0f} puzzle-steps/s  "
                   f"overhead {100 * (sec / base - 1):+5.1f}%{extra}")
+
+
+def batching(model, puzzles, args) -> None:
+    """Puzzle-steps per second against rows per batch (puzzles x breadth), side by side in one run: on a CPU the
+    rows that fit in cache run fastest, on a GPU the largest batch."""
+    tok = torch.as_tensor(puzzles.tokens, dtype=torch.long)
+    rollout(model, tok[:4], None, RolloutConfig(depth=1, seed=args.seed))  # warm-up
+    print(f"depth {args.depth}, {model.device}, {torch.get_num_threads()} threads")
+    for rows in (int(r) for r in args.rows.split(",")):
+        n = min(rows, len(puzzles))
+        breadth = max(1, rows // n)
+        t0 = time.perf_counter()
+        rollout(model, tok[:n], None, RolloutConfig(depth=args.depth, breadth=breadth, seed=args.seed))
+        sec = time.perf_counter() - t0
+        print(f"  {n * breadth:>6} rows ({n} puzzles x breadth {breadth}): {n * breadth * args.depth / sec:8.1f} "
+              f"puzzle-steps/s")
 
 
 def adaptive(model, puzzles, args) -> None:
@@ -135,7 +152,7 @@ def scaling(model, puzzles, args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["throughput", "adaptive", "scaling"], help="which benchmark")
+    parser.add_argument("what", choices=["throughput", "batching", "adaptive", "scaling"], help="which benchmark")
     parser.add_argument("--checkpoint", default="attractorlab/checkpoints/sudoku-small.pt", help="model checkpoint")
     parser.add_argument("--data", help="puzzle file (default: generated puzzles)")
     parser.add_argument("--difficulty", default="mixed",
@@ -145,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--breadth", type=int, default=1, help="breadth (throughput)")
     parser.add_argument("--depths", default="1,4,16,64,256,1024", help="depths (scaling)")
     parser.add_argument("--breadths", default="1,8,64", help="breadths (scaling)")
+    parser.add_argument("--rows", default="16,64,256,1024", help="rows per batch (batching)")
     parser.add_argument("--batch-size", type=int, default=64,
                         help="puzzles per batch (rows = puzzles x breadth; on CPU about 64 rows run fastest)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
@@ -162,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(err))
     model = checkpoint.load(args.checkpoint, device)
     puzzles = _puzzles(args)
-    {"throughput": throughput, "adaptive": adaptive, "scaling": scaling}[args.what](model, puzzles, args)
+    benchmarks = {"throughput": throughput, "batching": batching, "adaptive": adaptive, "scaling": scaling}
+    benchmarks[args.what](model, puzzles, args)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,9 @@ def test_rollout_benchmarks_print_their_tables(capsys, tmp_path):
     bench.main(["adaptive", "--n", "4", "--depth", "4", "--plot", str(plot)])
     out = capsys.readouterr().out
     assert "fixed depth" in out and plot.stat().st_size > 0
+    bench.main(["batching", "--n", "2", "--depth", "2", "--rows", "1,4"])
+    out = capsys.readouterr().out
+    assert re.search(r"4 rows \(2 puzzles x breadth 2\):\s+[\d.]+ puzzle-steps/s", out), out
     bench.main(["throughput", "--n", "2", "--depth", "2", "--batch-size", "2"])
     out = capsys.readouterr().out
     assert "puzzle-steps/s" in out and "--states all" in out
