@@ -24,12 +24,14 @@ from attractorlab.rollout import RolloutConfig, convergence_score, rollout, sele
 
 
 def _puzzles(args: argparse.Namespace) -> sudoku.PuzzleSet:
+    """``--n`` puzzles from position ``--offset`` of a fixed order (a seeded shuffle of the file, or the generator's
+    sequence), so that ``--offset`` splits one long benchmark into parts."""
     if args.data:
         p = sudoku.load_csv(args.data)
-        return p[np.random.default_rng(args.seed).permutation(len(p))[: args.n]]
+        return p[np.random.default_rng(args.seed).permutation(len(p))[args.offset : args.offset + args.n]]
     band = args.difficulty.split("-")
     difficulty = (int(band[0]), int(band[1])) if len(band) == 2 else args.difficulty
-    return sudoku.generate(args.n, seed=args.seed + 12345, difficulty=difficulty)
+    return sudoku.generate(args.offset + args.n, seed=args.seed + 12345, difficulty=difficulty)[args.offset :]
 
 
 def throughput(model, puzzles, args) -> None:
@@ -158,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--difficulty", default="mixed",
                         help="generated puzzles: mixed, singles, search, or a rating band LO-HI such as 1-5")
     parser.add_argument("--n", type=int, default=128, help="number of puzzles")
+    parser.add_argument("--offset", type=int, default=0, help="skip this many puzzles of the same order first")
     parser.add_argument("--depth", type=int, default=32, help="depth (throughput, adaptive cap)")
     parser.add_argument("--breadth", type=int, default=1, help="breadth (throughput)")
     parser.add_argument("--depths", default="1,4,16,64,256,1024", help="depths (scaling)")

@@ -81,3 +81,16 @@ def test_weight_tying_benchmark(capsys):
     _load("bench_weight_tying").main(["--steps", "2", "--n-eval", "4", "--depths", "1,2"])
     out = capsys.readouterr().out
     assert "feedforward stack" in out and re.search(r"weight-tied reasoner, depth\s+2", out)
+
+
+def test_rollout_benchmark_offset_splits_one_order_into_parts():
+    bench = _load("bench_rollout")
+    sample = str(Path(__file__).parent / "data" / "sudoku_sample.csv")
+    for data in (None, sample):
+        def pick(offset, n, data=data):
+            args = bench.argparse.Namespace(data=data, difficulty="singles", n=n, offset=offset, seed=0)
+            return bench._puzzles(args).tokens
+
+        whole = pick(0, 5)
+        assert len(whole) == 5
+        assert (pick(1, 2) == whole[1:3]).all() and (pick(3, 2) == whole[3:]).all()
