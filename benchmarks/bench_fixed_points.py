@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from attractorlab.cli import DEFAULT_CHECKPOINT
 from attractorlab.dynamics import KIND_NAMES, find_fixed_points
 
 
@@ -249,7 +250,7 @@ def solved_subset(case: Case, solved: torch.Tensor, args: argparse.Namespace) ->
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=["tanh_rnn"], choices=list(CASES), help="cases to run")
-    parser.add_argument("--checkpoint", default="attractorlab/checkpoints/sudoku-small.pt",
+    parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
                         help="reasoner case: model checkpoint")
     parser.add_argument("--puzzles", type=int, default=4, help="reasoner case: generated puzzles (one map each)")
     parser.add_argument("--difficulty", default="singles", help="reasoner case: generator difficulty")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from attractorlab import checkpoint, sudoku
+from attractorlab.cli import DEFAULT_CHECKPOINT
 from attractorlab.model import pick_device
 from attractorlab.rollout import RolloutConfig, convergence_score, rollout, select_lowest_score, solve
 
@@ -155,7 +156,7 @@ def scaling(model, puzzles, args) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["throughput", "batching", "adaptive", "scaling"], help="which benchmark")
-    parser.add_argument("--checkpoint", default="attractorlab/checkpoints/sudoku-small.pt", help="model checkpoint")
+    parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="model checkpoint (default: the shipped one)")
     parser.add_argument("--data", help="puzzle file (default: generated puzzles)")
     parser.add_argument("--difficulty", default="mixed",
                         help="generated puzzles: mixed, singles, search, or a rating band LO-HI such as 1-5")
@@ -167,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--breadths", default="1,8,64", help="breadths (scaling)")
     parser.add_argument("--rows", default="16,64,256,1024", help="rows per batch (batching)")
     parser.add_argument("--batch-size", type=int, default=64,
-                        help="puzzles per batch (rows = puzzles x breadth; on CPU about 64 rows run fastest)")
+                        help="puzzles per batch (rows = puzzles x breadth; on a CPU, 64 rows or fewer run fastest: "
+                             "see batching)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--no-noise", action="store_true", help="scaling: roll out without path noise")
     parser.add_argument("--noise", action="store_true",

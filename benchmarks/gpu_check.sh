@@ -5,9 +5,10 @@
 #
 # HARD.csv.gz is the shared hard set (puzzles5_forum_hardest_1905_11+.csv.gz); RESULTS_DIR defaults to $OUT, or
 # gpu-results. Runs from the repository root with the machine's own python3 (torch with CUDA, h5py, numba, scipy)
-# and the package on PYTHONPATH, so nothing is installed. Sized for about 10 minutes on one H200: the scaling
-# table is 48 puzzles x breadths 1, 8, 64 x depth 1,024 (3.6M puzzle-steps). Each step's output is kept in its
-# own file, and a failing step does not stop the ones after it.
+# and the package on PYTHONPATH, so nothing is installed. Each scaling table is 48 puzzles x breadths 1, 8, 64 x
+# depth 1,024 (3.6M puzzle-steps); the whole script is meant to fit in one 10-minute device call on an H200, an
+# estimate never measured (no GPU was lent yet). Each step's output is kept in its own file, and a failing step
+# does not stop the ones after it.
 set -uo pipefail
 HARD=${1:?usage: bash benchmarks/gpu_check.sh HARD.csv.gz [RESULTS_DIR]}
 RESULTS=${2:-${OUT:-gpu-results}}

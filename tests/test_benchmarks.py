@@ -11,6 +11,8 @@ import re
 import sys
 from pathlib import Path
 
+from attractorlab.cli import DEFAULT_CHECKPOINT
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -34,7 +36,7 @@ def test_fixed_points_benchmark_compares_both_methods(capsys):
 
 def test_fixed_points_benchmark_reasoner_case_builds_starts_from_the_model():
     bench = _load("bench_fixed_points")
-    args = bench.argparse.Namespace(checkpoint="attractorlab/checkpoints/sudoku-small.pt", puzzles=2,
+    args = bench.argparse.Namespace(checkpoint=DEFAULT_CHECKPOINT, puzzles=2,
                                     difficulty="singles", n_reasoner=3, warm=2, reasoner_tol=1e-5,
                                     dtype="float32", seed=0)
     cases = bench.reasoner_cases(args)
