@@ -11,6 +11,7 @@ All four measure, side by side in one run, the configurations they compare.
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import tempfile
 import time
@@ -126,31 +127,78 @@ def _plot_adaptive(fixed_curve: np.ndarray, rules: list, args: argparse.Namespac
     print(f"wrote {args.plot}")
 
 
+RESULT_FIELDS = ["source", "noise", "order_seed", "puzzle", "breadth", "depth", "selected", "oracle"]
+
+
+def _read_results(path: str | None) -> dict:
+    """A ``--results`` file as {(source, noise, order_seed, puzzle, breadth, depth): (selected, oracle)}."""
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and set(rows[0]) != set(RESULT_FIELDS):
+        raise SystemExit(f"{path}: not a scaling results file (its columns: {', '.join(rows[0])})")
+    return {(r["source"], *(int(r[k]) for k in RESULT_FIELDS[1:6])): (int(r["selected"]), int(r["oracle"]))
+            for r in rows}
+
+
+def _append_results(path: str, rows: list[tuple]) -> None:
+    """Append one finished batch and flush it to disk, so that a killed run keeps every finished batch."""
+    new = not os.path.exists(path) or os.path.getsize(path) == 0
+    with open(path, "a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(RESULT_FIELDS)
+        writer.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def scaling(model, puzzles, args) -> None:
-    """One fixed-depth rollout per breadth to the deepest depth; accuracy at each shallower depth is read off
-    the same trajectories (selection uses only the steps up to that depth)."""
+    """One fixed-depth rollout per breadth and batch to the deepest depth; accuracy at each shallower depth is read
+    off the same trajectories (selection uses only the steps up to that depth).
+
+    With ``--results FILE`` every finished batch appends its per-puzzle outcomes to a CSV file, puzzles already in
+    it are left out of their batch, and the table covers the requested puzzles as found in the file: one long
+    table can be run in parts (``--offset``, several machines, files concatenated) and resumed after a kill.
+    """
     depths = [int(d) for d in args.depths.split(",")]
     breadths = [int(b) for b in args.breadths.split(",")]
     tok, sol = torch.as_tensor(puzzles.tokens, dtype=torch.long), torch.as_tensor(puzzles.solution)
-    table = {}
-    t0 = time.perf_counter()
+    source = os.path.basename(args.data) if args.data else f"generated:{args.difficulty}"
+    key = (source, int(not args.no_noise), args.seed)  # what a result belongs to besides puzzle, breadth, depth
+    index = args.offset + np.arange(len(puzzles))
+    results = _read_results(args.results)
+    t0, computed = time.perf_counter(), 0
     for b in breadths:
-        parts = [rollout(model, tok[s:s + args.batch_size], sol[s:s + args.batch_size],
-                         RolloutConfig(depth=max(depths), breadth=b, seed=args.seed + s, noise=not args.no_noise))
-                 for s in range(0, len(puzzles), args.batch_size)]
-        correct = np.concatenate([p.correct for p in parts])  # [n, B, T]
-        change = np.concatenate([p.logit_change for p in parts])
-        rows = np.arange(len(puzzles))
-        for d in depths:
-            score = convergence_score(change[:, :, :d], np.full(correct.shape[:2], d))
-            selected = select_lowest_score(score)
-            table[d, b] = (correct[rows, selected, d - 1].mean(), correct[:, :, d - 1].any(axis=1).mean())
-    print(f"{len(puzzles)} puzzles ({args.data or args.difficulty}), noise {'off' if args.no_noise else 'on'}, "
-          f"{time.perf_counter() - t0:.0f} s; exact accuracy selected / oracle pass@B")
+        for s in range(0, len(puzzles), args.batch_size):
+            todo = [j for j in range(s, min(s + args.batch_size, len(puzzles)))
+                    if any((*key, int(index[j]), b, d) not in results for d in depths)]
+            if not todo:
+                continue
+            batch = [int(i) for i in index[todo]]
+            part = rollout(model, tok[todo], sol[todo],
+                           RolloutConfig(depth=max(depths), breadth=b, seed=args.seed + s, noise=not args.no_noise))
+            computed += len(batch) * b * max(depths)
+            new = []
+            for d in depths:
+                score = convergence_score(part.logit_change[:, :, :d], np.full(part.correct.shape[:2], d))
+                selected = part.correct[np.arange(len(batch)), select_lowest_score(score), d - 1]
+                oracle = part.correct[:, :, d - 1].any(axis=1)
+                for i, hit, any_hit in zip(batch, selected.tolist(), oracle.tolist(), strict=True):
+                    results[(*key, i, b, d)] = (int(hit), int(any_hit))
+                    new.append((*key, i, b, d, int(hit), int(any_hit)))
+            if args.results:
+                _append_results(args.results, new)
+    print(f"{len(puzzles)} puzzles ({args.data or args.difficulty}, positions {args.offset}-"
+          f"{args.offset + len(puzzles) - 1} of order {args.seed}), noise {'off' if args.no_noise else 'on'}, "
+          f"{computed} puzzle-steps computed in {time.perf_counter() - t0:.0f} s; exact accuracy selected / "
+          f"oracle pass@B")
     print("  depth  layers " + "".join(f"{'B' + str(b):>16}" for b in breadths))
     for d in depths:
         layers = d * model.config.layer_equivalents_per_step
-        print(f"  {d:>5} {layers:>7} " + "".join(f"{table[d, b][0]:9.3f} / {table[d, b][1]:4.3f}" for b in breadths))
+        hits = np.array([[results[(*key, int(i), b, d)] for i in index] for b in breadths]).mean(axis=1)  # [B, 2]
+        print(f"  {d:>5} {layers:>7} " + "".join(f"{sel:9.3f} / {orc:4.3f}" for sel, orc in hits))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -170,7 +218,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64,
                         help="puzzles per batch (rows = puzzles x breadth; on a CPU, 64 rows or fewer run fastest: "
                              "see batching)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (also the order of --data puzzles)")
+    parser.add_argument("--results",
+                        help="scaling: append per-puzzle outcomes to this CSV file, skip puzzles already in it, and "
+                             "print the table of every requested puzzle in it (runs in parts, resumes after a kill)")
     parser.add_argument("--no-noise", action="store_true", help="scaling: roll out without path noise")
     parser.add_argument("--noise", action="store_true",
                         help="adaptive: keep the path noise on (latent convergence then never fires)")

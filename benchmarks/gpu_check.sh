@@ -8,7 +8,8 @@
 # and the package on PYTHONPATH, so nothing is installed. Each scaling table is 48 puzzles x breadths 1, 8, 64 x
 # depth 1,024 (3.6M puzzle-steps); the whole script is meant to fit in one 10-minute device call on an H200, an
 # estimate never measured (no GPU was lent yet). Each step's output is kept in its own file, and a failing step
-# does not stop the ones after it.
+# does not stop the ones after it. The scaling tables append per-puzzle outcomes to RESULTS_DIR/scaling_*.csv batch
+# by batch: a session cut short keeps every finished batch, and the same command on a later session resumes.
 set -uo pipefail
 HARD=${1:?usage: bash benchmarks/gpu_check.sh HARD.csv.gz [RESULTS_DIR]}
 RESULTS=${2:-${OUT:-gpu-results}}
@@ -27,6 +28,6 @@ step gpu nvidia-smi
 step tests "$PY" -m pytest tests/test_gpu.py tests/test_dynamics_fixed_points.py -p no:cacheprovider -rs
 step throughput "$PY" benchmarks/bench_rollout.py throughput --device cuda --n 1024 --depth 16 --batch-size 1024
 step scaling_hard "$PY" benchmarks/bench_rollout.py scaling --device cuda --data "$HARD" --n 48 \
-    --depths 1,4,16,64,256,1024 --breadths 1,8,64 --batch-size 48
+    --depths 1,4,16,64,256,1024 --breadths 1,8,64 --batch-size 48 --results "$RESULTS/scaling_hard.csv"
 step scaling_easy "$PY" benchmarks/bench_rollout.py scaling --device cuda --difficulty 1-5 --n 48 \
-    --depths 1,4,16,64,256,1024 --breadths 1,8,64 --batch-size 48
+    --depths 1,4,16,64,256,1024 --breadths 1,8,64 --batch-size 48 --results "$RESULTS/scaling_easy.csv"

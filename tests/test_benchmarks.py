@@ -62,6 +62,25 @@ def test_rollout_benchmarks_print_their_tables(capsys, tmp_path):
     assert "puzzle-steps/s" in out and "--states all" in out
 
 
+def test_scaling_results_file_resumes_a_killed_run_to_the_same_table(capsys, tmp_path):
+    bench = _load("bench_rollout")
+    argv = ["scaling", "--difficulty", "singles", "--depths", "1,3", "--breadths", "1,2", "--batch-size", "2"]
+    whole, part = tmp_path / "whole.csv", tmp_path / "part.csv"
+    bench.main([*argv, "--n", "5", "--results", str(whole)])
+    table = capsys.readouterr().out.splitlines()[1:]
+    lines = whole.read_text().splitlines()
+    assert lines[0] == ",".join(bench.RESULT_FIELDS) and len(lines) == 1 + 5 * 2 * 2
+    # a kill after the first batch (puzzles 0 and 1 at breadth 1) leaves the header and that batch's rows
+    part.write_text("\n".join(lines[:1 + 2 * 2]) + "\n")
+    bench.main([*argv, "--n", "5", "--results", str(part)])
+    out = capsys.readouterr().out
+    assert f"{(3 * 1 + 5 * 2) * 3} puzzle-steps computed" in out and out.splitlines()[1:] == table
+    assert sorted(part.read_text().splitlines()) == sorted(lines)
+    bench.main([*argv, "--n", "6", "--results", str(part)])  # one more puzzle: only it is computed
+    assert f"{1 * (1 + 2) * 3} puzzle-steps computed" in capsys.readouterr().out
+    assert len(part.read_text().splitlines()) == 1 + 6 * 2 * 2
+
+
 def test_generator_benchmark(capsys):
     bench = _load("bench_generate")
     sample = Path(__file__).parent / "data" / "sudoku_sample.csv"
