@@ -146,7 +146,7 @@ def _append_results(path: str, rows: list[tuple]) -> None:
     """Append one finished batch and flush it to disk, so that a killed run keeps every finished batch."""
     new = not os.path.exists(path) or os.path.getsize(path) == 0
     with open(path, "a", newline="") as f:
-        writer = csv.writer(f)
+        writer = csv.writer(f, lineterminator="\n")
         if new:
             writer.writerow(RESULT_FIELDS)
         writer.writerows(rows)

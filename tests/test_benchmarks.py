@@ -68,6 +68,7 @@ def test_scaling_results_file_resumes_a_killed_run_to_the_same_table(capsys, tmp
     whole, part = tmp_path / "whole.csv", tmp_path / "part.csv"
     bench.main([*argv, "--n", "5", "--results", str(whole)])
     table = capsys.readouterr().out.splitlines()[1:]
+    assert b"\r" not in whole.read_bytes()  # plain newlines, for awk and friends
     lines = whole.read_text().splitlines()
     assert lines[0] == ",".join(bench.RESULT_FIELDS) and len(lines) == 1 + 5 * 2 * 2
     # a kill after the first batch (puzzles 0 and 1 at breadth 1) leaves the header and that batch's rows
