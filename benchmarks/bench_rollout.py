@@ -185,9 +185,9 @@ def scaling(model, puzzles, args) -> None:
                 score = convergence_score(part.logit_change[:, :, :d], np.full(part.correct.shape[:2], d))
                 selected = part.correct[np.arange(len(batch)), select_lowest_score(score), d - 1]
                 oracle = part.correct[:, :, d - 1].any(axis=1)
-                for i, hit, any_hit in zip(batch, selected.tolist(), oracle.tolist(), strict=True):
-                    results[(*key, i, b, d)] = (int(hit), int(any_hit))
-                    new.append((*key, i, b, d, int(hit), int(any_hit)))
+                new += [(*key, i, b, d, int(hit), int(any_hit))
+                        for i, hit, any_hit in zip(batch, selected, oracle, strict=True)]
+            results.update({row[:6]: row[6:] for row in new})
             if args.results:
                 _append_results(args.results, new)
     print(f"{len(puzzles)} puzzles ({args.data or args.difficulty}, positions {args.offset}-"
@@ -209,7 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--difficulty", default="mixed",
                         help="generated puzzles: mixed, singles, search, or a rating band LO-HI such as 1-5")
     parser.add_argument("--n", type=int, default=128, help="number of puzzles")
-    parser.add_argument("--offset", type=int, default=0, help="skip this many puzzles of the same order first")
+    parser.add_argument("--offset", type=int, default=0,
+                        help="skip this many puzzles of the same order first (the restarts of each batch are seeded "
+                             "by --seed plus the batch's first position counted from the offset)")
     parser.add_argument("--depth", type=int, default=32, help="depth (throughput, adaptive cap)")
     parser.add_argument("--breadth", type=int, default=1, help="breadth (throughput)")
     parser.add_argument("--depths", default="1,4,16,64,256,1024", help="depths (scaling)")
