@@ -22,16 +22,11 @@ import numpy as np
 import torch
 
 from attractorlab import checkpoint as ckpt
-from attractorlab import dynamics, probing, recording, sudoku
+from attractorlab import dynamics, probing, recording
 from attractorlab.model import EquilibriumReasoner, LatentState
-from attractorlab.rollout import (
-    RolloutConfig,
-    answer_digits,
-    convergence_score,
-    rollout,
-    select_lowest_score,
-    summarize,
-)
+from attractorlab.rollout import RolloutConfig, convergence_score, rollout, scores_by_depth, select_lowest_score
+from attractorlab.solve import summarize_run
+from attractorlab.tasks import get_task
 
 ANALYSES = ("summary", "scaling", "convergence", "embedding", "probes", "fixed_points", "basins")
 LABELS = ("correct", "valid, not the solution", "invalid")
@@ -69,8 +64,7 @@ class AnalysisStatus:
 # --- scalar analyses (need only the rollout arrays) ---------------------------------------------------------
 
 def summary_arrays(run: recording.Run) -> dict:
-    p, r = run.puzzles, run.rollout
-    s = summarize(p.solution, p.rating, p.source, r.correct, r.steps, r.selected, r.selected_majority)
+    s = summarize_run(run)
     attrs = {"n": s.n, "breadth": run.breadth, "depth": run.depth, "accuracy": s.accuracy,
              "majority_accuracy": s.majority_accuracy, "pass_at_b": s.pass_at_b, "mean_steps": s.mean_steps,
              "median_steps": s.median_steps}
@@ -83,13 +77,19 @@ def summary_arrays(run: recording.Run) -> dict:
     return {"arrays": arrays, "attrs": attrs}
 
 
+def depth_selection(logit_change: np.ndarray, steps: np.ndarray, window: int = 3) -> np.ndarray:
+    """``[n, B, T], [n, B] -> [n, T]``: the restart the convergence score selects at each depth ``d`` from the
+    first ``d`` steps only (a restart chosen at the final depth may not have been the choice at depth ``d``)."""
+    return np.argmin(np.nan_to_num(scores_by_depth(logit_change, steps, window), nan=np.inf), axis=1)
+
+
 def scaling_arrays(run: recording.Run) -> dict:
-    """Accuracy vs depth (selected and any restart at each step) and vs breadth (first b restarts)."""
+    """Accuracy vs depth (the restart selected from the first d steps, and any restart) and vs breadth."""
     r = run.rollout
-    known = (run.puzzles.solution > 0).all(axis=1)
+    known = (run.puzzles.solution > 0).any(axis=1)
     correct = r.correct[known]  # [n, B, T]
     rows = np.arange(correct.shape[0])
-    selected = r.selected[known]
+    by_depth = depth_selection(r.logit_change[known], r.steps[known])  # [n, T]
     breadths = sorted({b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b <= run.breadth} | {run.breadth})
     score = convergence_score(r.logit_change[known], r.steps[known])
     acc_b, oracle_b = [], []
@@ -99,7 +99,8 @@ def scaling_arrays(run: recording.Run) -> dict:
         oracle_b.append(correct[:, :b, -1].any(axis=1).mean() if len(rows) else np.nan)
     return {"arrays": {
         "depth_steps": np.arange(1, run.depth + 1),
-        "depth_accuracy": correct[rows, selected].mean(axis=0) if len(rows) else np.full(run.depth, np.nan),
+        "depth_accuracy": (np.take_along_axis(correct, by_depth[:, None, :], axis=1)[:, 0].mean(axis=0) if len(rows)
+                           else np.full(run.depth, np.nan)),
         "depth_oracle": correct.any(axis=1).mean(axis=0) if len(rows) else np.full(run.depth, np.nan),
         "breadth_values": np.array(breadths), "breadth_accuracy": np.array(acc_b, np.float64),
         "breadth_oracle": np.array(oracle_b, np.float64)}, "attrs": {}}
@@ -158,10 +159,10 @@ def embedding_arrays(run: recording.Run, opts: AnalyzeOptions) -> dict:
 
 
 def probe_arrays(run: recording.Run, opts: AnalyzeOptions) -> dict:
-    """Per-cell digit probes on z_H (full states) or on each cell's projected state; correctness probe."""
+    """Per-cell label probes on z_H (full states) or on each cell's projected state; correctness probe."""
     n = min(run.n, 300)
     data = np.asarray(run.states.data[np.arange(n)], np.float32)[:, 0]  # restart 0: [n, S, *shape]
-    cells = data if run.states.projection is not None else data[:, :, 0]  # [n, S, 81, h]
+    cells = data if run.states.projection is not None else data[:, :, 0]  # [n, S, L, h]
     result = probing.probe_cells(cells, run.puzzles.solution[:n], seed=opts.seed)
     arrays = {"steps": np.asarray(run.states.steps), "cell_accuracy": result.accuracy_mean,
               "cell_accuracy_std": result.accuracy_std}
@@ -191,17 +192,18 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 def _label_states(model: EquilibriumReasoner, z: torch.Tensor, tokens: np.ndarray,
                   solution: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Readout of flat states ``[M, d]`` -> (label [M] in LABELS order, decoded grids [M] str)."""
+    """Readout of flat states ``[M, d]`` -> (label [M] in LABELS order, answers [M] as strings)."""
     if len(z) == 0:
         return np.zeros(0, np.int64), np.zeros(0, dtype=str)
-    c = model.config
+    c, task = model.config, get_task(model.config.task)
     with torch.no_grad():
         logits, _ = model.readout(LatentState.unflatten(z.to(model.device).float(), c.seq_len, c.hidden_size))
-    grids = answer_digits(logits).cpu().numpy()
-    valid = sudoku.is_valid_solution(np.broadcast_to(tokens, grids.shape), grids)
-    right = (grids == solution).all(-1) & (solution > 0).all()
+    answers = task.answer(logits.float())
+    inputs = torch.as_tensor(np.broadcast_to(tokens, answers.shape).copy(), device=answers.device)
+    valid = task.is_valid(inputs, answers).cpu().numpy()
+    right = task.is_correct(answers, torch.as_tensor(np.broadcast_to(solution, answers.shape).copy())).cpu().numpy()
     label = np.where(right, 0, np.where(valid, 1, 2))
-    return label, np.array(["".join(map(str, g)) for g in grids])
+    return label, task.answer_strings(answers.cpu().numpy())
 
 
 def _ends(model: EquilibriumReasoner, tokens: np.ndarray, solution: np.ndarray, opts: AnalyzeOptions,

@@ -32,6 +32,12 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--noise-scale", type=float, dest="noise_scale", help="path-noise std per update (paper: 0.01)")
 
 
+def _task_names() -> list[str]:
+    from attractorlab.tasks import names
+
+    return names()
+
+
 def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", choices=["tiny", "small", "paper"],
                    help="tiny: ~10 min on 2 CPU cores; small: the best CPU model in 1-2 h; paper: the EqR GPU recipe")
@@ -52,9 +58,10 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema-decay", type=float, dest="ema_decay", help="EMA decay of the shipped weights")
     p.add_argument("--grad-clip", type=float, dest="grad_clip", help="gradient-norm clip (0 = off)")
     p.add_argument("--optimizer", choices=["adamw", "adam-atan2"], help="adam-atan2 needs the adam-atan2 package")
-    p.add_argument("--data", help="Sudoku-Extreme-layout CSV (.csv or .csv.gz); default: the built-in generator")
-    p.add_argument("--difficulty", choices=["mixed", "singles", "search"],
-                   help="difficulty of generated training puzzles")
+    p.add_argument("--task", choices=_task_names(), help="what to train on (default: sudoku)")
+    p.add_argument("--data", help="training data the task reads (Sudoku: a Sudoku-Extreme-layout CSV, .csv or .csv.gz); "
+                   "default: the task's built-in generator")
+    p.add_argument("--difficulty", help="difficulty of generated training puzzles (Sudoku: mixed, singles, search)")
     p.add_argument("--n-train", type=int, dest="n_train", help="puzzles in the training pool")
     p.add_argument("--n-eval", type=int, dest="n_eval", help="held-out puzzles evaluated periodically")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None,
@@ -127,25 +134,36 @@ def add_solve(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", nargs="?", default=DEFAULT_CHECKPOINT,
                    help="model checkpoint (default: the shipped attractorlab/checkpoints/sudoku-small.pt)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--data", help="puzzles: Sudoku-Extreme CSV (.csv/.csv.gz) or one puzzle per line")
-    src.add_argument("--generate", type=int, metavar="N", help="generate N puzzles with the built-in generator "
-                     "(default: 200 of mixed difficulty)")
-    p.add_argument("--difficulty", default="mixed", choices=["mixed", "singles", "search"],
-                   help="difficulty of generated puzzles")
+    src.add_argument("--data", help="instances of the checkpoint's task (Sudoku: a Sudoku-Extreme CSV, .csv/.csv.gz, "
+                     "or one puzzle per line)")
+    src.add_argument("--generate", type=int, metavar="N", help="generate N instances with the task's built-in "
+                     "generator (default: 200 of mixed difficulty)")
+    p.add_argument("--difficulty", default="mixed",
+                   help="difficulty of generated instances (Sudoku: mixed, singles, search)")
     p.add_argument("--limit", type=int, help="use only the first N puzzles of --data")
-    p.add_argument("--depth", type=int, default=64, help="maximum outer steps per restart (x42 layers in the paper)")
-    p.add_argument("--breadth", type=int, default=1, help="independent random restarts per puzzle")
-    p.add_argument("--halt", default="never", choices=["never", "q", "converge", "stable"],
+    from attractorlab.rollout import HALT_RULES, SELECT_RULES, RolloutConfig
+
+    d = RolloutConfig()
+    p.add_argument("--depth", type=int, default=d.depth,
+                   help="maximum outer steps per restart (x42 layers in the paper)")
+    p.add_argument("--breadth", type=int, default=d.breadth, help="independent random restarts per puzzle")
+    p.add_argument("--halt", default=d.halt, choices=HALT_RULES,
                    help="stop a restart by the learned halting logit (q > 0), by latent convergence (residual below "
                    "--tol), once its answer is stable (unchanged for --patience steps; works with path noise), or "
                    "never")
-    p.add_argument("--tol", type=float, default=1e-3,
+    p.add_argument("--tol", type=float, default=d.tol,
                    help="relative residual below which a step counts as converged (path noise keeps the residual "
                    "near 1.5 x noise_scale: use --no-noise with --halt converge, or a tol above that floor)")
-    p.add_argument("--patience", type=int, default=2,
+    p.add_argument("--patience", type=int, default=d.patience,
                    help="consecutive converged (or unchanged-answer) steps before halting")
-    p.add_argument("--select", default="convergence", choices=["convergence", "majority"],
-                   help="how to choose among restarts without a verifier")
+    p.add_argument("--select", default=d.select, choices=SELECT_RULES,
+                   help="how to choose among restarts without a verifier: convergence (lowest change of all logits "
+                   "over the last --window steps), reference (the reference evaluation's score: per-cell logit "
+                   "change averaged over cells and the last --window steps) or majority (most common final answer)")
+    p.add_argument("--window", type=int, default=d.window, help="steps averaged by the convergence scores")
+    p.add_argument("--full-vocab", action="store_true",
+                   help="read answers out by an argmax over the full vocabulary, as the reference evaluation does "
+                   "(a predicted pad or blank then counts as wrong)")
     p.add_argument("--no-noise", dest="noise", action="store_false", help="turn the path noise off at test time")
     p.add_argument("--batch-size", type=int, default=64, help="puzzles per batch (rows = batch x breadth)")
     p.add_argument("--seed", type=int, default=0, help="random seed (initial states, noise, generated puzzles)")
@@ -157,17 +175,18 @@ def add_solve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dtype", default="float16", choices=["float16", "float32"], help="stored state precision")
     p.add_argument("--project", type=int, default=0, metavar="K",
                    help="store each cell's [z_H, z_L] projected on a fixed random orthonormal basis of K dims "
-                   "(states [81, K] per snapshot; 0 = full states [2, 81, D])")
+                   "(states [L, K] per snapshot; 0 = full states [2, L, D])")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
-def load_puzzles(args: argparse.Namespace):
-    from attractorlab import sudoku
-
+def load_puzzles(args: argparse.Namespace, task):
+    """The instances ``solve`` runs: ``--data`` (first ``--limit``) or ``--generate N`` of ``--difficulty``."""
     if args.data:
-        puzzles = sudoku.load_csv(args.data)
+        puzzles = task.check(task.load(args.data))
+        if len(puzzles) == 0:
+            raise ValueError(f"{args.data} holds no puzzles")
         if args.limit is not None:
             if args.limit < 1:
                 raise ValueError(f"--limit must be >= 1, got {args.limit}")
@@ -176,15 +195,20 @@ def load_puzzles(args: argparse.Namespace):
     n = 200 if args.generate is None else args.generate
     if n < 1:
         raise ValueError(f"--generate must be >= 1, got {n}")
-    return sudoku.generate(n, seed=args.seed, difficulty=args.difficulty, progress=args.progress)
+    if args.difficulty not in task.difficulties:
+        raise ValueError(f"--difficulty {args.difficulty!r} is not one of the {task.name} generator's: "
+                         f"{', '.join(task.difficulties)}")
+    return task.generate(n, seed=args.seed, difficulty=args.difficulty, progress=args.progress)
 
 
 def run_solve(args: argparse.Namespace) -> int:
-    from attractorlab import checkpoint, recording, rollout
+    from attractorlab import checkpoint, recording, rollout, solve
+    from attractorlab.tasks import get_task
     from attractorlab.train import init_distributed
 
     cfg = rollout.RolloutConfig(depth=args.depth, breadth=args.breadth, halt=args.halt, tol=args.tol,
-                                patience=args.patience, select=args.select, noise=args.noise, seed=args.seed)
+                                patience=args.patience, select=args.select, window=args.window, noise=args.noise,
+                                seed=args.seed, full_vocab=args.full_vocab)
     if args.state_stride < 1 or args.project < 0:
         raise ValueError("--state-stride must be >= 1 and --project >= 0")
     if args.resume and args.overwrite:
@@ -193,14 +217,14 @@ def run_solve(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.out} exists: pass --resume to continue it or --overwrite to replace it")
     dist_info, device = init_distributed(args.device)
     model = checkpoint.load(args.checkpoint, device)
-    puzzles = load_puzzles(args)
+    puzzles = load_puzzles(args, get_task(model.config.task))
     d = model.config
     if args.project > 2 * d.hidden_size:
         raise ValueError(f"--project must be at most 2 x hidden_size = {2 * d.hidden_size}")
     shape = (d.seq_len, args.project) if args.project else (2, d.seq_len, d.hidden_size)
     spec = recording.StateSpec(mode=args.states, stride=args.state_stride, dtype=args.state_dtype,
                                shape=shape if args.states != "none" else ())
-    size = recording.estimate_size(len(puzzles), args.breadth, args.depth, spec)
+    size = recording.estimate_size(len(puzzles), args.breadth, args.depth, spec, seq_len=d.seq_len)
     recording.check_disk_space(args.out, size)
     if dist_info.main:
         print(f"{len(puzzles)} puzzles x {args.breadth} restarts x {args.depth} steps -> {args.out} "
@@ -214,7 +238,7 @@ def run_solve(args: argparse.Namespace) -> int:
     out = args.out if dist_info.world == 1 else recording.shard_path(args.out, dist_info.rank, dist_info.world)
     existed = os.path.exists(out)
     try:
-        summary = rollout.solve(model, puzzles, cfg, out, batch_size=args.batch_size, states=args.states,
+        summary = solve.solve_puzzles(model, puzzles, cfg, out, batch_size=args.batch_size, states=args.states,
                                 state_stride=args.state_stride, state_dtype=args.state_dtype, project=args.project,
                                 resume=args.resume, overwrite=args.overwrite, attrs=attrs,
                                 progress=args.progress and dist_info.main, rank=dist_info.rank,
@@ -230,9 +254,7 @@ def run_solve(args: argparse.Namespace) -> int:
             shards = [recording.shard_path(args.out, r, dist_info.world) for r in range(dist_info.world)]
             recording.merge_shards(shards, args.out, virtual=True)
             with recording.open_run(args.out) as run:
-                p, r = run.puzzles, run.rollout
-                summary = rollout.summarize(p.solution, p.rating, p.source, r.correct, r.steps, r.selected,
-                                            r.selected_majority)
+                summary = solve.summarize_run(run)
         dist.barrier()
     if dist_info.main:
         print(summary.table())
@@ -312,7 +334,8 @@ def add_demo(p: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from attractorlab import analyze, checkpoint, report, rollout, sudoku
+    from attractorlab import analyze, checkpoint, report, rollout, solve
+    from attractorlab.tasks import get_task
     from attractorlab.train import TrainConfig, train
 
     os.makedirs(args.out_dir, exist_ok=True)
@@ -325,7 +348,8 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"[1/4] using {ckpt}")
     model = checkpoint.load(ckpt)
     print(f"[2/4] generating {args.n} puzzles of mixed difficulty")
-    puzzles = sudoku.generate(args.n, seed=args.seed + 777, difficulty="mixed", progress=args.progress)
+    puzzles = get_task(model.config.task).generate(args.n, seed=args.seed + 777, difficulty="mixed",
+                                                   progress=args.progress)
     run = os.path.join(args.out_dir, "demo.h5")
     print(f"[3/4] solving: depth {args.depth}, breadth {args.breadth}, halting by convergence (no path noise) "
           f"-> {run}")
@@ -335,8 +359,8 @@ def run_demo(args: argparse.Namespace) -> int:
     attrs = {"config_json": json.dumps({"model": model.config.to_dict(), "rollout": dataclasses.asdict(cfg),
                                         "data": f"generated:mixed:{args.n}"}, sort_keys=True),
              "checkpoint_path": os.path.abspath(ckpt), "checkpoint_sha256": checkpoint.file_sha256(ckpt)}
-    summary = rollout.solve(model, puzzles, cfg, run, states="all", state_stride=2, project=16, overwrite=True,
-                            attrs=attrs, progress=args.progress)
+    summary = solve.solve_puzzles(model, puzzles, cfg, run, states="all", state_stride=2, project=16, overwrite=True,
+                                  attrs=attrs, progress=args.progress)
     print(f"[4/4] analyzing (fixed points, spectra, basins for {args.n_dynamics} puzzles)")
     opts = analyze.AnalyzeOptions(n_puzzles=args.n_dynamics, grid=args.grid, basin_samples=args.basin_samples,
                                   max_steps=max(args.depth, 8), restarts=min(8, 2 * args.breadth), seed=args.seed)

@@ -4,7 +4,8 @@ Read top to bottom: building blocks (RMS norm, SwiGLU, attention with RoPE), the
 noisy update, and the model with ``init_state`` / ``step`` / ``readout``. Numerically this is the reference
 EqR model (locuslab/EqR); :func:`attractorlab.checkpoint.load_reference` maps its state dicts onto this one.
 
-Shapes: ``B`` batch, ``L = 81`` cells, ``D = hidden_size``; latent streams ``z_H, z_L: [B, L, D]``.
+Shapes: ``B`` batch, ``L = seq_len`` cells (81 for Sudoku, 900 for 30 x 30 mazes), ``D = hidden_size``; latent
+streams ``z_H, z_L: [B, L, D]``. The task (``ReasonerConfig.task``) fixes ``L``, the vocabulary and the board shape.
 """
 
 from __future__ import annotations
@@ -18,14 +19,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attractorlab.sudoku import SEQ_LEN, VOCAB_SIZE
+from attractorlab.tasks import get_task
 
 POS_ENCODINGS = ("rope", "rope2d", "none")
 
 
 @dataclass
 class ReasonerConfig:
-    """Hyper-parameters, named as in the reference configs. Defaults are the paper's Sudoku recipe."""
+    """Hyper-parameters, named as in the reference configs. Defaults are the paper's Sudoku recipe.
+
+    ``seq_len``, ``vocab_size``, ``board_height`` and ``board_width`` default to the task's (0 = take it from
+    ``task``); the board shape is what 2-D RoPE rotates by.
+    """
 
     hidden_size: int = 512
     num_heads: int = 8
@@ -43,12 +48,23 @@ class ReasonerConfig:
     L_init_std: float = 1.0
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
-    seq_len: int = SEQ_LEN
-    vocab_size: int = VOCAB_SIZE
+    seq_len: int = 0
+    vocab_size: int = 0
+    task: str = "sudoku"
+    board_height: int = 0
+    board_width: int = 0
 
     def __post_init__(self) -> None:
+        task = get_task(self.task)
+        self.seq_len = self.seq_len or task.seq_len
+        self.vocab_size = self.vocab_size or task.vocab_size
+        if not (self.board_height or self.board_width) and self.seq_len == task.seq_len:
+            self.board_height, self.board_width = task.board_shape
+        elif not (self.board_height and self.board_width):  # a square board when the length allows it
+            side = math.isqrt(self.seq_len)
+            self.board_height, self.board_width = (side, side) if side * side == self.seq_len else (1, self.seq_len)
         positive = ("hidden_size", "num_heads", "L_layers", "H_cycles", "L_cycles", "halt_max_steps", "seq_len",
-                    "vocab_size")
+                    "vocab_size", "board_height", "board_width")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -68,8 +84,10 @@ class ReasonerConfig:
             if self.hidden_size % self.num_heads:
                 raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
             head_dim = self.hidden_size // self.num_heads
-            if self.pos_encodings == "rope2d" and (head_dim % 4 or math.isqrt(self.seq_len) ** 2 != self.seq_len):
-                raise ValueError("rope2d needs head_dim divisible by 4 and a square board (seq_len a perfect square)")
+            if self.pos_encodings == "rope2d" and (head_dim % 4 or self.board_height * self.board_width != self.seq_len):
+                raise ValueError(f"rope2d needs head_dim divisible by 4 and board_height x board_width = seq_len "
+                                 f"(got head_dim {head_dim}, board {self.board_height} x {self.board_width}, "
+                                 f"seq_len {self.seq_len})")
             if self.pos_encodings == "rope" and head_dim % 2:
                 raise ValueError(f"rope needs an even head_dim, got {head_dim}")
 
@@ -167,20 +185,21 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def rope_tables(head_dim: int, seq_len: int, theta: float, two_d: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin tables ``[L, head_dim]``. 2-D RoPE rotates the first half of each head by the row index
-    and the second half by the column index of a square board."""
-    if not two_d:
+def rope_tables(head_dim: int, seq_len: int, theta: float,
+                board: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables ``[L, head_dim]``. With ``board = (height, width)`` (2-D RoPE) the first half of each head
+    is rotated by the row index and the second half by the column index of the board."""
+    if board is None:
         inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         freqs = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos(), emb.sin()
-    side, half = math.isqrt(seq_len), head_dim // 2
+    width, half = board[1], head_dim // 2
     inv_freq = 1.0 / theta ** (torch.arange(0, half, 2, dtype=torch.float32) / half)
-    freqs = torch.outer(torch.arange(side, dtype=torch.float32), inv_freq)
-    emb = torch.cat((freqs, freqs), dim=-1)  # [side, half]
-    rows = emb[torch.arange(seq_len) // side]
-    cols = emb[torch.arange(seq_len) % side]
+    freqs = torch.outer(torch.arange(max(board), dtype=torch.float32), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)  # [max side, half]
+    rows = emb[torch.arange(seq_len) // width]
+    cols = emb[torch.arange(seq_len) % width]
     angles = torch.cat((rows, cols), dim=-1)  # [L, head_dim]: first half by row, second half by column
     return angles.cos(), angles.sin()
 
@@ -198,7 +217,8 @@ class Attention(nn.Module):
         if config.pos_encodings == "none":
             self.cos = self.sin = None
         else:
-            cos, sin = rope_tables(self.head_dim, config.seq_len, config.rope_theta, self.two_d)
+            board = (config.board_height, config.board_width) if self.two_d else None
+            cos, sin = rope_tables(self.head_dim, config.seq_len, config.rope_theta, board)
             self.register_buffer("cos", cos, persistent=False)
             self.register_buffer("sin", sin, persistent=False)
 

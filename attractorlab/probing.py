@@ -1,7 +1,8 @@
 """Linear probes on latent states: what can be read out linearly, and from which step on.
 
-- :func:`probe_cells`: per recorded step, a multinomial logistic regression decodes each cell's digit from
-  that cell's latent vector (one probe per step, shared over the 81 cells).
+- :func:`probe_cells`: per recorded step, a multinomial logistic regression decodes each cell's label (a
+  Sudoku digit, a maze cell's on-path flag) from that cell's latent vector (one probe per step, shared over the
+  L cells).
 - :func:`probe_correctness`: per recorded step, a logistic regression predicts whether the puzzle ends solved
   from the whole (flattened) state.
 
@@ -20,8 +21,6 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-
-N_CELLS = 81
 
 
 @dataclass
@@ -119,29 +118,33 @@ def probe_cells(
     C: float = 1.0,
     seed: int = 0,
 ) -> ProbeResult:
-    """Decode each cell's digit from its latent vector, at each recorded step.
+    """Decode each cell's label from its latent vector, at each recorded step.
 
     Args:
-        states: [N, T, 81, h] or [N, T, 81 * h] latent states (numpy or torch).
-        targets: [N, 81] digits 1..9 per cell (0 = unknown, left out).
+        states: [N, T, L, h] or [N, T, L * h] latent states (numpy or torch).
+        targets: [N, L] labels per cell in the task's answer encoding (0 = unknown, left out).
         steps: which of the T steps to probe (default: all).
         n_splits: cross-validation folds over puzzles.
         max_samples: at most this many (puzzle, cell) rows per step, drawn by puzzle with ``seed``.
         max_iter, C: logistic-regression iterations and inverse regularisation.
 
     Returns:
-        :class:`ProbeResult` (``kind="cells"``); chance is the majority digit frequency.
+        :class:`ProbeResult` (``kind="cells"``); chance is the majority label frequency.
     """
     _check_common(n_splits, max_iter, C)
     x = _array(states, "states")
     y = _array(targets, "targets")
-    if x.ndim == 3 and x.shape[2] % N_CELLS == 0:
-        x = x.reshape(x.shape[0], x.shape[1], N_CELLS, -1)
-    if x.ndim != 4 or x.shape[2] != N_CELLS:
-        raise ValueError(f"states must be [N, T, 81, h] or [N, T, 81*h], got {x.shape}")
+    if y.ndim != 2:
+        raise ValueError(f"targets must be [N, L] labels per cell, got shape {y.shape}")
+    cells = y.shape[1]
+    if x.ndim == 3 and x.shape[2] % cells == 0:
+        x = x.reshape(x.shape[0], x.shape[1], cells, -1)
+    if x.ndim != 4 or x.shape[2] != cells:
+        raise ValueError(f"states must be [N, T, {cells}, h] or [N, T, {cells}*h] for targets [N, {cells}], "
+                         f"got {x.shape}")
     n, t = x.shape[:2]
-    if y.shape != (n, N_CELLS):
-        raise ValueError(f"targets must have shape ({n}, 81), got {y.shape}")
+    if y.shape[0] != n:
+        raise ValueError(f"targets must have shape ({n}, {cells}), got {y.shape}")
     if n < n_splits:
         raise ValueError(f"need at least n_splits={n_splits} puzzles, got {n}")
     rng = np.random.default_rng(seed)
@@ -152,10 +155,10 @@ def probe_cells(
     fold_of_puzzle = _folds([np.arange(puzzles.size)], n_splits, rng, puzzles.size)
     yy = y[puzzles].reshape(-1)
     keep = yy > 0
-    fold = np.repeat(fold_of_puzzle, N_CELLS)[keep]
+    fold = np.repeat(fold_of_puzzle, cells)[keep]
     yy = yy[keep]
     if np.unique(yy).size < 2:
-        raise ValueError("targets must contain at least two different digits")
+        raise ValueError("targets must contain at least two different labels")
     chance = float(np.bincount(yy).max() / yy.size)
     idx = _steps(steps, t)
     out = np.full((4, idx.size), np.nan)

@@ -22,10 +22,11 @@ import plotly.offline
 from plotly.subplots import make_subplots
 
 from attractorlab.recording import AnalysisResult, Run, open_run
+from attractorlab.tasks import Task, get_task
 
 MAX_TRAJECTORIES = 100
 CORRECT, INCORRECT, GREY = "#2ca02c", "#d62728", "#9e9e9e"
-LABELS = {0: ("correct", CORRECT), 1: ("spurious (valid grid)", "#ff7f0e"), 2: ("invalid grid", "#9467bd")}
+LABELS = {0: ("correct", CORRECT), 1: ("spurious (valid answer)", "#ff7f0e"), 2: ("invalid answer", "#9467bd")}
 CORRECT_SHADES = ("#2ca02c", "#1b6e1b", "#74c476")
 SPURIOUS_COLOURS = ("#ff7f0e", "#d62728", "#9467bd", "#1f77b4", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
 ANALYSES = ("summary", "scaling", "convergence", "probes", "embedding", "fixed_points", "basins")
@@ -52,7 +53,7 @@ SECTIONS = {
     "Convergence vs correctness": "Does settling into a fixed point mean the answer is right? Residuals "
                                   "split by outcome, ROC curves of convergence scores, steps against "
                                   "difficulty and how rollouts ended.",
-    "Probes": "Linear probes read the digits out of the latent state at each outer step.",
+    "Probes": "Linear probes read each cell's label out of the latent state at each outer step.",
     "Trajectories": "Latent trajectories in a 2-D embedding of the state.",
     "Fixed points": "Fixed points found from trajectory states, with the eigenvalues of the Jacobian there. "
                     "A fixed point is stable (an attractor) when every eigenvalue lies inside the unit circle.",
@@ -76,7 +77,7 @@ FIGURES = {
                                   "rating (Spearman rank correlation in the title)."),
     "endings": FigureInfo("Convergence vs correctness", "How rollouts ended", "Count of each end state."),
     "probes": FigureInfo("Probes", "Probe accuracy vs step",
-                         "Cell accuracy of linear digit probes per outer step (band: ±1 std over folds)."),
+                         "Cell accuracy of linear label probes per outer step (band: ±1 std over folds)."),
     "trajectories": FigureInfo("Trajectories", "Trajectories",
                                "Lines: trajectories coloured by final correctness; dots: snapshots coloured "
                                "by outer step; open circles: starts; squares: ends. Press play or drag the "
@@ -135,13 +136,12 @@ def _rgba(colour: str, alpha: float) -> str:
     return "rgba({},{},{},{})".format(*(int(colour[i:i + 2], 16) for i in (1, 3, 5)), alpha)
 
 
-def _grid_html(grid: str) -> str:
-    """81-character readout -> 9 lines of 9 digits (blocks of 3) for hover text."""
+def _grid_html(grid: str, task: Task) -> str:
+    """A read-out answer (one character per cell) laid out as the task's board, for hover text."""
     grid = str(grid)
-    if len(grid) != 81:
-        return html.escape(grid) or "(no grid)"
-    rows = [" ".join(grid[r * 9 + c:r * 9 + c + 3] for c in (0, 3, 6)) for r in range(9)]
-    return "<br>".join(html.escape(r) for r in rows)
+    if not grid:
+        return "(no answer)"
+    return "<br>".join(html.escape(r) for r in task.render_string(grid).splitlines())
 
 
 def _layout(fig: go.Figure, title: str, height: int, **kw: object) -> go.Figure:
@@ -420,7 +420,7 @@ def _basin_maps(run: Run, items: list[tuple[int, AnalysisResult]]) -> go.Figure:
         grids, styles = _get(res, "attractor_grid"), _attractor_styles(_get(res, "attractor_label"))
         finite = steps_map[np.isfinite(steps_map)]
         zmin, zmax = (float(finite.min()), float(finite.max()) + 1e-6) if finite.size else (0.0, 1.0)
-        cells = [(k, name, colour, _grid_html(grids[k])) for k, (name, colour) in enumerate(styles)]
+        cells = [(k, name, colour, _grid_html(grids[k], get_task(run.task))) for k, (name, colour) in enumerate(styles)]
         cells.append((-1, "not converged", GREY, "(no attractor reached)"))
         for k, name, colour, grid in cells:
             mask = label_map == k

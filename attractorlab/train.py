@@ -1,7 +1,7 @@
 """Segmented online training of the Equilibrium Reasoner (CPU, CUDA, and multi-GPU through torchrun / DDP).
 
 Every optimizer step runs one outer step for each row of a persistent carry, computes stable-max
-cross-entropy on the 81 cells + 0.5 x BCE(halting logit, puzzle solved), steps the optimizer and detaches the
+cross-entropy on every cell + 0.5 x BCE(halting logit, puzzle solved), steps the optimizer and detaches the
 carry. A row is replaced by a fresh (augmented) puzzle when it halts (``q > 0`` with exploration) or reaches
 ``halt_max_steps``. Random draws that decide the data (which puzzles, their augmentation, initial states,
 exploration) come from generators shared by all ranks, so a DDP run sees exactly the batches of a
@@ -22,10 +22,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from attractorlab import checkpoint, sudoku
+from attractorlab import checkpoint
 from attractorlab.errors import AttractorlabError
-from attractorlab.model import EquilibriumReasoner, LatentState, ReasonerConfig, autocast, pick_device, trunc_normal_
+from attractorlab.model import EquilibriumReasoner, LatentState, ReasonerConfig, autocast, pick_device
 from attractorlab.rollout import accuracy_at_depths
+from attractorlab.tasks import PuzzleSet, Task, get_task
 
 PRESETS: dict[str, dict] = {
     "tiny": dict(model=dict(hidden_size=64, expansion=2.0, L_layers=2, H_cycles=2, L_cycles=2, halt_max_steps=8),
@@ -56,7 +57,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     steps: int = 1000
     seed: int = 0
-    data: str | None = None  # a Sudoku-Extreme CSV; None = the built-in generator
+    data: str | None = None  # a file the task loads (Sudoku: a Sudoku-Extreme CSV); None = the built-in generator
     difficulty: str = "mixed"  # generator difficulty for the training pool
     n_train: int = 1000  # puzzles in the training pool (each seen under random symmetry augmentation)
     n_eval: int = 200  # held-out puzzles
@@ -137,14 +138,15 @@ SCHEDULE_FIELDS = ("steps", "lr_min_ratio", "decay_start")
 
 # --- data -----------------------------------------------------------------------------------------------------
 
-def load_data(cfg: TrainConfig, progress: bool = False) -> tuple[sudoku.PuzzleSet, sudoku.PuzzleSet]:
+def load_data(cfg: TrainConfig, progress: bool = False) -> tuple[PuzzleSet, PuzzleSet]:
     """Training pool and held-out split (disjoint)."""
+    task = get_task(cfg.model.task)
     if cfg.data is None:
-        train = sudoku.generate(cfg.n_train, seed=cfg.seed, difficulty=cfg.difficulty, progress=progress)
-        held = sudoku.generate(cfg.n_eval, seed=cfg.seed + 1_000_003, difficulty=cfg.difficulty)
+        train = task.generate(cfg.n_train, seed=cfg.seed, difficulty=cfg.difficulty, progress=progress)
+        held = task.generate(cfg.n_eval, seed=cfg.seed + 1_000_003, difficulty=cfg.difficulty)
         return train, held
-    puzzles = sudoku.load_csv(cfg.data)
-    if (puzzles.solution == 0).any():
+    puzzles = task.check(task.load(cfg.data))
+    if not puzzles.known.all():
         raise ValueError(f"{cfg.data}: training needs solutions for every puzzle")
     if len(puzzles) < cfg.n_eval + 1:
         raise ValueError(f"{cfg.data} has {len(puzzles)} puzzles; need more than n_eval={cfg.n_eval}")
@@ -157,17 +159,17 @@ def load_data(cfg: TrainConfig, progress: bool = False) -> tuple[sudoku.PuzzleSe
 class PuzzleStream:
     """Endless stream of training puzzles: uniform draws from the pool, each under a fresh random symmetry."""
 
-    def __init__(self, pool: sudoku.PuzzleSet, seed: int, augment: bool) -> None:
-        self.pool, self.augment = pool, augment
+    def __init__(self, pool: PuzzleSet, seed: int, augment: bool, task: Task) -> None:
+        self.pool, self.augment, self.task = pool, augment, task
         self.rng = np.random.default_rng(seed)
 
     def draw(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """-> tokens [n, 81] uint8, labels [n, 81] (solution digits in token encoding)."""
+        """-> tokens [n, L] uint8, targets [n, L] (the labels in the token encoding)."""
         idx = self.rng.integers(0, len(self.pool), size=n)
         tokens, solution = self.pool.tokens[idx], self.pool.solution[idx]
         if self.augment and n:
-            tokens, solution = sudoku.augment(tokens, solution, self.rng)
-        return tokens, solution + 1
+            tokens, solution = self.task.augment(tokens, solution, self.rng)
+        return tokens, self.task.targets(solution)
 
 
 # --- distributed helpers --------------------------------------------------------------------------------------
@@ -212,7 +214,7 @@ class Trainer:
     """Holds model, optimizer, EMA, carry and RNG; ``train_step`` is one segmented step."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device, dist_info: Dist | None = None,
-                 pool: sudoku.PuzzleSet | None = None, compile_model: bool = False) -> None:
+                 pool: PuzzleSet | None = None, compile_model: bool = False) -> None:
         self.cfg, self.device, self.dist = cfg, device, dist_info or Dist()
         if cfg.batch_size % self.dist.world:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {self.dist.world} ranks")
@@ -230,13 +232,14 @@ class Trainer:
         self.ema = {k: v.detach().clone() for k, v in self.model.named_parameters()}
         self.step_count = 0
         self.pool = pool
-        self.stream = PuzzleStream(pool, cfg.seed + 17, cfg.augment) if pool is not None else None
+        task = get_task(cfg.model.task)
+        self.stream = PuzzleStream(pool, cfg.seed + 17, cfg.augment, task) if pool is not None else None
         self.gen = torch.Generator(device=device).manual_seed(cfg.seed + 31)  # shared: init states, exploration
         b = cfg.batch_size // self.dist.world
-        d = cfg.model.hidden_size
-        self.carry = LatentState(torch.zeros(b, 81, d, device=device), torch.zeros(b, 81, d, device=device))
-        self.tokens = torch.ones(b, 81, dtype=torch.long, device=device)
-        self.labels = torch.ones(b, 81, dtype=torch.long, device=device)
+        shape = (b, cfg.model.seq_len, cfg.model.hidden_size)
+        self.carry = LatentState(torch.zeros(shape, device=device), torch.zeros(shape, device=device))
+        self.tokens = torch.ones(shape[:2], dtype=torch.long, device=device)
+        self.labels = torch.ones(shape[:2], dtype=torch.long, device=device)
         self.steps = torch.zeros(b, dtype=torch.int32, device=device)
         self.halted = torch.ones(b, dtype=torch.bool, device=device)
 
@@ -257,9 +260,9 @@ class Trainer:
         if n_new == 0:
             return
         tokens, labels = self.stream.draw(n_new)
-        shape = (n_new, 81, self.cfg.model.hidden_size)
-        z_H = trunc_normal_(torch.empty(shape, device=self.device), self.cfg.model.H_init_std, self.gen)
-        z_L = trunc_normal_(torch.empty(shape, device=self.device), self.cfg.model.L_init_std, self.gen)
+        with torch.no_grad():
+            fresh = self.model.init_state(torch.as_tensor(tokens), generator=self.gen)
+        z_H, z_L = fresh.z_H, fresh.z_L
         b = self.halted.numel()
         lo = self.dist.rank * b
         slot = torch.cumsum(halted_all.long(), 0) - 1  # which new puzzle each halted global row takes
@@ -280,7 +283,7 @@ class Trainer:
         with autocast(self.device):
             state = self.net(self.carry, self.tokens)
             logits, q = self.model.readout(state)
-        right = logits.argmax(-1) == self.labels  # [b, 81]
+        right = logits.argmax(-1) == self.labels  # [b, L]
         solved = right.all(-1)
         lm_sum = stablemax_cross_entropy(logits, self.labels).mean(-1).sum()  # float64
         q_sum = F.binary_cross_entropy_with_logits(q, solved.float(), reduction="sum").double()

@@ -22,7 +22,8 @@ import torch
 from attractorlab import checkpoint, sudoku
 from attractorlab.cli import DEFAULT_CHECKPOINT
 from attractorlab.model import pick_device
-from attractorlab.rollout import RolloutConfig, convergence_score, rollout, select_lowest_score, solve
+from attractorlab.rollout import RolloutConfig, convergence_score, rollout, select_lowest_score
+from attractorlab.solve import solve_puzzles as solve
 
 
 def _puzzles(args: argparse.Namespace) -> sudoku.PuzzleSet:

@@ -7,7 +7,8 @@ import torch
 from attractorlab import analyze, checkpoint, recording, sudoku
 from attractorlab.cli import main
 from attractorlab.model import EquilibriumReasoner, ReasonerConfig
-from attractorlab.rollout import RolloutConfig, solve
+from attractorlab.rollout import RolloutConfig
+from attractorlab.solve import solve_puzzles as solve
 
 SMALL = analyze.AnalyzeOptions(n_puzzles=2, restarts=3, basin_samples=6, grid=3, max_steps=30, max_embed=10)
 

@@ -17,7 +17,8 @@ import torch
 
 from attractorlab import checkpoint, recording, sudoku
 from attractorlab.model import EquilibriumReasoner, ReasonerConfig
-from attractorlab.rollout import RolloutConfig, solve
+from attractorlab.rollout import RolloutConfig
+from attractorlab.solve import solve_puzzles as solve
 
 PROBES = Path(__file__).resolve().parents[1] / "probes"
 DEPTH = 12

@@ -73,7 +73,7 @@ def test_schema_round_trip(tmp_path):
     path = str(tmp_path / "run.h5")
     batches = write_run(path, [3, 4])
     with rec.open_run(path) as run:
-        assert (run.n, run.breadth, run.depth, run.schema_version) == (7, B, T, 1)
+        assert (run.n, run.breadth, run.depth, run.schema_version, run.task) == (7, B, T, 2, "sudoku")
         assert run.attrs["schema"] == "attractorlab.run" and run.attrs["checkpoint_sha256"] == "ab12"
         assert run.config == ATTRS["config_json"] and run.attrs["checkpoint_path"] == "ckpt.pt"
         assert run.attrs["created"].endswith("Z") and run.attrs["attractorlab_version"]

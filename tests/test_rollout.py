@@ -13,8 +13,8 @@ from attractorlab.rollout import (
     rollout,
     select_lowest_score,
     select_majority,
-    solve,
 )
+from attractorlab.solve import solve_puzzles as solve
 
 
 @pytest.fixture(scope="module")

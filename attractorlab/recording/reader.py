@@ -152,6 +152,8 @@ class Run:
         shape = f["rollout/residual"].shape
         self.breadth = int(self.attrs.get("breadth", shape[1]))
         self.depth = int(self.attrs.get("depth", shape[2]))
+        self.task = str(self.attrs.get("task", "sudoku"))  # schema 1 files hold Sudoku puzzles
+        self.seq_len = int(f["puzzles/tokens"].shape[1])
         self.n = self._rows()
         self.puzzles, self.rollout = _Table(self, "puzzles"), _Table(self, "rollout")
         self.states: StatesView | None = None

@@ -8,25 +8,30 @@ from dataclasses import dataclass
 import numpy as np
 
 SCHEMA = "attractorlab.run"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the root attribute ``task``, /puzzles [N, L] for the task's L, more /rollout arrays
 LIBVER = ("v110", "v110")  # SWMR needs >= 1.10; "latest" (the 2.0 format) is unreadable by 1.10 tools
 STATE_MODES = ("none", "final", "all")
 STATE_DTYPES = ("float16", "float32")
 RESERVED_ATTRS = ("schema", "schema_version", "n_done", "breadth", "depth", "writer", "merged")
-PUZZLE_FIELDS = {"tokens": ("u1", (81,)), "solution": ("u1", (81,)), "source": ("str", ()),
+PUZZLE_FIELDS = {"tokens": ("u1", ("L",)), "solution": ("u1", ("L",)), "source": ("str", ()),
                  "rating": ("i4", ())}
+"""``/puzzles`` datasets: name -> (dtype, per-puzzle shape); ``"L"`` is the task's sequence length."""
 OPTIONAL_ROLLOUT = {"selected_majority": ("i4", ())}
 DESCRIPTIONS = {  # dataset -> (axes, description), written as attributes for readers of the raw file
-    "puzzles/tokens": ("N,81", "token encoding: 0 pad, 1 blank, 2..10 digits 1..9"),
-    "puzzles/solution": ("N,81", "solution digits 1..9, 0 = unknown"),
+    "puzzles/tokens": ("N,L", "inputs in the task's token encoding (root attribute 'task')"),
+    "puzzles/solution": ("N,L", "labels in the task's answer encoding, 0 = unknown"),
     "puzzles/source": ("N", "puzzle source (UTF-8)"),
     "puzzles/rating": ("N", "difficulty rating"),
     "rollout/residual": ("N,B,T", "||z_t - z_{t-1}|| / ||z_t|| of the full state after outer step t"),
     "rollout/halt_logit": ("N,B,T", "halting logit q after outer step t"),
-    "rollout/logit_change": ("N,B,T", "norm of the change of the output logits at outer step t"),
-    "rollout/pred": ("N,B,T,81", "decoded digits 1..9 after outer step t"),
-    "rollout/valid": ("N,B,T", "pred satisfies all Sudoku constraints and the givens"),
-    "rollout/correct": ("N,B,T", "pred equals the known solution"),
+    "rollout/logit_change": ("N,B,T", "norm of the change of all output logits at outer step t"),
+    "rollout/cell_logit_change": ("N,B,T", "L2 change of each cell's logits at outer step t, mean over cells "
+                                  "(the reference convergence score's per-step term)"),
+    "rollout/pred": ("N,B,T,L", "read-out answer (the task's answer encoding) after outer step t"),
+    "rollout/valid": ("N,B,T", "pred satisfies the task's constraints for the input (Sudoku: a valid grid keeping "
+                      "the givens)"),
+    "rollout/correct": ("N,B,T", "pred equals the known label"),
+    "rollout/token_accuracy": ("N,B,T", "fraction of cells of pred equal to the label"),
     "rollout/steps": ("N,B", "outer steps run before halting; later entries repeat the last"),
     "rollout/selected": ("N", "restart chosen by the selection rule"),
     "rollout/selected_majority": ("N", "restart chosen by majority vote"),
@@ -93,12 +98,17 @@ class StateSpec:
         return self.mode, self.stride, self.dtype, self.shape, proj
 
 
-def _rollout_fields(breadth: int, depth: int) -> dict[str, tuple[str, tuple]]:
+def _rollout_fields(breadth: int, depth: int, seq_len: int = 81) -> dict[str, tuple[str, tuple]]:
     """Required ``/rollout`` datasets: name -> (dtype, per-puzzle shape)."""
     bt = (breadth, depth)
     return {"residual": ("f4", bt), "halt_logit": ("f4", bt), "logit_change": ("f4", bt),
-            "pred": ("u1", (*bt, 81)), "valid": ("bool", bt), "correct": ("bool", bt),
+            "pred": ("u1", (*bt, seq_len)), "valid": ("bool", bt), "correct": ("bool", bt),
             "steps": ("i4", (breadth,)), "selected": ("i4", ())}
+
+
+def _puzzle_fields(seq_len: int) -> dict[str, tuple[str, tuple]]:
+    """``/puzzles`` datasets for instances of ``seq_len`` tokens."""
+    return {k: (kind, tuple(seq_len if d == "L" else d for d in tail)) for k, (kind, tail) in PUZZLE_FIELDS.items()}
 
 
 class AnalysisResult(dict):

@@ -38,6 +38,7 @@ from .schema import (
     RunFileError,
     RunFileNotFoundError,
     StateSpec,
+    _puzzle_fields,
     _rollout_fields,
 )
 
@@ -189,14 +190,16 @@ class RunWriter:
     ``resume=True`` continues an existing run (or starts one if the file is missing) after checking that
     breadth, depth, state spec, ``config_json`` and ``checkpoint_sha256`` match; rows past its ``n_done``
     are dropped. An existing file is only replaced with ``overwrite=True``. ``attrs`` become root
-    attributes (``config_json`` may be a dict; ``None`` values are left out).
+    attributes (``config_json`` may be a dict; ``None`` values are left out); ``task`` and ``seq_len`` say
+    which task the instances belong to and how many tokens each has.
     """
 
     def __init__(self, path: str | os.PathLike, *, breadth: int, depth: int, attrs: dict,
                  states: StateSpec | None = None, resume: bool = False, chunk_puzzles: int = 64,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, task: str = "sudoku", seq_len: int = 81) -> None:
         self.path = os.fspath(path)
         self.breadth, self.depth, self.states = int(breadth), int(depth), states or StateSpec()
+        self.seq_len = int(seq_len)
         if min(self.breadth, self.depth, chunk_puzzles) < 1:
             raise ValueError(f"breadth, depth and chunk_puzzles must be >= 1, got {breadth}, {depth}, "
                              f"{chunk_puzzles}")
@@ -205,9 +208,12 @@ class RunWriter:
             raise ValueError(f"attrs may not set the reserved run attributes {', '.join(bad)}")
         self.attrs = {k: _attr_value(k, v) if k == "config_json" else v for k, v in attrs.items()}
         self.attrs.setdefault("config_json", "{}")
+        self.attrs.setdefault("task", task)
         self._chunk_rows = int(chunk_puzzles)
-        self._fields = {f"rollout/{k}": v for k, v in _rollout_fields(self.breadth, self.depth).items()}
-        self._fields.update({f"puzzles/{k}": v for k, v in PUZZLE_FIELDS.items()})
+        self._rollout = _rollout_fields(self.breadth, self.depth, self.seq_len)
+        self._puzzles = _puzzle_fields(self.seq_len)
+        self._fields = {f"rollout/{k}": v for k, v in self._rollout.items()}
+        self._fields.update({f"puzzles/{k}": v for k, v in self._puzzles.items()})
         if self.states.mode != "none":
             tail = (self.breadth, len(self.states.steps(self.depth)), *self.states.shape)
             self._fields["states/data"] = (self.states.dtype, tail)
@@ -306,7 +312,7 @@ class RunWriter:
     def append(self, puzzles: Any, rollout: dict, states: np.ndarray | None = None) -> None:
         """Write one batch of n puzzles and commit it.
 
-        puzzles: has ``tokens [n, 81]``, ``solution [n, 81]``, ``source [n]``, ``rating [n]`` (a PuzzleSet);
+        puzzles: has ``tokens [n, L]``, ``solution [n, L]``, ``source [n]``, ``rating [n]`` (a PuzzleSet);
         rollout: the ``/rollout`` arrays for these n puzzles (``residual [n, B, T]`` ... ``selected [n]``),
         optionally ``selected_majority [n]`` and further ``[n, ...]`` numeric arrays (the first batch fixes
         the set of keys); states: ``[n, B, S, *shape]`` (S = ``len(spec.steps(T))``) unless mode ``none``.
@@ -317,8 +323,8 @@ class RunWriter:
             raise ValueError(f"puzzles must have the attributes {', '.join(PUZZLE_FIELDS)} (a PuzzleSet)")
         n = len(np.asarray(puzzles.tokens))
         data = {f"puzzles/{k}": self._check(f"puzzles.{k}", getattr(puzzles, k), n, tail, kind)
-                for k, (kind, tail) in PUZZLE_FIELDS.items()}
-        known = {**OPTIONAL_ROLLOUT, **_rollout_fields(self.breadth, self.depth)}
+                for k, (kind, tail) in self._puzzles.items()}
+        known = {**OPTIONAL_ROLLOUT, **self._rollout}
         missing = sorted(set(_rollout_fields(1, 1)) - set(rollout))
         if missing:
             raise ValueError(f"rollout is missing {', '.join(missing)}")
@@ -371,10 +377,11 @@ class RunWriter:
         self.close()
 
 
-def estimate_size(n_puzzles: int, breadth: int, depth: int, states: StateSpec | None = None) -> int:
+def estimate_size(n_puzzles: int, breadth: int, depth: int, states: StateSpec | None = None,
+                  seq_len: int = 81) -> int:
     """Upper bound (bytes, uncompressed) of a run file of this size, for :func:`check_disk_space`."""
     states = states or StateSpec()
-    per_puzzle = 81 * 2 + 4 + 256 + 8 + 4 * breadth + breadth * depth * (3 * 4 + 81 + 2)
+    per_puzzle = seq_len * 2 + 4 + 256 + 8 + 4 * breadth + breadth * depth * (5 * 4 + seq_len + 2)
     snapshot = math.prod(states.shape) * np.dtype(states.dtype).itemsize
     per_puzzle += breadth * len(states.steps(depth)) * snapshot
     proj = 0 if states.projection is None else states.projection.nbytes

@@ -1,0 +1,182 @@
+"""Solving a collection: data -> batches of :func:`attractorlab.rollout.rollout` -> a run file, with resume and
+torchrun shards, and the summary table of a solved run.
+
+Batch ``i`` uses seed ``config.seed + i`` so a resumed run reproduces an uninterrupted one. With ``world > 1``
+this process takes every ``world``-th batch (a shard), as one rank of a torchrun job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from attractorlab.model import EquilibriumReasoner, LatentState
+from attractorlab.rollout import RolloutConfig, RolloutResult, rollout
+from attractorlab.tasks import PuzzleSet, Task, get_task
+
+
+@dataclass
+class SolveSummary:
+    """Headline numbers of a solve run (over all instances with a known label)."""
+
+    n: int
+    accuracy: float  # selected restart
+    majority_accuracy: float
+    pass_at_b: float  # oracle over restarts
+    mean_steps: float
+    median_steps: float
+    by_band: dict[str, tuple[int, float]]  # band -> (count, accuracy)
+    by_source: dict[str, tuple[int, float]]
+    seconds: float = 0.0
+    compute_steps: int = 0
+
+    def table(self) -> str:
+        lines = [f"puzzles            {self.n}",
+                 f"accuracy (select)  {self.accuracy:.4f}",
+                 f"accuracy (vote)    {self.majority_accuracy:.4f}",
+                 f"pass@B (oracle)    {self.pass_at_b:.4f}",
+                 f"steps mean/median  {self.mean_steps:.1f} / {self.median_steps:.0f}"]
+        if self.seconds:
+            lines.append(f"time               {self.seconds:.1f} s ({self.compute_steps / self.seconds:.0f} "
+                         "puzzle-steps/s)")
+        for title, table in (("band", self.by_band), ("source", self.by_source)):
+            for key, (count, acc) in table.items():
+                lines.append(f"{title} {key:<24} {count:>6}  {acc:.4f}")
+        return "\n".join(lines)
+
+
+def summarize(solution: np.ndarray, rating: np.ndarray, source: np.ndarray, correct: np.ndarray,
+              steps: np.ndarray, selected: np.ndarray, selected_majority: np.ndarray,
+              task: str | Task = "sudoku") -> SolveSummary:
+    """Summary from run-file arrays: ``correct [N, B, T]``, ``steps [N, B]``, ``selected [N]`` ..."""
+    n = len(selected)
+    known = (solution > 0).any(axis=1)
+    final = correct[:, :, -1]
+    rows = np.arange(n)
+    sel = final[rows, selected]
+    maj = final[rows, selected_majority]
+
+    def mean(x: np.ndarray, mask: np.ndarray) -> float:
+        return float(x[mask].mean()) if mask.any() else float("nan")
+
+    bands = get_task(task).difficulty_band(rating)
+    by_band = {b: (int(((bands == b) & known).sum()), mean(sel, (bands == b) & known)) for b in np.unique(bands)}
+    by_source = {str(s): (int(((source == s) & known).sum()), mean(sel, (source == s) & known))
+                 for s in np.unique(source)}
+    used = steps[rows, selected]
+    return SolveSummary(n=n, accuracy=mean(sel, known), majority_accuracy=mean(maj, known),
+                        pass_at_b=mean(final.any(axis=1), known), mean_steps=float(used.mean()) if n else 0.0,
+                        median_steps=float(np.median(used)) if n else 0.0, by_band=by_band, by_source=by_source)
+
+
+def summarize_run(run) -> SolveSummary:
+    """:func:`summarize` of an open run file (:class:`attractorlab.recording.Run`)."""
+    p, r = run.puzzles, run.rollout
+    return summarize(p.solution, p.rating, p.source, r.correct, r.steps, r.selected, r.selected_majority, run.task)
+
+
+def random_projection(full_dim: int, k: int, seed: int) -> np.ndarray:
+    """A fixed Gaussian basis ``[full_dim, k]`` with orthonormal columns (stored with the run)."""
+    if not 1 <= k <= full_dim:
+        raise ValueError(f"projection dimension must be in [1, {full_dim}], got {k}")
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(full_dim, k, generator=gen, dtype=torch.float64))
+    return q.float().numpy()
+
+
+def _state_layout(model: EquilibriumReasoner, project: int, seed: int):
+    """(state_fn, snapshot shape, basis) for ``--project K`` (each cell's [z_H, z_L] on K dims) or full states."""
+    c = model.config
+    if not project:
+        return None, (2, c.seq_len, c.hidden_size), None
+    basis = random_projection(2 * c.hidden_size, project, seed)
+    basis_t = torch.as_tensor(basis, device=model.device)
+
+    def state_fn(s: LatentState) -> torch.Tensor:
+        return torch.cat([s.z_H, s.z_L], dim=-1).float() @ basis_t  # [rows, L, K]
+
+    return state_fn, (c.seq_len, project), basis
+
+
+def solve_puzzles(model: EquilibriumReasoner, puzzles: PuzzleSet, config: RolloutConfig, out: str | None, *,
+                  batch_size: int = 64, states: str = "none", state_stride: int = 1, state_dtype: str = "float16",
+                  project: int = 0, resume: bool = False, overwrite: bool = False, attrs: dict | None = None,
+                  progress: bool = True, rank: int = 0, world: int = 1) -> SolveSummary:
+    """Roll out every instance (batch by batch) and append each finished batch to the run file ``out``."""
+    from tqdm import tqdm
+
+    from attractorlab import recording  # h5py only when a run is actually solved
+
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    if len(puzzles) == 0:
+        raise ValueError("no puzzles to solve (the data holds no rows)")
+    task = get_task(model.config.task)
+    task.check(puzzles)
+    state_fn, shape, basis = _state_layout(model, project, config.seed)
+    spec = recording.StateSpec(mode=states, stride=state_stride, dtype=state_dtype,
+                               shape=shape if states != "none" else (), projection=basis)
+    batches = [(i, i * batch_size) for i in range(-(-len(puzzles) // batch_size))][rank::world]
+    writer = None
+    if out is not None:
+        writer = recording.RunWriter(out, breadth=config.breadth, depth=config.depth, attrs=attrs or {},
+                                     states=spec, resume=resume, overwrite=overwrite, task=task.name,
+                                     seq_len=task.seq_len)
+    done_puzzles = writer.n_done if writer is not None else 0
+    collected: list[tuple[PuzzleSet, RolloutResult]] = []
+    total = sum(min(batch_size, len(puzzles) - start) for _, start in batches)
+    bar = tqdm(total=total, disable=not progress, unit="puzzle", dynamic_ncols=True)
+    hits = count = compute = 0
+    t0 = time.time()
+    try:
+        written = 0
+        for index, start in batches:
+            chunk = puzzles[start:start + batch_size]
+            if written + len(chunk) <= done_puzzles:  # finished in the run being resumed
+                written += len(chunk)
+                bar.update(len(chunk))
+                continue
+            cfg = dataclasses.replace(config, seed=config.seed + index)
+            res = rollout(model, torch.as_tensor(chunk.tokens, dtype=torch.long), torch.as_tensor(chunk.solution),
+                          cfg, state_fn=state_fn, state_stride=state_stride, states=states)
+            if writer is not None:
+                states_np = None if res.states is None else res.states.astype(state_dtype)
+                writer.append(chunk, res.as_dict(), states_np)
+            collected.append((chunk, res))
+            written += len(chunk)
+            compute += res.compute_steps
+            hits += int(res.selected_correct.sum())
+            count += len(chunk)
+            bar.update(len(chunk))
+            bar.set_postfix(acc=f"{hits / max(count, 1):.3f}", pz_s=f"{count / max(time.time() - t0, 1e-9):.1f}")
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    seconds = time.time() - t0
+    if out is not None and world == 1:
+        with recording.open_run(out) as run:
+            summary = summarize_run(run)
+    else:
+        summary = _summarize_collected(collected, puzzles, task)
+    summary.seconds, summary.compute_steps = seconds, compute
+    return summary
+
+
+def _summarize_collected(collected: list, puzzles: PuzzleSet, task: Task) -> SolveSummary:
+    if not collected:  # a rank whose shard was empty
+        empty = puzzles[:0]
+        return summarize(empty.solution, empty.rating, empty.source, np.zeros((0, 1, 1), bool),
+                         np.zeros((0, 1), np.int32), np.zeros(0, np.int32), np.zeros(0, np.int32), task)
+    ps = PuzzleSet.concat([c for c, _ in collected])
+    rs = [r for _, r in collected]
+
+    def cat(name: str) -> np.ndarray:
+        return np.concatenate([getattr(r, name) for r in rs])
+
+    return summarize(ps.solution, ps.rating, ps.source, cat("correct"), cat("steps"), cat("selected"),
+                     cat("selected_majority"), task)

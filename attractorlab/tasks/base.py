@@ -1,0 +1,203 @@
+"""What a task is: :class:`PuzzleSet` (instances as arrays) and :class:`Task` (the interface every task implements).
+
+A task fixes the token encoding of its inputs (``tokens [N, L]``, ``L = seq_len``, values below ``vocab_size``)
+and an *answer encoding* for read-outs and labels (``solution [N, L]``, ``0`` = unknown): Sudoku answers are
+digits 1..9, maze answers are board tokens. Everything outside a task's own module talks to it through this
+interface, so the model, rollouts, recording, analyses and reports work for any task unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from attractorlab.errors import AttractorlabError
+
+
+class TaskError(AttractorlabError, ValueError):
+    """Bad task input: an unknown task, instances that do not fit a task's encoding, an unreadable data file."""
+
+
+@dataclass(eq=False, repr=False)
+class PuzzleSet:
+    """Instances of a task as arrays (no Python object per instance except the shared ``source`` strings).
+
+    Attributes:
+        tokens: ``[N, L] uint8`` inputs in the task's token encoding.
+        solution: ``[N, L] uint8`` labels in the task's answer encoding, a row of zeros when unknown.
+        source: ``[N]`` object array of ``str`` (rows from one source share one string).
+        rating: ``[N] int32`` difficulty rating, ``-1`` when unknown.
+        skipped: rows dropped by a loader with ``skip_invalid=True``; 0 otherwise.
+    """
+
+    tokens: np.ndarray
+    solution: np.ndarray
+    source: np.ndarray
+    rating: np.ndarray
+    skipped: int = 0
+
+    def __post_init__(self) -> None:
+        tokens = np.asarray(self.tokens)
+        if tokens.ndim != 2 or tokens.dtype.kind not in "iub":
+            raise TaskError(f"tokens must be an [N, L] integer array, got shape {tokens.shape} dtype {tokens.dtype}")
+        self.tokens = tokens.astype(np.uint8, copy=False)
+        n = len(tokens)
+        solution = np.asarray(self.solution)
+        if solution.shape != tokens.shape or solution.dtype.kind not in "iub":
+            raise TaskError(f"solution must be integers of shape {tokens.shape} like tokens, got {solution.shape}")
+        self.solution = solution.astype(np.uint8, copy=False)
+        if isinstance(self.source, str):
+            self.source = np.full(n, self.source, dtype=object)
+        self.source = np.asarray(self.source, dtype=object)
+        if self.source.shape != (n,):
+            raise TaskError(f"source must be [{n}], got shape {self.source.shape}")
+        rating = np.asarray(self.rating)
+        if rating.shape != (n,) or rating.dtype.kind not in "iu":
+            raise TaskError(f"rating must be [{n}] integers, got shape {rating.shape} dtype {rating.dtype}")
+        self.rating = rating.astype(np.int32, copy=False)
+        if not isinstance(self.skipped, int | np.integer) or self.skipped < 0:
+            raise TaskError(f"skipped must be a non-negative integer, got {self.skipped!r}")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def known(self) -> np.ndarray:
+        """``[N] bool``: rows whose label is known."""
+        return self.solution.any(axis=1)
+
+    def _rows(self, key: Any) -> Any:
+        if isinstance(key, int | np.integer):
+            if not -len(self) <= key < len(self):
+                raise IndexError(f"index {key} out of range for {len(self)} puzzles")
+            return slice(int(key) % len(self), int(key) % len(self) + 1)
+        if not isinstance(key, slice):
+            key = np.asarray(key)
+            if key.dtype == bool and key.shape != (len(self),):
+                raise IndexError(f"boolean mask must have shape ({len(self)},), got {key.shape}")
+        return key
+
+    def __getitem__(self, key: int | slice | np.ndarray | Sequence[int]) -> PuzzleSet:
+        """Rows selected by an int, a slice, an index array or a boolean mask, as a set of the same type."""
+        key = self._rows(key)
+        return type(self)(self.tokens[key], self.solution[key], self.source[key], self.rating[key])
+
+    def __repr__(self) -> str:
+        names, counts = np.unique(self.source.astype(str), return_counts=True) if len(self) else ([], [])
+        sources = ", ".join(f"{s}: {c}" for s, c in zip(names, counts, strict=True))
+        return f"{type(self).__name__}(n={len(self)}, sources={{{sources}}}, skipped={self.skipped})"
+
+    @classmethod
+    def concat(cls, sets: Sequence[PuzzleSet]) -> PuzzleSet:
+        """Concatenate puzzle sets in order (``skipped`` counts add up)."""
+        if len(sets) == 0:
+            raise TaskError(f"{cls.__name__}.concat needs at least one set")
+        return type(sets[0])(
+            np.concatenate([s.tokens for s in sets]),
+            np.concatenate([s.solution for s in sets]),
+            np.concatenate([s.source for s in sets]),
+            np.concatenate([s.rating for s in sets]),
+            skipped=int(sum(s.skipped for s in sets)),
+        )
+
+
+class Task:
+    """The interface of a task. Subclasses set the attributes and implement the methods marked so.
+
+    Attributes:
+        name: registry key (``"sudoku"``, ``"maze"``); stored in model configs and run files.
+        seq_len: tokens per instance ``L``.
+        vocab_size: input and output vocabulary ``V``.
+        token_names: ``V`` names of the tokens (for figures and docs).
+        board_shape: ``(height, width)`` with ``height * width = L`` (figures, 2-D position encodings).
+        difficulties: names the generator accepts (the first is the default).
+        bands: difficulty band names in display order (see :meth:`difficulty_band`).
+        answer_names: what the answer encoding's values mean (docs and run-file descriptions).
+    """
+
+    name: str = ""
+    seq_len: int = 0
+    vocab_size: int = 0
+    token_names: tuple[str, ...] = ()
+    board_shape: tuple[int, int] = (0, 0)
+    difficulties: tuple[str, ...] = ("mixed",)
+    bands: tuple[str, ...] = ()
+    answer_names: str = ""
+
+    # --- read-out and grading (vectorised over a batch; torch tensors on any device) ------------------------
+
+    def answer(self, logits: torch.Tensor, *, full_vocab: bool = False) -> torch.Tensor:
+        """Read-out ``[..., L, V]`` logits -> ``[..., L] uint8`` answer encoding. ``full_vocab=True`` takes the
+        argmax over every token as the reference evaluation does (a predicted pad or blank then reads as 0)."""
+        raise NotImplementedError
+
+    def targets(self, solution: np.ndarray) -> np.ndarray:
+        """Training targets ``[N, L]`` in the token encoding from labels in the answer encoding."""
+        raise NotImplementedError
+
+    def is_valid(self, inputs: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
+        """``[N] bool``: the answer satisfies the task's constraints for these inputs (not necessarily the label)."""
+        raise NotImplementedError
+
+    def is_correct(self, answer: torch.Tensor, solution: torch.Tensor) -> torch.Tensor:
+        """``[N] bool``: the answer equals a known label in every cell (unknown labels are never correct)."""
+        solution = solution.to(answer.device)
+        return (answer == solution.to(answer.dtype)).all(-1) & (solution > 0).any(-1)
+
+    def token_accuracy(self, answer: torch.Tensor, solution: torch.Tensor) -> torch.Tensor:
+        """``[N] float``: the fraction of cells whose answer equals the label."""
+        return (answer == solution.to(answer.device, answer.dtype)).float().mean(-1)
+
+    # --- data -------------------------------------------------------------------------------------------------
+
+    def difficulty_band(self, rating: np.ndarray) -> np.ndarray:
+        """Ratings ``[N]`` -> band names ``[N]`` (one of :attr:`bands`, or ``"unknown"`` for ``rating < 0``)."""
+        raise NotImplementedError
+
+    def check(self, puzzles: PuzzleSet) -> PuzzleSet:
+        """Raise :class:`TaskError` unless ``puzzles`` fit this task's encoding; returns them."""
+        if puzzles.tokens.shape[1:] != (self.seq_len,):
+            raise TaskError(f"{self.name} instances have {self.seq_len} tokens, got shape {puzzles.tokens.shape}")
+        if puzzles.tokens.size and puzzles.tokens.max() >= self.vocab_size:
+            raise TaskError(f"{self.name} tokens must lie below {self.vocab_size}, got {puzzles.tokens.max()}")
+        return puzzles
+
+    def augment(self, tokens: np.ndarray, solution: np.ndarray,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A random symmetry per row of ``tokens, solution [N, L]``; the identity for tasks without one."""
+        return tokens, solution
+
+    def load(self, path: str | os.PathLike, **options: Any) -> PuzzleSet:
+        """Instances from a file or a reference dataset directory."""
+        raise NotImplementedError
+
+    def generate(self, n: int, seed: int = 0, *, difficulty: str | None = None, progress: bool = False) -> PuzzleSet:
+        """``n`` instances with labels and ratings, deterministically from ``seed`` (the embedded default)."""
+        raise NotImplementedError
+
+    def render(self, tokens: np.ndarray, answer: np.ndarray | None = None) -> str:
+        """One instance (``tokens [L]``, optionally an answer ``[L]``) as a text grid for hovers and notebooks."""
+        raise NotImplementedError
+
+    def answer_strings(self, answers: np.ndarray) -> np.ndarray:
+        """``[M, L]`` answers -> ``[M]`` compact strings (one character per cell) for tables and hovers."""
+        chars = np.frombuffer(b"0123456789abcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
+        answers = np.atleast_2d(np.asarray(answers))
+        if answers.size == 0:
+            return np.zeros(len(answers), dtype=str)
+        return np.array([row.tobytes().decode("ascii") for row in chars[np.minimum(answers, 35)]])
+
+    def render_string(self, answer: str) -> str:
+        """An :meth:`answer_strings` string as lines of the board (hovers); other lengths come back unchanged."""
+        h, w = self.board_shape
+        if len(answer) != h * w:
+            return answer
+        return "\n".join(answer[r * w:(r + 1) * w] for r in range(h))
+
+    def __repr__(self) -> str:
+        return f"<task {self.name}: {self.seq_len} tokens, vocab {self.vocab_size}>"
