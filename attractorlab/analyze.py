@@ -206,25 +206,53 @@ def _label_states(model: EquilibriumReasoner, z: torch.Tensor, tokens: np.ndarra
     return label, task.answer_strings(answers.cpu().numpy())
 
 
-def _ends(model: EquilibriumReasoner, tokens: np.ndarray, solution: np.ndarray, opts: AnalyzeOptions,
-          depth: int, seed: int) -> torch.Tensor:
+def _ends(model: EquilibriumReasoner, tokens: np.ndarray, solution: np.ndarray, restarts: int, depth: int,
+          seed: int) -> torch.Tensor:
     res = rollout(model, torch.as_tensor(tokens[None], dtype=torch.long), torch.as_tensor(solution[None]),
-                  RolloutConfig(depth=depth, breadth=opts.restarts, seed=seed, noise=False), states="final",
+                  RolloutConfig(depth=depth, breadth=restarts, seed=seed, noise=False), states="final",
                   state_fn=lambda s: s.flatten())
     return torch.as_tensor(res.states[0, :, 0])  # [restarts, d]
+
+
+@dataclass
+class PuzzleAttractors:
+    """The fixed points found from the noise-free rollout ends of one puzzle, labelled by their read-out.
+
+    fixed: the :class:`attractorlab.dynamics.FixedPoints` (``z [M, d]``, spectra, stability); label: ``[M]`` index
+    into :data:`LABELS`; answers: ``[M]`` read-out answers as strings; starts: rollout ends used as starts.
+    """
+
+    fixed: dynamics.FixedPoints
+    label: np.ndarray
+    answers: np.ndarray
+    starts: int
+
+    @property
+    def stable(self) -> np.ndarray:
+        return _np(self.fixed.stable).astype(bool)
+
+
+def puzzle_attractors(model: EquilibriumReasoner, tokens: np.ndarray, solution: np.ndarray, *, restarts: int = 8,
+                      max_steps: int = 48, seed: int = 0, tol: float | None = None, k: int = 6) -> PuzzleAttractors:
+    """Noise-free rollouts of one puzzle (``tokens, solution [L]``) from ``restarts`` random initial states ->
+    fixed points from their ends (with the top ``k`` Jacobian eigenvalues) -> labels by read-out."""
+    f = model.as_map(torch.as_tensor(tokens[None], dtype=torch.long))
+    z0 = _ends(model, tokens, solution, restarts, max_steps, seed)
+    fps = dynamics.find_fixed_points(f, z0.to(model.device), k=k, tol=tol)
+    label, answers = _label_states(model, torch.as_tensor(fps.z), tokens, solution)
+    return PuzzleAttractors(fps, label, answers, len(z0))
 
 
 def fixed_point_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOptions,
                        puzzle: int, k: int) -> dict:
     tokens, solution = run.puzzles.tokens[puzzle], run.puzzles.solution[puzzle]
-    f = model.as_map(torch.as_tensor(tokens[None], dtype=torch.long))
-    z0 = _ends(model, tokens, solution, opts, opts.max_steps, opts.seed + k)
-    fps = dynamics.find_fixed_points(f, z0.to(model.device), k=6, tol=opts.tol)
-    label, grids = _label_states(model, torch.as_tensor(fps.z), tokens, solution)
+    found = puzzle_attractors(model, tokens, solution, restarts=opts.restarts, max_steps=opts.max_steps,
+                              seed=opts.seed + k, tol=opts.tol)
+    fps = found.fixed
     arrays = {"z": _np(fps.z).astype(np.float32), "eigvals": _np(fps.eigvals),
               "spectral_radius": _np(fps.spectral_radius), "stable": _np(fps.stable), "residual": _np(fps.residual),
-              "label": label, "grid": grids, "count": _np(fps.count)}
-    return {"arrays": arrays, "attrs": {"puzzle_index": int(puzzle), "starts": len(z0)}}
+              "label": found.label, "grid": found.answers, "count": _np(fps.count)}
+    return {"arrays": arrays, "attrs": {"puzzle_index": int(puzzle), "starts": found.starts}}
 
 
 def basin_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOptions, puzzle: int,

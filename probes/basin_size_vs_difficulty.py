@@ -21,9 +21,8 @@ import plotly.graph_objects as go
 import torch
 from scipy.stats import spearmanr
 
-from attractorlab import checkpoint, dynamics, recording, sudoku
-from attractorlab.model import LatentState
-from attractorlab.rollout import RolloutConfig, rollout
+from attractorlab import analyze, checkpoint, dynamics, recording
+from attractorlab.tasks import get_task
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,13 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     for k in range(len(idx)):
         tok = torch.as_tensor(tokens[k][None], dtype=torch.long, device=model.device)
         f = model.as_map(tok)
-        cfg = RolloutConfig(depth=args.max_steps, breadth=args.restarts, noise=False, seed=args.seed + k)
-        ends = rollout(model, tok, torch.as_tensor(solution[k][None]), cfg, states="final",
-                       state_fn=LatentState.flatten).states[0, :, 0]
-        fps = dynamics.find_fixed_points(f, torch.as_tensor(ends, device=model.device), k=0)
-        attractors = fps.z[fps.stable].to(torch.float32)
-        logits, _ = model.readout(LatentState.unflatten(attractors, c.seq_len, c.hidden_size))
-        is_correct = ((logits[..., 2:].argmax(-1) + 1).cpu().numpy() == solution[k]).all(-1)
+        found = analyze.puzzle_attractors(model, tokens[k], solution[k], restarts=args.restarts,
+                                          max_steps=args.max_steps, seed=args.seed + k, k=0)
+        stable = found.stable
+        attractors = found.fixed.z[torch.as_tensor(stable)].to(torch.float32)
+        is_correct = found.label[stable] == 0
         gen = torch.Generator(device=model.device).manual_seed(args.seed + 1000 + k)
         samples = model.init_state(tok.expand(args.samples, -1), generator=gen).flatten()
         stats = dynamics.basin_stability(f, attractors, samples, max_steps=args.max_steps)
@@ -67,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((share, float(np.sqrt(share * (1 - share) / args.samples)), len(attractors),
                      int(is_correct.sum()), stats.unassigned))
     share, stderr, n_att, n_correct, unassigned = (np.array(col) for col in zip(*rows, strict=True))
-    bands = sudoku.difficulty_band(rating)
+    bands = get_task(c.task).difficulty_band(rating)
 
     print(f"{len(idx)} puzzles, {args.samples} initial states each, {args.restarts} rollout ends for attractors")
     print(f"{'puzzle':>6} {'rating':>6} {'band':<8} {'attractors':>10} {'correct':>7} {'basin(correct)':>16} "

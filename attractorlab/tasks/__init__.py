@@ -1,6 +1,7 @@
 """Tasks: the :class:`Task` interface and the registry that maps a task's name to its implementation.
 
-``get_task("sudoku")`` returns the Sudoku task; a new task subclasses :class:`Task` and is added with
+``get_task("sudoku")`` returns the Sudoku task, ``get_task("maze")`` the 30 x 30 Maze-Unique task (``"maze11"``,
+``"maze15"``: smaller boards for CPU training); a new task subclasses :class:`Task` and is added with
 :func:`register` (tests do this with tiny tasks of their own). Only task modules know what a cell means.
 """
 
@@ -21,9 +22,11 @@ def register(task: Task) -> Task:
 
 def _builtin() -> None:
     if "sudoku" not in _REGISTRY:
-        from attractorlab.tasks import sudoku
+        from attractorlab.tasks import maze, sudoku
 
         register(sudoku.TASK)
+        for task in maze.builtin_tasks():
+            register(task)
 
 
 def get_task(name: str | Task) -> Task:
