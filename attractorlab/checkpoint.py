@@ -9,23 +9,28 @@ can never execute code:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pickle
 import re
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from attractorlab import reference
+from attractorlab.errors import AttractorlabError
 from attractorlab.model import EquilibriumReasoner, ReasonerConfig, swiglu_width
+from attractorlab.tasks import get_task, names
 
 FORMAT = "attractorlab.checkpoint"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(AttractorlabError, ValueError):
     """A checkpoint file is missing, corrupt, or does not fit the model."""
 
 
@@ -66,9 +71,10 @@ def read(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as err:
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError, KeyError,
+            IndexError) as err:  # what torch.load raises on text, truncated or foreign files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint ({first[:160]})") from err
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {first[:160]})") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not an attractorlab checkpoint (for reference EqR weights use `attractorlab import-eqr`)")
@@ -139,54 +145,104 @@ def _reference_key(key: str) -> str | None:
     return None
 
 
-def load_reference(state_dict_or_path: dict | str | os.PathLike, **config) -> EquilibriumReasoner:
-    """Build an :class:`EquilibriumReasoner` from a reference EqR state dict (or a file holding one).
+@dataclass
+class ImportedReference:
+    """What :func:`import_reference` built: the model and where each setting came from."""
 
-    Keys look like ``inner.L_level.layers.0.mlp.gate_up_proj.weight``, optionally prefixed by ``model.``
-    and/or ``_orig_mod.``. ``hidden_size``, ``vocab_size``, ``L_layers``, ``mlp_t`` and ``seq_len`` are read off
-    the tensor shapes; everything else comes from ``config`` (reference names, paper defaults).
+    model: EquilibriumReasoner
+    weights: str  # "ema" or "raw"
+    step: int | None
+    kind: str  # "training-checkpoint" | "state-dict"
+    from_file: dict  # settings read from the file's stored config
+    inferred: dict  # settings read off the tensor shapes
+
+    def summary(self) -> str:
+        c = self.model.config
+        mixing = "mlp_t (SwiGLU across cells)" if c.mlp_t else f"attention, {c.num_heads} heads, {c.pos_encodings}"
+        return "\n".join([
+            f"imported a reference {self.kind} (step {self.step if self.step is not None else '-'}), "
+            f"{self.weights.upper()} weights",
+            f"  task {c.task}: {c.seq_len} cells, vocab {c.vocab_size}; hidden {c.hidden_size}, {c.L_layers} layers, "
+            f"{mixing}, expansion {c.expansion}",
+            f"  cycles H {c.H_cycles} x L {c.L_cycles} ({c.layer_equivalents_per_step} layer-equivalents per outer "
+            f"step); damping lambda {c.lambda_}, path noise {c.noise_scale}; halt_max_steps {c.halt_max_steps}",
+            f"  {self.model.num_parameters():,} parameters; from the file's config: "
+            f"{', '.join(sorted(self.from_file)) or 'nothing (defaults and flags)'}"])
+
+
+def _task_for(vocab: int, seq_len: int | None, board: tuple[int, int] | None) -> str:
+    """The registered task a reference model solves, from its vocabulary and length (Sudoku 11, Maze-Unique 6)."""
+    for name in names():
+        task = get_task(name)
+        if task.vocab_size == vocab and (seq_len or task.seq_len) == task.seq_len and (
+                board is None or tuple(board) == tuple(task.board_shape)):
+            return name
+    return "sudoku" if vocab == get_task("sudoku").vocab_size else ""
+
+
+def import_reference(state_dict_or_path: dict | str | os.PathLike, *, weights: str = "ema",
+                     **config) -> ImportedReference:
+    """Build an :class:`EquilibriumReasoner` from a reference EqR file or state dict, and say what was used.
+
+    Files may be reference training checkpoints (``step``, ``model``, ``ema``, ``config``, a pickled carry, RNG
+    states: read without executing code) or plain state dicts. ``weights="ema"`` takes the EMA parameters when the
+    file has them (what the paper evaluates), ``"raw"`` the trained ones. The architecture comes from the file's
+    stored ``config["arch"]``; ``hidden_size``, ``vocab_size``, ``L_layers``, ``mlp_t`` (and ``seq_len`` for
+    ``mlp_t``) are read off the tensor shapes; keyword arguments override the file and may not contradict the
+    weights. The task is inferred from the vocabulary and length unless ``task`` is given.
     """
-    source = "state dict"
-    if not isinstance(state_dict_or_path, dict):
+    if weights not in ("ema", "raw"):
+        raise CheckpointError(f"weights must be 'ema' or 'raw', got {weights!r}")
+    if isinstance(state_dict_or_path, dict):
+        source, raw, stored, step, kind, has_ema = "state dict", state_dict_or_path, {}, None, "state-dict", False
+    else:
         source = str(state_dict_or_path)
-        if not Path(source).is_file():
-            raise CheckpointError(f"reference checkpoint not found: {source}")
         try:
-            loaded = torch.load(source, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as err:
-            raise CheckpointError(f"{source} is not a readable PyTorch file ({type(err).__name__})") from err
-        state_dict_or_path = loaded.get("model", loaded) if isinstance(loaded, dict) else loaded
-        if not isinstance(state_dict_or_path, dict):
-            raise CheckpointError(f"{source} does not hold a state dict")
-    mapped: dict[str, torch.Tensor] = {}
-    for key, value in state_dict_or_path.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        new = _reference_key(key)
-        if new is not None:
-            mapped[new] = value.detach().float().cpu()
+            ck = reference.read_checkpoint(source)
+        except reference.ReferenceFormatError as err:
+            raise CheckpointError(str(err)) from err
+        has_ema = ck.ema is not None
+        raw, stored = ck.state_dict(ema=weights == "ema"), reference.arch_settings(ck.config)
+        step, kind = ck.step, ck.kind
+    mapped = {new: v.detach().float().cpu() for k, v in raw.items()
+              if isinstance(v, torch.Tensor) and (new := _reference_key(k)) is not None}
     if "embed_tokens.weight" not in mapped:
         raise CheckpointError(f"{source}: no reference EqR weights found (expected keys like "
                               "'inner.embed_tokens.embedding_weight')")
     vocab, hidden = mapped["embed_tokens.weight"].shape
-    layer_ids = {int(k.split(".")[1]) for k in mapped if k.startswith("layers.")}
-    inferred = {"hidden_size": hidden, "vocab_size": vocab, "L_layers": len(layer_ids),
+    inferred = {"hidden_size": hidden, "vocab_size": vocab,
+                "L_layers": len({int(k.split(".")[1]) for k in mapped if k.startswith("layers.")}),
                 "mlp_t": "layers.0.mlp_t.gate_up_proj.weight" in mapped}
     if inferred["mlp_t"]:
         inferred["seq_len"] = mapped["layers.0.mlp_t.gate_up_proj.weight"].shape[1]
     for name, value in inferred.items():
         if name in config and config[name] != value:
             raise CheckpointError(f"{source}: {name}={config[name]} given but the weights have {name}={value}")
-    settings = {**config, **inferred}
-    expansion = settings.get("expansion", ReasonerConfig.expansion)
-    for key, weight in mapped.items():
-        if key.endswith("gate_up_proj.weight") and swiglu_width(weight.shape[1], expansion) != weight.shape[0] // 2:
-            raise CheckpointError(f"{source}: {key} has width {weight.shape[0] // 2}, which does not match "
-                                  f"expansion={expansion}; pass the expansion the model was trained with")
+    fields = {f.name for f in dataclasses.fields(ReasonerConfig)}
+    from_file = {k: v for k, v in stored.items() if k in fields and k not in inferred}
+    settings = {**from_file, **config, **inferred}
+    if "task" not in settings:
+        board = (settings["board_height"], settings["board_width"]) if settings.get("board_height") else None
+        settings["task"] = _task_for(vocab, settings.get("seq_len"), board) or "sudoku"
+    _check_expansion(mapped, settings.get("expansion", ReasonerConfig.expansion), source)
     try:
         model_config = ReasonerConfig.from_dict(settings)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{source}: {err}") from err
     model = EquilibriumReasoner(model_config)
     _load_state(model, mapped, source)
-    return model.eval()
+    used = "ema" if weights == "ema" and has_ema else "raw"
+    return ImportedReference(model.eval(), used, step, kind, from_file, inferred)
+
+
+def _check_expansion(mapped: dict, expansion: float, source: str) -> None:
+    for key, weight in mapped.items():
+        if key.endswith("gate_up_proj.weight") and swiglu_width(weight.shape[1], expansion) != weight.shape[0] // 2:
+            raise CheckpointError(f"{source}: {key} has width {weight.shape[0] // 2}, which does not match "
+                                  f"expansion={expansion}; pass the expansion the model was trained with")
+
+
+def load_reference(state_dict_or_path: dict | str | os.PathLike, *, weights: str = "ema",
+                   **config) -> EquilibriumReasoner:
+    """:func:`import_reference`'s model (eval mode): a reference EqR state dict or file as an attractorlab model."""
+    return import_reference(state_dict_or_path, weights=weights, **config).model

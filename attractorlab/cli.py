@@ -80,18 +80,26 @@ def add_train(p: argparse.ArgumentParser) -> None:
 
 
 def add_import_eqr(p: argparse.ArgumentParser) -> None:
-    p.add_argument("reference", help="reference EqR checkpoint (a state dict saved by locuslab/EqR)")
+    p.add_argument("reference", help="reference EqR file: a training checkpoint written by locuslab/EqR (read without "
+                   "running any code from it) or a state dict")
     p.add_argument("--out", required=True, help="attractorlab checkpoint to write")
-    g = p.add_argument_group("settings not stored in the weights (paper defaults)")
-    g.add_argument("--num-heads", type=int, default=8, dest="num_heads", help="attention heads")
-    g.add_argument("--expansion", type=float, default=4.0, help="SwiGLU expansion")
-    g.add_argument("--H-cycles", type=int, default=3, dest="H_cycles", help="H-cycles per outer step")
-    g.add_argument("--L-cycles", type=int, default=6, dest="L_cycles", help="z_L updates per H-cycle")
-    g.add_argument("--pos-encodings", default="rope", dest="pos_encodings", choices=["rope", "rope2d", "none"],
+    p.add_argument("--weights", default="ema", choices=["ema", "raw"],
+                   help="the EMA weights (what the paper evaluates; the default when the file has them) or the raw "
+                   "trained weights")
+    p.add_argument("--task", choices=_task_names(),
+                   help="task the model solves (default: inferred from the vocabulary and length)")
+    g = p.add_argument_group("architecture: read from the file's stored config; these flags only override it "
+                             "(a plain state dict without a config gets the paper's defaults)")
+    g.add_argument("--num-heads", type=int, dest="num_heads", help="attention heads")
+    g.add_argument("--expansion", type=float, help="SwiGLU expansion")
+    g.add_argument("--H-cycles", type=int, dest="H_cycles", help="H-cycles per outer step")
+    g.add_argument("--L-cycles", type=int, dest="L_cycles", help="z_L updates per H-cycle")
+    g.add_argument("--pos-encodings", dest="pos_encodings", choices=["rope", "rope2d", "none"],
                    help="position encoding (attention variant)")
-    g.add_argument("--halt-max-steps", type=int, default=16, dest="halt_max_steps", help="training halt limit")
-    g.add_argument("--lambda", type=float, default=0.95, dest="lambda_", help="damping lambda")
-    g.add_argument("--noise-scale", type=float, default=0.01, dest="noise_scale", help="path-noise std")
+    g.add_argument("--seq-len", type=int, dest="seq_len", help="cells per instance (attention models)")
+    g.add_argument("--halt-max-steps", type=int, dest="halt_max_steps", help="training halt limit")
+    g.add_argument("--lambda", type=float, dest="lambda_", help="damping lambda")
+    g.add_argument("--noise-scale", type=float, dest="noise_scale", help="path-noise std")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -117,13 +125,14 @@ def run_train(args: argparse.Namespace) -> int:
 def run_import_eqr(args: argparse.Namespace) -> int:
     from attractorlab import checkpoint
 
-    settings = {k: getattr(args, k) for k in ("num_heads", "expansion", "H_cycles", "L_cycles", "pos_encodings",
-                                              "halt_max_steps", "lambda_", "noise_scale")}
-    model = checkpoint.load_reference(args.reference, **settings)
-    checkpoint.save(model, args.out, meta={"imported_from": args.reference})
-    c = model.config
-    print(f"wrote {args.out}: hidden {c.hidden_size}, {c.L_layers} layers, {'mlp_t' if c.mlp_t else 'attention'}, "
-          f"{model.num_parameters():,} parameters")
+    flags = ("task", "num_heads", "expansion", "H_cycles", "L_cycles", "pos_encodings", "seq_len", "halt_max_steps",
+             "lambda_", "noise_scale")
+    settings = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
+    imported = checkpoint.import_reference(args.reference, weights=args.weights, **settings)
+    checkpoint.save(imported.model, args.out, meta={"imported_from": args.reference, "weights": imported.weights,
+                                                     "reference_step": imported.step})
+    print(imported.summary())
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -101,3 +101,68 @@ def test_import_eqr_cli(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     assert main(["import-eqr", str(tmp_path / "missing.pt"), "--out", str(out)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def _training_checkpoint(tmp_path, arch, state):
+    """A reference training checkpoint (carry of a class that cannot be imported when read, EMA != raw)."""
+    import importlib
+    import random
+    import sys
+
+    import numpy as np
+
+    pkg = tmp_path / "refpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "eqr.py").write_text("from dataclasses import dataclass\n\n@dataclass\nclass ModelCarry:\n    steps: object\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        carry = importlib.import_module("refpkg.eqr").ModelCarry(torch.ones(2))
+        shadow = {k: v * 0.5 for k, v in state.items()}
+        param = torch.nn.Parameter(torch.ones(2))
+        opt = torch.optim.Adam([param])
+        param.grad = torch.ones(2)
+        opt.step()
+        torch.save({"step": 777, "model": state, "optimizers": [opt.state_dict()], "carry": carry,
+                    "rng": torch.random.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                    "config": {"arch": arch, "lr": 1e-4}, "ema": {"mu": 0.999, "shadow": shadow}},
+                   tmp_path / "eqr.pth")
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in [n for n in sys.modules if n.startswith("refpkg")]:
+            del sys.modules[name]
+        for f in pkg.iterdir():
+            f.unlink()
+    return tmp_path / "eqr.pth", shadow
+
+
+def test_import_eqr_reads_a_reference_training_checkpoint_with_no_flags(tmp_path, capsys):
+    from test_model import _reference_state_dict
+
+    gen = torch.Generator().manual_seed(3)
+    state = _reference_state_dict(32, False, 1, gen)
+    arch = {"name": "eqr@EqRModel", "hidden_size": 32, "num_heads": 4, "expansion": 4.0, "H_cycles": 2,
+            "L_cycles": 3, "L_layers": 1, "mlp_t": False, "pos_encodings": "rope", "lambda_": 0.9, "noise_scale": 0.02,
+            "halt_max_steps": 8, "forward_dtype": "bfloat16", "puzzle_emb_ndim": 0}
+    path, shadow = _training_checkpoint(tmp_path, arch, state)
+    out = tmp_path / "x.pt"
+    assert main(["import-eqr", str(path), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "EMA weights" in text and "step 777" in text and "task sudoku" in text
+    model = checkpoint.load(out)
+    c = model.config
+    assert (c.hidden_size, c.num_heads, c.H_cycles, c.L_cycles, c.lambda_, c.noise_scale, c.mlp_t, c.seq_len) == (
+        32, 4, 2, 3, 0.9, 0.02, False, 81)
+    from_ema = checkpoint.load_reference(shadow, **{k: arch[k] for k in ("num_heads", "H_cycles", "L_cycles",
+                                                                         "lambda_", "noise_scale")})
+    raw = checkpoint.load_reference(path, weights="raw")
+    tok = torch.randint(1, 11, (2, 81), generator=gen)
+    z = from_ema.init_state(tok, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = from_ema.readout(from_ema.step(z, tok, noise=False))[0]
+        got = model.readout(model.step(z, tok, noise=False))[0]
+        other = raw.readout(raw.step(z, tok, noise=False))[0]
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(other, want)
+    assert main(["import-eqr", str(path), "--out", str(out), "--expansion", "8"]) == 2  # contradicts the weights
+    assert "does not match expansion=8.0" in capsys.readouterr().err
