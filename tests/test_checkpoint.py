@@ -164,5 +164,5 @@ def test_import_eqr_reads_a_reference_training_checkpoint_with_no_flags(tmp_path
         other = raw.readout(raw.step(z, tok, noise=False))[0]
     torch.testing.assert_close(got, want)
     assert not torch.allclose(other, want)
-    assert main(["import-eqr", str(path), "--out", str(out), "--expansion", "8"]) == 2  # contradicts the weights
-    assert "does not match expansion=8.0" in capsys.readouterr().err
+    assert main(["import-eqr", str(path), "--out", str(out), "--num-heads", "5"]) == 2  # does not fit the weights
+    assert "not divisible by num_heads 5" in capsys.readouterr().err
