@@ -57,10 +57,12 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, dest="weight_decay", help="AdamW weight decay")
     p.add_argument("--ema-decay", type=float, dest="ema_decay", help="EMA decay of the shipped weights")
     p.add_argument("--grad-clip", type=float, dest="grad_clip", help="gradient-norm clip (0 = off)")
-    p.add_argument("--optimizer", choices=["adamw", "adam-atan2"], help="adam-atan2 needs the adam-atan2 package")
+    p.add_argument("--optimizer", choices=["adamw", "adam-atan2"],
+                   help="adam-atan2: the reference's optimizer (bounded atan2 steps, decoupled weight decay; plain "
+                   "torch, the default of the paper preset); adamw: the default of tiny and small")
     p.add_argument("--task", choices=_task_names(), help="what to train on (default: sudoku)")
-    p.add_argument("--data", help="training data the task reads (Sudoku: a Sudoku-Extreme-layout CSV, .csv or .csv.gz); "
-                   "default: the task's built-in generator")
+    p.add_argument("--data", help="training data the task reads (Sudoku: a Sudoku-Extreme-layout CSV, .csv or "
+                   ".csv.gz, or a reference dataset split directory); default: the task's built-in generator")
     p.add_argument("--difficulty", help="difficulty of generated training puzzles (Sudoku: mixed, singles, search)")
     p.add_argument("--n-train", type=int, dest="n_train", help="puzzles in the training pool")
     p.add_argument("--n-eval", type=int, dest="n_eval", help="held-out puzzles evaluated periodically")
@@ -174,6 +176,10 @@ def add_solve(p: argparse.ArgumentParser) -> None:
                    help="read answers out by an argmax over the full vocabulary, as the reference evaluation does "
                    "(a predicted pad or blank then counts as wrong)")
     p.add_argument("--no-noise", dest="noise", action="store_false", help="turn the path noise off at test time")
+    p.add_argument("--protocol", choices=["reference"],
+                   help="reference: exactly the reference evaluation (path noise on, no early halting, fixed --depth, "
+                   "--breadth restarts from the init distribution, the reference convergence score for selection, "
+                   "argmax over the full vocabulary); overrides --halt, --select, --no-noise and --full-vocab")
     p.add_argument("--batch-size", type=int, default=64, help="puzzles per batch (rows = batch x breadth)")
     p.add_argument("--seed", type=int, default=0, help="random seed (initial states, noise, generated puzzles)")
     p.add_argument("--out", default="trajectories/run.h5", help="run file to write (HDF5, schema 1)")
@@ -215,6 +221,8 @@ def run_solve(args: argparse.Namespace) -> int:
     from attractorlab.tasks import get_task
     from attractorlab.train import init_distributed
 
+    if args.protocol == "reference":
+        args.halt, args.select, args.noise, args.full_vocab = "never", "reference", True, True
     cfg = rollout.RolloutConfig(depth=args.depth, breadth=args.breadth, halt=args.halt, tol=args.tol,
                                 patience=args.patience, select=args.select, window=args.window, noise=args.noise,
                                 seed=args.seed, full_vocab=args.full_vocab)
@@ -241,7 +249,8 @@ def run_solve(args: argparse.Namespace) -> int:
     config = {"model": d.to_dict(), "rollout": dataclasses.asdict(cfg),
               "states": {"mode": args.states, "stride": args.state_stride, "dtype": args.state_dtype,
                          "project": args.project},
-              "data": args.data or f"generated:{args.difficulty}:{len(puzzles)}:seed{args.seed}"}
+              "data": args.data or f"generated:{args.difficulty}:{len(puzzles)}:seed{args.seed}",
+              "protocol": args.protocol or "attractorlab"}
     attrs = {"config_json": json.dumps(config, sort_keys=True), "checkpoint_path": os.path.abspath(args.checkpoint),
              "checkpoint_sha256": checkpoint.file_sha256(args.checkpoint)}
     out = args.out if dist_info.world == 1 else recording.shard_path(args.out, dist_info.rank, dist_info.world)
@@ -381,6 +390,30 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_export_dataset(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", nargs="?", help="instances to export (a file the task reads; omit with --generate)")
+    p.add_argument("--out", required=True, help="split directory to write (e.g. data/my-sudoku/test)")
+    p.add_argument("--task", default="sudoku", choices=_task_names(), help="task of the instances")
+    p.add_argument("--generate", type=int, metavar="N", help="export N instances of the task's built-in generator")
+    p.add_argument("--difficulty", default="mixed", help="difficulty of generated instances")
+    p.add_argument("--seed", type=int, default=0, help="generator seed")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing split directory")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def run_export_dataset(args: argparse.Namespace) -> int:
+    from attractorlab.tasks import get_task
+
+    task = get_task(args.task)
+    if (args.data is None) == (args.generate is None):
+        raise ValueError("give either a data file or --generate N")
+    args.limit = None
+    puzzles = load_puzzles(args, task)
+    out = task.export(puzzles, args.out, overwrite=args.overwrite)
+    print(f"wrote {len(puzzles)} {task.name} instances to {out} (the reference's dataset layout)")
+    return 0
+
+
 COMMANDS = {
     "train": ("train a reasoner (segmented online training; CPU, CUDA, torchrun for many GPUs)", add_train,
               run_train),
@@ -390,8 +423,10 @@ COMMANDS = {
                 "and write an interactive HTML report", add_analyze, run_analyze),
     "demo": ("the whole pipeline on the embedded default: generate, solve with breadth and adaptive halting while "
              "recording, analyze, report", add_demo, run_demo),
-    "import-eqr": ("convert a reference EqR checkpoint into an attractorlab checkpoint", add_import_eqr,
-                   run_import_eqr),
+    "import-eqr": ("convert a reference EqR checkpoint (training checkpoint or state dict) into an attractorlab "
+                   "checkpoint", add_import_eqr, run_import_eqr),
+    "export-dataset": ("write instances (a file or generated) as a reference dataset split directory",
+                       add_export_dataset, run_export_dataset),
 }
 
 

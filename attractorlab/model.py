@@ -84,7 +84,8 @@ class ReasonerConfig:
             if self.hidden_size % self.num_heads:
                 raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
             head_dim = self.hidden_size // self.num_heads
-            if self.pos_encodings == "rope2d" and (head_dim % 4 or self.board_height * self.board_width != self.seq_len):
+            board = self.board_height * self.board_width
+            if self.pos_encodings == "rope2d" and (head_dim % 4 or board != self.seq_len):
                 raise ValueError(f"rope2d needs head_dim divisible by 4 and board_height x board_width = seq_len "
                                  f"(got head_dim {head_dim}, board {self.board_height} x {self.board_width}, "
                                  f"seq_len {self.seq_len})")

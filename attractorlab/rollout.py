@@ -142,6 +142,16 @@ def convergence_score(logit_change: np.ndarray, steps: np.ndarray, window: int =
     return np.nanmean(vals, axis=-1)
 
 
+def reference_score(cell_logit_change: np.ndarray, steps: np.ndarray, window: int = 3) -> np.ndarray:
+    """The reference evaluation's convergence score ``[n, B, T], [n, B] -> [n, B]``: the per-cell logit change
+    averaged over cells (``cell_logit_change``), then over the last ``window`` changes *between* outer steps (the
+    change from the initial state's logits is never used); NaN for a restart that ran a single step."""
+    if cell_logit_change.shape[-1] < 2:
+        return np.full(steps.shape, np.nan)
+    score = convergence_score(cell_logit_change[..., 1:], np.maximum(steps - 1, 1), window)
+    return np.where(steps >= 2, score, np.nan)
+
+
 def scores_by_depth(logit_change: np.ndarray, steps: np.ndarray, window: int = 3) -> np.ndarray:
     """The convergence score each restart would have if the run had stopped at depth ``d`` (``d = 1..T``):
     ``[n, B, T], [n, B] -> [n, B, T]``; a restart that halted before ``d`` keeps its score at halting."""
@@ -174,8 +184,8 @@ def _select(res: dict[str, np.ndarray], cfg: RolloutConfig) -> tuple[np.ndarray,
     score = convergence_score(res["logit_change"], res["steps"], cfg.window)
     final_pred = res["pred"][np.arange(n)[:, None], np.arange(b)[None, :], res["steps"] - 1]
     majority = select_majority(final_pred, score)
-    if cfg.select == "reference":
-        return select_lowest_score(convergence_score(res["cell_logit_change"], res["steps"], cfg.window)), majority
+    if cfg.select == "reference":  # changes between outer steps only: no score uses the initial state
+        return select_lowest_score(reference_score(res["cell_logit_change"], res["steps"], cfg.window)), majority
     return (majority if cfg.select == "majority" else select_lowest_score(score)), majority
 
 

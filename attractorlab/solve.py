@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from attractorlab import reference
 from attractorlab.model import EquilibriumReasoner, LatentState
-from attractorlab.rollout import RolloutConfig, RolloutResult, rollout
+from attractorlab.rollout import RolloutConfig, RolloutResult, reference_score, rollout
 from attractorlab.tasks import PuzzleSet, Task, get_task
 
 
@@ -33,6 +34,8 @@ class SolveSummary:
     by_source: dict[str, tuple[int, float]]
     seconds: float = 0.0
     compute_steps: int = 0
+    paper: dict[str, float] | None = None  # the reference evaluation's metrics (see paper_metrics)
+    protocol: str = ""
 
     def table(self) -> str:
         lines = [f"puzzles            {self.n}",
@@ -46,6 +49,9 @@ class SolveSummary:
         for title, table in (("band", self.by_band), ("source", self.by_source)):
             for key, (count, acc) in table.items():
                 lines.append(f"{title} {key:<24} {count:>6}  {acc:.4f}")
+        if self.paper:
+            lines.append(f"paper metrics ({self.protocol or 'this run'}; the reference evaluation's definitions)")
+            lines += [f"  {k:<32} {v:.4f}" for k, v in self.paper.items() if k not in ("puzzles", "breadth")]
         return "\n".join(lines)
 
 
@@ -74,9 +80,28 @@ def summarize(solution: np.ndarray, rating: np.ndarray, source: np.ndarray, corr
 
 
 def summarize_run(run) -> SolveSummary:
-    """:func:`summarize` of an open run file (:class:`attractorlab.recording.Run`)."""
+    """:func:`summarize` of an open run file (:class:`attractorlab.recording.Run`), with :func:`paper_metrics`."""
     p, r = run.puzzles, run.rollout
-    return summarize(p.solution, p.rating, p.source, r.correct, r.steps, r.selected, r.selected_majority, run.task)
+    summary = summarize(p.solution, p.rating, p.source, r.correct, r.steps, r.selected, r.selected_majority,
+                        run.task)
+    summary.paper = paper_metrics(run)
+    summary.protocol = str(run.config.get("protocol", ""))
+    return summary
+
+
+def paper_metrics(run) -> dict[str, float] | None:
+    """The reference evaluation's metrics of a run's final step over instances with a known label: mean pass rate
+    (its "exact accuracy"), unbiased pass@k, majority vote, convergence-selected top-1 (the reference score),
+    token accuracy (:func:`attractorlab.reference.evaluation_metrics`). None for runs without the needed arrays."""
+    r = run.rollout
+    if run.n == 0 or not {"cell_logit_change", "token_accuracy"} <= set(r.keys()):
+        return None
+    known = (run.puzzles.solution > 0).any(axis=1)
+    if not known.any():
+        return None
+    score = reference_score(r.cell_logit_change, r.steps)
+    return reference.evaluation_metrics(r.correct[:, :, -1][known], r.lazy("pred")[:, :, -1][known], score[known],
+                                        r.token_accuracy[:, :, -1][known])
 
 
 def random_projection(full_dim: int, k: int, seed: int) -> np.ndarray:
@@ -141,7 +166,7 @@ def solve_puzzles(model: EquilibriumReasoner, puzzles: PuzzleSet, config: Rollou
                 bar.update(len(chunk))
                 continue
             cfg = dataclasses.replace(config, seed=config.seed + index)
-            res = rollout(model, torch.as_tensor(chunk.tokens, dtype=torch.long), torch.as_tensor(chunk.solution),
+            res = rollout(model, torch.tensor(chunk.tokens, dtype=torch.long), torch.tensor(chunk.solution),
                           cfg, state_fn=state_fn, state_stride=state_stride, states=states)
             if writer is not None:
                 states_np = None if res.states is None else res.states.astype(state_dtype)

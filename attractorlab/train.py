@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from attractorlab import checkpoint
 from attractorlab.errors import AttractorlabError
 from attractorlab.model import EquilibriumReasoner, LatentState, ReasonerConfig, autocast, pick_device
+from attractorlab.optim import AdamATan2
 from attractorlab.rollout import accuracy_at_depths
 from attractorlab.tasks import PuzzleSet, Task, get_task
 
@@ -37,7 +38,8 @@ PRESETS: dict[str, dict] = {
                   n_train=20000, eval_every=500, checkpoint_every=100, eval_depths=(1, 4, 16, 64)),
     "paper": dict(model=dict(hidden_size=512, expansion=4.0, L_layers=2, H_cycles=3, L_cycles=6, halt_max_steps=16),
                   batch_size=768, lr=1e-4, warmup_steps=2000, weight_decay=1.0, ema_decay=0.999, steps=50000,
-                  n_train=1000, eval_every=5000, checkpoint_every=1000, eval_depths=(1, 16, 64)),
+                  n_train=1000, eval_every=5000, checkpoint_every=1000, eval_depths=(1, 16, 64),
+                  optimizer="adam-atan2", grad_clip=0.0),
 }
 
 
@@ -246,10 +248,6 @@ class Trainer:
     def _make_optimizer(self) -> torch.optim.Optimizer:
         params, cfg = self.model.parameters(), self.cfg
         if cfg.optimizer == "adam-atan2":
-            try:
-                from adam_atan2 import AdamATan2
-            except ImportError as err:
-                raise ValueError("optimizer adam-atan2 needs the adam-atan2 package (pip install adam-atan2)") from err
             return AdamATan2(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 

@@ -222,3 +222,36 @@ def test_convergence_and_stable_answer_halting_match_fixed_depth_records(puzzles
     for r, last in enumerate(expected):
         np.testing.assert_array_equal(halted.pred.reshape(-1, depth, 81)[r, :last], pred[r, :last])
         assert (halted.pred.reshape(-1, depth, 81)[r, last:] == pred[r, last - 1]).all()
+
+
+def test_reference_score_skips_the_change_from_the_initial_state():
+    from attractorlab import reference
+    from attractorlab.rollout import reference_score
+
+    cell = np.array([[[100.0, 4.0, 3.0, 2.0, 1.0], [100.0, 1.0, 1.0, 1.0, 1.0], [7.0, 7.0, 7.0, 7.0, 7.0]]])
+    steps = np.array([[5, 5, 1]])
+    score = reference_score(cell, steps, window=3)
+    np.testing.assert_allclose(score[0, :2], [2.0, 1.0])  # mean(3, 2, 1), mean(1, 1, 1): never the 100
+    assert np.isnan(score[0, 2])  # one step: no change between outer steps
+    np.testing.assert_allclose(score[0, :2], reference.convergence_scores(cell[0, :2, 1:], window=3))
+
+
+def test_reference_protocol_on_an_exported_reference_split(tmp_path, capsys):
+    split = tmp_path / "data" / "sudoku-mini" / "test"
+    assert main(["export-dataset", "--generate", "6", "--out", str(split), "--no-progress"]) == 0
+    loaded = sudoku.TASK.load(split)
+    generated = sudoku.generate(6, seed=0)
+    np.testing.assert_array_equal(loaded.tokens, generated.tokens)
+    np.testing.assert_array_equal(loaded.solution, generated.solution)
+    assert main(["export-dataset", "--generate", "6", "--out", str(split), "--no-progress"]) == 2  # no overwrite
+    capsys.readouterr()
+    out = tmp_path / "ref.h5"
+    assert main(["solve", DEFAULT_CHECKPOINT, "--data", str(split), "--protocol", "reference", "--depth", "4",
+                 "--breadth", "3", "--halt", "stable", "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "paper metrics (reference" in text and "exact_accuracy" in text and "pass@3" in text
+    with recording.open_run(out) as run:
+        assert (run.rollout.steps == 4).all()  # the protocol runs every row to the full depth
+        assert run.config["rollout"]["select"] == "reference" and run.config["rollout"]["full_vocab"]
+        final = run.rollout.correct[:, :, -1]
+        assert f"exact_accuracy                   {final.mean():.4f}" in text  # mean pass rate over all rows

@@ -176,6 +176,13 @@ class Task:
         """Instances from a file or a reference dataset directory."""
         raise NotImplementedError
 
+    def export(self, puzzles: PuzzleSet, path: str | os.PathLike, *, overwrite: bool = False) -> os.PathLike:
+        """Write ``puzzles`` as a reference dataset split directory (``dataset.json`` + ``all__*.npy``)."""
+        from attractorlab import reference
+
+        return reference.write_split(path, puzzles.tokens, self.targets(puzzles.solution),
+                                     metadata={"vocab_size": self.vocab_size}, overwrite=overwrite)
+
     def generate(self, n: int, seed: int = 0, *, difficulty: str | None = None, progress: bool = False) -> PuzzleSet:
         """``n`` instances with labels and ratings, deterministically from ``seed`` (the embedded default)."""
         raise NotImplementedError

@@ -640,6 +640,23 @@ def generate(
     return PuzzleSet(tokens, solution, source, rating)
 
 
+def load_reference_split(path: str | os.PathLike, set_name: str = "all") -> PuzzleSet:
+    """Puzzles of a reference dataset split directory: ``all__inputs.npy`` (tokens) and ``all__labels.npy`` (digit
+    + 1, 0 where unlabelled); every augmented copy is one row, its source ``reference:<split>``."""
+    from attractorlab import reference
+
+    split = reference.read_split(path, set_name)
+    if split.inputs.shape[1:] != (SEQ_LEN,):
+        raise ValueError(f"{path}: Sudoku splits have {SEQ_LEN} cells per row, got {split.inputs.shape[1]}")
+    labels = np.asarray(split.labels)
+    solution = np.where(labels >= 2, labels - 1, 0).astype(np.uint8)
+    rows = np.flatnonzero(~(np.asarray(split.inputs) >= 1).all(axis=1))
+    if len(rows):
+        raise ValueError(f"{path}: row {rows[0]} of {set_name}__inputs.npy holds a pad token (0) in a Sudoku grid")
+    name = Path(path).resolve().name
+    return PuzzleSet(np.asarray(split.inputs), solution, f"reference:{name}", np.full(len(labels), -1, np.int32))
+
+
 # ------------------------------------------------------------------------------------------------- the task
 
 BANDS = ("singles", "few", "search")
@@ -684,7 +701,19 @@ class SudokuTask(base.Task):
         return augment(tokens, solution, rng)
 
     def load(self, path: str | os.PathLike, **options: Any) -> PuzzleSet:
+        """A Sudoku-Extreme CSV (or plain puzzle list, see :func:`load_csv`) or a reference dataset split directory
+        (``data/sudoku-extreme-1k-aug-1000/test``: inputs are tokens, labels digit + 1; memory-mapped)."""
+        if Path(path).is_dir():
+            return load_reference_split(path, **options)
         return load_csv(path, **options)
+
+    def export(self, puzzles: PuzzleSet, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write ``puzzles`` as a reference dataset split directory (the HRM layout the reference code reads)."""
+        from attractorlab import reference
+
+        return reference.write_split(path, puzzles.tokens, self.targets(puzzles.solution),
+                                     metadata={"vocab_size": VOCAB_SIZE, "pad_id": PAD, "ignore_label_id": 0,
+                                               "blank_identifier_id": 0}, overwrite=overwrite)
 
     def generate(self, n: int, seed: int = 0, *, difficulty: str | tuple[int, int] | None = None,
                  progress: bool = False) -> PuzzleSet:
