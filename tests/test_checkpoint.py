@@ -114,7 +114,8 @@ def _training_checkpoint(tmp_path, arch, state):
     pkg = tmp_path / "refpkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "eqr.py").write_text("from dataclasses import dataclass\n\n@dataclass\nclass ModelCarry:\n    steps: object\n")
+    source = "from dataclasses import dataclass\n\n@dataclass\nclass ModelCarry:\n    steps: object\n"
+    (pkg / "eqr.py").write_text(source)
     sys.path.insert(0, str(tmp_path))
     try:
         carry = importlib.import_module("refpkg.eqr").ModelCarry(torch.ones(2))
