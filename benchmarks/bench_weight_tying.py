@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     ff = train_feedforward(cfg, pool)
     t_ff = time.time() - t0
     with torch.no_grad():
-        pred = ff(tok)[..., 2:].argmax(-1).numpy() + 1
+        pred = sudoku.TASK.answer(ff(tok)).numpy()
     ff_acc = float((pred == held.solution).all(-1).mean())
 
     n_layers = cfg.model.layer_equivalents_per_step
