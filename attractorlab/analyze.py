@@ -23,8 +23,10 @@ import torch
 
 from attractorlab import checkpoint as ckpt
 from attractorlab import dynamics, probing, recording
+from attractorlab.errors import InputError
 from attractorlab.model import EquilibriumReasoner, LatentState
 from attractorlab.rollout import RolloutConfig, convergence_score, rollout, scores_by_depth, select_lowest_score
+from attractorlab.seeds import stream
 from attractorlab.solve import summarize_run
 from attractorlab.tasks import get_task
 
@@ -49,9 +51,9 @@ class AnalyzeOptions:
     def __post_init__(self) -> None:
         for name in ("n_puzzles", "restarts", "basin_samples", "grid", "max_steps", "max_embed"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.embed_method not in ("pca", "umap"):
-            raise ValueError(f"embedding method must be pca or umap, got {self.embed_method!r}")
+            raise InputError(f"embedding method must be pca or umap, got {self.embed_method!r}")
 
 
 @dataclass
@@ -247,7 +249,7 @@ def fixed_point_arrays(model: EquilibriumReasoner, run: recording.Run, opts: Ana
                        puzzle: int, k: int) -> dict:
     tokens, solution = run.puzzles.tokens[puzzle], run.puzzles.solution[puzzle]
     found = puzzle_attractors(model, tokens, solution, restarts=opts.restarts, max_steps=opts.max_steps,
-                              seed=opts.seed + k, tol=opts.tol)
+                              seed=stream(opts.seed, "analyze.fixed_points", k), tol=opts.tol)
     fps = found.fixed
     arrays = {"z": _np(fps.z).astype(np.float32), "eigvals": _np(fps.eigvals),
               "spectral_radius": _np(fps.spectral_radius), "stable": _np(fps.stable), "residual": _np(fps.residual),
@@ -259,7 +261,7 @@ def basin_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOp
                  fixed: dict, k: int, progress: bool) -> dict:
     tok = torch.as_tensor(run.puzzles.tokens[puzzle][None], dtype=torch.long)
     f = model.as_map(tok)
-    gen = torch.Generator(device=model.device).manual_seed(opts.seed + 1000 + k)
+    gen = torch.Generator(device=model.device).manual_seed(stream(opts.seed, "analyze.basins", k))
     with torch.no_grad():
         samples = model.init_state(tok.expand(opts.basin_samples, -1), generator=gen).flatten()
     stable = np.asarray(fixed["stable"], bool)
@@ -299,11 +301,11 @@ def resolve_checkpoint(run: recording.Run, given: str | None) -> str | None:
         return None
     if not os.path.exists(path):
         if given:
-            raise ValueError(f"checkpoint not found: {given}")
+            raise InputError(f"checkpoint not found: {given}")
         return None
     expected = run.attrs.get("checkpoint_sha256")
     if expected and ckpt.file_sha256(path) != expected:
-        raise ValueError(f"checkpoint {path} does not match the run (sha256 differs from the one recorded in "
+        raise InputError(f"checkpoint {path} does not match the run (sha256 differs from the one recorded in "
                          f"{run.path}); pass the checkpoint the run was made with")
     return path
 
@@ -316,10 +318,10 @@ def analyze(run_path: str, *, checkpoint: str | None = None, only: list[str] | N
     wanted = list(ANALYSES) if not only else list(only)
     unknown = sorted(set(wanted) - set(ANALYSES))
     if unknown:
-        raise ValueError(f"unknown analysis {', '.join(unknown)}; choose from {', '.join(ANALYSES)}")
+        raise InputError(f"unknown analysis {', '.join(unknown)}; choose from {', '.join(ANALYSES)}")
     with recording.open_run(run_path) as run:
         if run.n == 0:
-            raise ValueError(f"{run_path} holds no finished puzzles yet")
+            raise InputError(f"{run_path} holds no finished puzzles yet")
         ckpt_path = resolve_checkpoint(run, checkpoint)
         cached = set(run.analysis_keys())
     statuses: list[AnalysisStatus] = []

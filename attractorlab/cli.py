@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from attractorlab import __version__
+from attractorlab.errors import InputError
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
@@ -39,8 +40,12 @@ def _task_names() -> list[str]:
 
 
 def add_train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="tiny", choices=["tiny", "small", "paper"],
-                   help="tiny: ~10 min on 2 CPU cores; small: the best CPU model in 1-2 h; paper: the EqR GPU recipe")
+    from attractorlab.train import PRESETS
+
+    p.add_argument("--preset", default="tiny", choices=list(PRESETS),
+                   help="Sudoku: tiny (~10 min on 2 CPU cores), small (the shipped CPU model), paper (the EqR GPU "
+                   "recipe); Maze-Unique: maze-tiny (11 x 11), maze-small (11 x 11, CPU), maze-paper (30 x 30, the "
+                   "reference recipe)")
     p.add_argument("--out", default="checkpoints/run.pt", help="checkpoint file (written atomically)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in --out exactly where it stopped (only --steps, --lr-min-ratio and "
@@ -63,7 +68,8 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=_task_names(), help="what to train on (default: sudoku)")
     p.add_argument("--data", help="training data the task reads (Sudoku: a Sudoku-Extreme-layout CSV, .csv or "
                    ".csv.gz, or a reference dataset split directory); default: the task's built-in generator")
-    p.add_argument("--difficulty", help="difficulty of generated training puzzles (Sudoku: mixed, singles, search)")
+    p.add_argument("--difficulty", help="difficulty of generated training instances (Sudoku: mixed, singles, search; "
+                   "maze: reference, short, long, mixed)")
     p.add_argument("--n-train", type=int, dest="n_train", help="puzzles in the training pool")
     p.add_argument("--n-eval", type=int, dest="n_eval", help="held-out puzzles evaluated periodically")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None,
@@ -112,7 +118,7 @@ def run_train(args: argparse.Namespace) -> int:
     schedule = {k: overrides.pop(k) for k in SCHEDULE_FIELDS if k in overrides}
     if args.resume and overrides:
         flags = ", ".join("--" + k.rstrip("_").replace("_", "-") for k in sorted(overrides))
-        raise ValueError(f"{flags} cannot change on --resume (the run keeps its stored configuration)")
+        raise InputError(f"{flags} cannot change on --resume (the run keeps its stored configuration)")
     cfg = TrainConfig.from_preset(args.preset, **overrides, **schedule)
     os.environ.setdefault("ATTRACTORLAB_COMMAND", "attractorlab " + shlex.join(sys.argv[1:]))
     result = train(cfg, args.out, device=args.device, resume=args.resume, progress=args.progress,
@@ -201,17 +207,17 @@ def load_puzzles(args: argparse.Namespace, task):
     if args.data:
         puzzles = task.check(task.load(args.data))
         if len(puzzles) == 0:
-            raise ValueError(f"{args.data} holds no puzzles")
+            raise InputError(f"{args.data} holds no puzzles")
         if args.limit is not None:
             if args.limit < 1:
-                raise ValueError(f"--limit must be >= 1, got {args.limit}")
+                raise InputError(f"--limit must be >= 1, got {args.limit}")
             puzzles = puzzles[:args.limit]
         return puzzles
     n = 200 if args.generate is None else args.generate
     if n < 1:
-        raise ValueError(f"--generate must be >= 1, got {n}")
+        raise InputError(f"--generate must be >= 1, got {n}")
     if args.difficulty not in task.difficulties:
-        raise ValueError(f"--difficulty {args.difficulty!r} is not one of the {task.name} generator's: "
+        raise InputError(f"--difficulty {args.difficulty!r} is not one of the {task.name} generator's: "
                          f"{', '.join(task.difficulties)}")
     return task.generate(n, seed=args.seed, difficulty=args.difficulty, progress=args.progress)
 
@@ -227,17 +233,17 @@ def run_solve(args: argparse.Namespace) -> int:
                                 patience=args.patience, select=args.select, window=args.window, noise=args.noise,
                                 seed=args.seed, full_vocab=args.full_vocab)
     if args.state_stride < 1 or args.project < 0:
-        raise ValueError("--state-stride must be >= 1 and --project >= 0")
+        raise InputError("--state-stride must be >= 1 and --project >= 0")
     if args.resume and args.overwrite:
-        raise ValueError("--resume and --overwrite exclude each other")
+        raise InputError("--resume and --overwrite exclude each other")
     if os.path.exists(args.out) and not (args.resume or args.overwrite):
-        raise ValueError(f"{args.out} exists: pass --resume to continue it or --overwrite to replace it")
+        raise InputError(f"{args.out} exists: pass --resume to continue it or --overwrite to replace it")
     dist_info, device = init_distributed(args.device)
     model = checkpoint.load(args.checkpoint, device)
     puzzles = load_puzzles(args, get_task(model.config.task))
     d = model.config
     if args.project > 2 * d.hidden_size:
-        raise ValueError(f"--project must be at most 2 x hidden_size = {2 * d.hidden_size}")
+        raise InputError(f"--project must be at most 2 x hidden_size = {2 * d.hidden_size}")
     shape = (d.seq_len, args.project) if args.project else (2, d.seq_len, d.hidden_size)
     spec = recording.StateSpec(mode=args.states, stride=args.state_stride, dtype=args.state_dtype,
                                shape=shape if args.states != "none" else ())
@@ -353,6 +359,7 @@ def add_demo(p: argparse.ArgumentParser) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from attractorlab import analyze, checkpoint, report, rollout, solve
+    from attractorlab.seeds import stream
     from attractorlab.tasks import get_task
     from attractorlab.train import TrainConfig, train
 
@@ -366,7 +373,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"[1/4] using {ckpt}")
     model = checkpoint.load(ckpt)
     print(f"[2/4] generating {args.n} puzzles of mixed difficulty")
-    puzzles = get_task(model.config.task).generate(args.n, seed=args.seed + 777, difficulty="mixed",
+    puzzles = get_task(model.config.task).generate(args.n, seed=stream(args.seed, "demo.puzzles"), difficulty="mixed",
                                                    progress=args.progress)
     run = os.path.join(args.out_dir, "demo.h5")
     print(f"[3/4] solving: depth {args.depth}, breadth {args.breadth}, halting by convergence (no path noise) "
@@ -406,7 +413,7 @@ def run_export_dataset(args: argparse.Namespace) -> int:
 
     task = get_task(args.task)
     if (args.data is None) == (args.generate is None):
-        raise ValueError("give either a data file or --generate N")
+        raise InputError("give either a data file or --generate N")
     args.limit = None
     puzzles = load_puzzles(args, task)
     out = task.export(puzzles, args.out, overwrite=args.overwrite)
@@ -452,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads = getattr(args, "threads", None)
         if threads is not None:
             if threads < 1:
-                raise ValueError(f"--threads must be >= 1, got {threads}")
+                raise InputError(f"--threads must be >= 1, got {threads}")
             import torch
 
             torch.set_num_threads(threads)

@@ -1,8 +1,22 @@
-"""Errors that the command line reports as one clear line (no traceback)."""
+"""The project's error types: expected failures that the command line reports as one clear line (no traceback).
+
+Every user-facing failure is an :class:`AttractorlabError`; the CLI turns only those into one-line errors, so a
+bug (any other exception) keeps its traceback. Bad input raises :class:`InputError`, which is also a
+``ValueError`` (so ``except ValueError`` and scikit-learn-style callers keep working).
+"""
 
 
 class AttractorlabError(Exception):
-    """Base class for expected failures that are not plain bad input (e.g. a diverged training run)."""
+    """Base class of every expected failure (bad input, unreadable files, a diverged training run)."""
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, AttractorlabError)
+class InputError(AttractorlabError, ValueError):
+    """Bad input: an argument, option or value that the library cannot use, with a message saying why."""
+
+
+class MissingFileError(InputError, FileNotFoundError):
+    """A file or directory the caller named does not exist."""
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (AttractorlabError,)
+"""What the command line reports as one line; everything else is a bug and shows its traceback."""

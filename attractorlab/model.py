@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attractorlab.errors import InputError
 from attractorlab.tasks import get_task
 
 POS_ENCODINGS = ("rope", "rope2d", "none")
@@ -68,29 +69,29 @@ class ReasonerConfig:
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ReasonerConfig.{name} must be a positive integer, got {value!r}")
+                raise InputError(f"ReasonerConfig.{name} must be a positive integer, got {value!r}")
         if not self.expansion > 0:
-            raise ValueError(f"ReasonerConfig.expansion must be > 0, got {self.expansion!r}")
+            raise InputError(f"ReasonerConfig.expansion must be > 0, got {self.expansion!r}")
         if not 0.0 < self.lambda_ <= 1.0:
-            raise ValueError(f"ReasonerConfig.lambda_ (damping) must be in (0, 1], got {self.lambda_!r}")
+            raise InputError(f"ReasonerConfig.lambda_ (damping) must be in (0, 1], got {self.lambda_!r}")
         for name in ("noise_scale", "H_init_std", "L_init_std", "halt_exploration_prob"):
             if getattr(self, name) < 0:
-                raise ValueError(f"ReasonerConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+                raise InputError(f"ReasonerConfig.{name} must be >= 0, got {getattr(self, name)!r}")
         if self.halt_exploration_prob > 1:
-            raise ValueError(f"ReasonerConfig.halt_exploration_prob must be <= 1, got {self.halt_exploration_prob}")
+            raise InputError(f"ReasonerConfig.halt_exploration_prob must be <= 1, got {self.halt_exploration_prob}")
         if self.pos_encodings not in POS_ENCODINGS:
-            raise ValueError(f"ReasonerConfig.pos_encodings must be one of {POS_ENCODINGS}, got {self.pos_encodings!r}")
+            raise InputError(f"ReasonerConfig.pos_encodings must be one of {POS_ENCODINGS}, got {self.pos_encodings!r}")
         if not self.mlp_t:
             if self.hidden_size % self.num_heads:
-                raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+                raise InputError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
             head_dim = self.hidden_size // self.num_heads
             board = self.board_height * self.board_width
             if self.pos_encodings == "rope2d" and (head_dim % 4 or board != self.seq_len):
-                raise ValueError(f"rope2d needs head_dim divisible by 4 and board_height x board_width = seq_len "
+                raise InputError(f"rope2d needs head_dim divisible by 4 and board_height x board_width = seq_len "
                                  f"(got head_dim {head_dim}, board {self.board_height} x {self.board_width}, "
                                  f"seq_len {self.seq_len})")
             if self.pos_encodings == "rope" and head_dim % 2:
-                raise ValueError(f"rope needs an even head_dim, got {head_dim}")
+                raise InputError(f"rope needs an even head_dim, got {head_dim}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -100,7 +101,7 @@ class ReasonerConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown ReasonerConfig fields: {', '.join(unknown)}")
+            raise InputError(f"unknown ReasonerConfig fields: {', '.join(unknown)}")
         return cls(**values)
 
     @property
@@ -290,7 +291,7 @@ class EquilibriumReasoner(nn.Module):
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: [B, L] int -> input injection x: [B, L, D]."""
         if tokens.dim() != 2 or tokens.shape[1] != self.config.seq_len:
-            raise ValueError(f"tokens must have shape [B, {self.config.seq_len}], got {tuple(tokens.shape)}")
+            raise InputError(f"tokens must have shape [B, {self.config.seq_len}], got {tuple(tokens.shape)}")
         return self.embed_scale * self.embed_tokens(tokens.long())
 
     def init_state(self, tokens: torch.Tensor, generator: torch.Generator | None = None) -> LatentState:
@@ -384,9 +385,9 @@ def pick_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        raise ValueError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from err
+        raise InputError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from err
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
+        raise InputError(f"device {name!r} requested but CUDA is not available on this machine")
     return device
 
 

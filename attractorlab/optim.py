@@ -24,6 +24,8 @@ from itertools import chain
 
 import torch
 
+from attractorlab.errors import InputError
+
 
 def _moment_dtype(param: torch.Tensor) -> torch.dtype:
     return torch.float64 if param.dtype == torch.float64 else torch.float32
@@ -38,12 +40,12 @@ class AdamATan2(torch.optim.Optimizer):
     def __init__(self, params: Iterable, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.95),
                  weight_decay: float = 0.1) -> None:
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0.0 <= lr < math.inf:
-            raise ValueError(f"AdamATan2 lr must be a finite number >= 0, got {lr!r}")
+            raise InputError(f"AdamATan2 lr must be a finite number >= 0, got {lr!r}")
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"AdamATan2 betas must be two numbers in [0, 1), got {betas!r}")
+            raise InputError(f"AdamATan2 betas must be two numbers in [0, 1), got {betas!r}")
         if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not (
                 0.0 <= weight_decay < math.inf):
-            raise ValueError(f"AdamATan2 weight_decay must be a finite number >= 0, got {weight_decay!r}")
+            raise InputError(f"AdamATan2 weight_decay must be a finite number >= 0, got {weight_decay!r}")
         super().__init__(params, {"lr": float(lr), "betas": (float(betas[0]), float(betas[1])),
                                   "weight_decay": float(weight_decay)})
 
@@ -60,7 +62,7 @@ class AdamATan2(torch.optim.Optimizer):
                 if param.grad is None:
                     continue
                 if param.grad.is_sparse:
-                    raise ValueError("AdamATan2 does not support sparse gradients")
+                    raise InputError("AdamATan2 does not support sparse gradients")
                 self._update(param, self._state(param), group["lr"], beta1, beta2, group["weight_decay"])
         return loss
 

@@ -22,6 +22,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from attractorlab.errors import InputError
+
 
 @dataclass
 class ProbeResult:
@@ -88,17 +90,17 @@ def _fit_score(X, y, fold, n_splits, C, max_iter, seed, auroc: bool):
 
 def _check_common(n_splits: int, max_iter: int, C: float) -> None:
     if not isinstance(n_splits, int) or n_splits < 2:
-        raise ValueError(f"n_splits must be an integer >= 2, got {n_splits!r}")
+        raise InputError(f"n_splits must be an integer >= 2, got {n_splits!r}")
     if not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+        raise InputError(f"max_iter must be a positive integer, got {max_iter!r}")
     if not (isinstance(C, (int, float)) and C > 0):
-        raise ValueError(f"C must be a positive number, got {C!r}")
+        raise InputError(f"C must be a positive number, got {C!r}")
 
 
 def _steps(steps, t: int) -> np.ndarray:
     idx = np.arange(t) if steps is None else np.asarray(steps, dtype=np.int64).reshape(-1)
     if idx.size == 0 or idx.min() < -t or idx.max() >= t:
-        raise ValueError(f"steps must index the {t} recorded steps, got {steps!r}")
+        raise InputError(f"steps must index the {t} recorded steps, got {steps!r}")
     return idx % t
 
 
@@ -135,18 +137,18 @@ def probe_cells(
     x = _array(states, "states")
     y = _array(targets, "targets")
     if y.ndim != 2:
-        raise ValueError(f"targets must be [N, L] labels per cell, got shape {y.shape}")
+        raise InputError(f"targets must be [N, L] labels per cell, got shape {y.shape}")
     cells = y.shape[1]
     if x.ndim == 3 and x.shape[2] % cells == 0:
         x = x.reshape(x.shape[0], x.shape[1], cells, -1)
     if x.ndim != 4 or x.shape[2] != cells:
-        raise ValueError(f"states must be [N, T, {cells}, h] or [N, T, {cells}*h] for targets [N, {cells}], "
+        raise InputError(f"states must be [N, T, {cells}, h] or [N, T, {cells}*h] for targets [N, {cells}], "
                          f"got {x.shape}")
     n, t = x.shape[:2]
     if y.shape[0] != n:
-        raise ValueError(f"targets must have shape ({n}, {cells}), got {y.shape}")
+        raise InputError(f"targets must have shape ({n}, {cells}), got {y.shape}")
     if n < n_splits:
-        raise ValueError(f"need at least n_splits={n_splits} puzzles, got {n}")
+        raise InputError(f"need at least n_splits={n_splits} puzzles, got {n}")
     rng = np.random.default_rng(seed)
     puzzles = np.arange(n)
     per_puzzle = max(int((y > 0).sum(axis=1).mean()), 1)
@@ -158,7 +160,7 @@ def probe_cells(
     fold = np.repeat(fold_of_puzzle, cells)[keep]
     yy = yy[keep]
     if np.unique(yy).size < 2:
-        raise ValueError("targets must contain at least two different labels")
+        raise InputError("targets must contain at least two different labels")
     chance = float(np.bincount(yy).max() / yy.size)
     idx = _steps(steps, t)
     out = np.full((4, idx.size), np.nan)
@@ -194,11 +196,11 @@ def probe_correctness(
     x = _array(states, "states")
     y = _array(correct, "correct").astype(bool).reshape(-1)
     if x.ndim < 3 or x.shape[0] != y.size:
-        raise ValueError(f"states must be [N, T, D] with N = len(correct) = {y.size}, got {x.shape}")
+        raise InputError(f"states must be [N, T, D] with N = len(correct) = {y.size}, got {x.shape}")
     n, t = x.shape[:2]
     x = x.reshape(n, t, -1)
     if min(y.sum(), (~y).sum()) < n_splits:
-        raise ValueError(f"need at least n_splits={n_splits} correct and incorrect puzzles, "
+        raise InputError(f"need at least n_splits={n_splits} correct and incorrect puzzles, "
                          f"got {int(y.sum())} and {int((~y).sum())}")
     rng = np.random.default_rng(seed)
     fold = _folds([np.flatnonzero(y), np.flatnonzero(~y)], n_splits, rng, n)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from attractorlab.errors import InputError
 from attractorlab.model import EquilibriumReasoner, LatentState, autocast
 from attractorlab.tasks import Task, get_task
 
@@ -74,17 +75,17 @@ class RolloutConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 1:
-            raise ValueError(f"depth must be a positive integer, got {self.depth!r}")
+            raise InputError(f"depth must be a positive integer, got {self.depth!r}")
         if isinstance(self.breadth, bool) or not isinstance(self.breadth, int) or self.breadth < 1:
-            raise ValueError(f"breadth must be a positive integer, got {self.breadth!r}")
+            raise InputError(f"breadth must be a positive integer, got {self.breadth!r}")
         if self.halt not in HALTING:
-            raise ValueError(f"unknown halt rule {self.halt!r}; choose one of {', '.join(HALTING)}")
+            raise InputError(f"unknown halt rule {self.halt!r}; choose one of {', '.join(HALTING)}")
         if self.select not in SELECT_RULES:
-            raise ValueError(f"unknown selection rule {self.select!r}; choose one of {', '.join(SELECT_RULES)}")
+            raise InputError(f"unknown selection rule {self.select!r}; choose one of {', '.join(SELECT_RULES)}")
         if not self.tol > 0:
-            raise ValueError(f"tol must be > 0, got {self.tol!r}")
+            raise InputError(f"tol must be > 0, got {self.tol!r}")
         if self.patience < 1 or self.window < 1:
-            raise ValueError("patience and window must be >= 1")
+            raise InputError("patience and window must be >= 1")
 
 
 @dataclass
@@ -335,7 +336,7 @@ def accuracy_at_depths(model: EquilibriumReasoner, tokens: torch.Tensor, solutio
                        depths: list[int], *, batch_size: int = 256, seed: int = 0) -> dict[int, float]:
     """Exact accuracy (breadth 1, fixed depth) at each depth in ``depths``, one rollout to the deepest."""
     if not depths:
-        raise ValueError("depths must not be empty")
+        raise InputError("depths must not be empty")
     cfg = RolloutConfig(depth=max(depths), breadth=1, halt="never", seed=seed)
     hits = np.zeros(len(depths))
     for start in range(0, tokens.shape[0], batch_size):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from attractorlab import reference
+from attractorlab.errors import InputError
 from attractorlab.model import EquilibriumReasoner, LatentState
 from attractorlab.rollout import RolloutConfig, RolloutResult, reference_score, rollout
 from attractorlab.tasks import PuzzleSet, Task, get_task
@@ -107,7 +108,7 @@ def paper_metrics(run) -> dict[str, float] | None:
 def random_projection(full_dim: int, k: int, seed: int) -> np.ndarray:
     """A fixed Gaussian basis ``[full_dim, k]`` with orthonormal columns (stored with the run)."""
     if not 1 <= k <= full_dim:
-        raise ValueError(f"projection dimension must be in [1, {full_dim}], got {k}")
+        raise InputError(f"projection dimension must be in [1, {full_dim}], got {k}")
     gen = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(full_dim, k, generator=gen, dtype=torch.float64))
     return q.float().numpy()
@@ -137,9 +138,9 @@ def solve_puzzles(model: EquilibriumReasoner, puzzles: PuzzleSet, config: Rollou
     from attractorlab import recording  # h5py only when a run is actually solved
 
     if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        raise InputError(f"batch size must be >= 1, got {batch_size}")
     if len(puzzles) == 0:
-        raise ValueError("no puzzles to solve (the data holds no rows)")
+        raise InputError("no puzzles to solve (the data holds no rows)")
     task = get_task(model.config.task)
     task.check(puzzles)
     state_fn, shape, basis = _state_layout(model, project, config.seed)

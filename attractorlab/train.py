@@ -22,8 +22,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from attractorlab import checkpoint
-from attractorlab.errors import AttractorlabError
+from attractorlab import checkpoint, seeds
+from attractorlab.errors import AttractorlabError, InputError
 from attractorlab.model import EquilibriumReasoner, LatentState, ReasonerConfig, autocast, pick_device
 from attractorlab.optim import AdamATan2
 from attractorlab.rollout import accuracy_at_depths
@@ -40,6 +40,22 @@ PRESETS: dict[str, dict] = {
                   batch_size=768, lr=1e-4, warmup_steps=2000, weight_decay=1.0, ema_decay=0.999, steps=50000,
                   n_train=1000, eval_every=5000, checkpoint_every=1000, eval_depths=(1, 16, 64),
                   optimizer="adam-atan2", grad_clip=0.0),
+    # Maze-Unique: attention with RoPE (no mlp_t), no augmentation, as the reference's eqr_maze_unique recipe.
+    "maze-tiny": dict(model=dict(task="maze11", mlp_t=False, pos_encodings="rope2d", hidden_size=64, num_heads=4,
+                                 expansion=2.0, L_layers=1, H_cycles=2, L_cycles=2, halt_max_steps=8),
+                      batch_size=32, lr=1e-3, warmup_steps=100, weight_decay=0.1, ema_decay=0.99, steps=1000,
+                      n_train=4000, eval_every=250, checkpoint_every=250, eval_depths=(1, 4, 16), augment=False,
+                      difficulty="reference"),
+    "maze-small": dict(model=dict(task="maze11", mlp_t=False, pos_encodings="rope2d", hidden_size=128, num_heads=8,
+                                  expansion=2.0, L_layers=2, H_cycles=2, L_cycles=3, halt_max_steps=8),
+                       batch_size=32, lr=1e-3, warmup_steps=200, weight_decay=0.1, ema_decay=0.995, steps=6000,
+                       n_train=20000, eval_every=500, checkpoint_every=100, eval_depths=(1, 4, 16, 64),
+                       augment=False, difficulty="mixed"),
+    "maze-paper": dict(model=dict(task="maze", mlp_t=False, pos_encodings="rope", hidden_size=128, num_heads=8,
+                                  expansion=4.0, L_layers=1, H_cycles=3, L_cycles=4, halt_max_steps=16),
+                       batch_size=768, lr=1e-4, warmup_steps=2000, weight_decay=1.0, ema_decay=0.999, steps=100000,
+                       n_train=1000, eval_every=5000, checkpoint_every=1000, eval_depths=(1, 16, 64), augment=False,
+                       difficulty="reference", optimizer="adam-atan2", grad_clip=0.0),
 }
 
 
@@ -72,20 +88,20 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("batch_size", "steps", "n_train", "n_eval", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0 or self.warmup_steps < 0 or self.weight_decay < 0 or not 0 <= self.ema_decay < 1:
-            raise ValueError("need lr > 0, warmup_steps >= 0, weight_decay >= 0 and 0 <= ema_decay < 1")
+            raise InputError("need lr > 0, warmup_steps >= 0, weight_decay >= 0 and 0 <= ema_decay < 1")
         if not 0 < self.lr_min_ratio <= 1:
-            raise ValueError(f"lr_min_ratio must be in (0, 1], got {self.lr_min_ratio!r}")
+            raise InputError(f"lr_min_ratio must be in (0, 1], got {self.lr_min_ratio!r}")
         if self.decay_start is not None and self.decay_start < 0:
-            raise ValueError(f"decay_start must be >= 0, got {self.decay_start!r}")
+            raise InputError(f"decay_start must be >= 0, got {self.decay_start!r}")
         if self.optimizer not in ("adamw", "adam-atan2"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r} (adamw or adam-atan2)")
+            raise InputError(f"unknown optimizer {self.optimizer!r} (adamw or adam-atan2)")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> TrainConfig:
         if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+            raise InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         preset = {k: v for k, v in PRESETS[name].items() if k != "model"}
         model_fields = {f.name for f in dataclasses.fields(ReasonerConfig)}
         model_over = {k: v for k, v in overrides.items() if k in model_fields}
@@ -145,13 +161,13 @@ def load_data(cfg: TrainConfig, progress: bool = False) -> tuple[PuzzleSet, Puzz
     task = get_task(cfg.model.task)
     if cfg.data is None:
         train = task.generate(cfg.n_train, seed=cfg.seed, difficulty=cfg.difficulty, progress=progress)
-        held = task.generate(cfg.n_eval, seed=cfg.seed + 1_000_003, difficulty=cfg.difficulty)
+        held = task.generate(cfg.n_eval, seed=seeds.stream(cfg.seed, "train.held_out"), difficulty=cfg.difficulty)
         return train, held
     puzzles = task.check(task.load(cfg.data))
     if not puzzles.known.all():
-        raise ValueError(f"{cfg.data}: training needs solutions for every puzzle")
+        raise InputError(f"{cfg.data}: training needs solutions for every puzzle")
     if len(puzzles) < cfg.n_eval + 1:
-        raise ValueError(f"{cfg.data} has {len(puzzles)} puzzles; need more than n_eval={cfg.n_eval}")
+        raise InputError(f"{cfg.data} has {len(puzzles)} puzzles; need more than n_eval={cfg.n_eval}")
     order = np.random.default_rng(cfg.seed).permutation(len(puzzles))
     held = puzzles[order[:cfg.n_eval]]
     train = puzzles[order[cfg.n_eval:cfg.n_eval + cfg.n_train]]
@@ -219,10 +235,10 @@ class Trainer:
                  pool: PuzzleSet | None = None, compile_model: bool = False) -> None:
         self.cfg, self.device, self.dist = cfg, device, dist_info or Dist()
         if cfg.batch_size % self.dist.world:
-            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {self.dist.world} ranks")
+            raise InputError(f"batch_size {cfg.batch_size} is not divisible by the {self.dist.world} ranks")
         torch.manual_seed(cfg.seed)
         self.model = EquilibriumReasoner(cfg.model).to(device).train()
-        torch.manual_seed(cfg.seed * 7919 + 1 + self.dist.rank)  # in-module path noise: per rank
+        torch.manual_seed(seeds.stream(cfg.seed, "train.noise", self.dist.rank))  # in-module path noise: per rank
         self.ddp = None
         if self.dist.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
@@ -235,8 +251,10 @@ class Trainer:
         self.step_count = 0
         self.pool = pool
         task = get_task(cfg.model.task)
-        self.stream = PuzzleStream(pool, cfg.seed + 17, cfg.augment, task) if pool is not None else None
-        self.gen = torch.Generator(device=device).manual_seed(cfg.seed + 31)  # shared: init states, exploration
+        data_seed = seeds.stream(cfg.seed, "train.data")
+        self.stream = PuzzleStream(pool, data_seed, cfg.augment, task) if pool is not None else None
+        # shared by all ranks: initial states of refilled rows, halting exploration
+        self.gen = torch.Generator(device=device).manual_seed(seeds.stream(cfg.seed, "train.carry"))
         b = cfg.batch_size // self.dist.world
         shape = (b, cfg.model.seq_len, cfg.model.hidden_size)
         self.carry = LatentState(torch.zeros(shape, device=device), torch.zeros(shape, device=device))
@@ -404,17 +422,17 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", res
     if resume:
         payload = checkpoint.read(out)
         if "train_state" not in payload:
-            raise ValueError(f"{out} holds no training state to resume from")
+            raise InputError(f"{out} holds no training state to resume from")
         cfg = TrainConfig.from_dict(payload["train_state"]["config"])
     schedule = {k: v for k, v in (schedule or {}).items() if v is not None}
     if steps is not None:
         schedule["steps"] = steps
     unknown = set(schedule) - set(SCHEDULE_FIELDS)
     if unknown:
-        raise ValueError(f"only {', '.join(SCHEDULE_FIELDS)} may change on resume, not {', '.join(sorted(unknown))}")
+        raise InputError(f"only {', '.join(SCHEDULE_FIELDS)} may change on resume, not {', '.join(sorted(unknown))}")
     cfg = dataclasses.replace(cfg, **schedule)
     if payload is not None and cfg.steps < int(payload["train_state"]["step"]):
-        raise ValueError(f"{out} is already at step {payload['train_state']['step']}, past --steps {cfg.steps}")
+        raise InputError(f"{out} is already at step {payload['train_state']['step']}, past --steps {cfg.steps}")
     pool, held = load_data(cfg, progress and dist_info.main)
     trainer = Trainer(cfg, dev, dist_info, pool, compile_model=compile_model)
     if payload is not None:

@@ -13,9 +13,16 @@ github.com/mattgolub/fixed-point-finder) with its published defaults:
 - stop when every start has ``q < tol_q`` or ``|dq| < tol_dq * learning_rate`` (tol_q 1e-12, tol_dq 1e-20),
   or after ``max_iters = 5000``. Here ``tol_q = 0.5 tol^2`` so that ``q < tol_q`` means ``residual < tol``.
 
+The ``true`` column counts distinct TRUE fixed points among what each method returns: points whose
+``q = 0.5 ||f(z) - z||^2`` recomputed in float64 is below ``--true-q`` (1e-9), de-duplicated at 1e-3 of the median
+norm. For the baseline the candidates are its converged end states; for find_fixed_points the unique points it
+reports (``z_refined``: refined in float64 when the map accepts float64 inputs). With ``--dtype float32`` the
+starts (and the map's arithmetic) are float32 and the column shows whether float32 results are real fixed points.
+
 A case is one function returning a :class:`Case`; add it to ``CASES`` to benchmark another map.
 
     python benchmarks/bench_fixed_points.py                  # tanh RNN, d = 256, 300 starts
+    python benchmarks/bench_fixed_points.py --dtype float32  # the same problem from float32 starts
     python benchmarks/bench_fixed_points.py --g 1.2 --n 500
 """
 
@@ -35,17 +42,20 @@ from attractorlab.dynamics import KIND_NAMES, find_fixed_points
 
 @dataclass
 class Case:
-    """A benchmark problem: map ``f: [N, d] -> [N, d]``, start states ``z0 [N, d]``, absolute tolerance."""
+    """A benchmark problem: map ``f: [N, d] -> [N, d]``, start states ``z0 [N, d]``, absolute tolerance; ``f64``
+    evaluates the same map in float64 (to check which results are true fixed points), None if there is none."""
 
     name: str
     f: Callable[[torch.Tensor], torch.Tensor]
     z0: torch.Tensor
     tol: float
+    f64: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass
 class Outcome:
-    """What one method produced: end states ``z [N, d]``, residuals ``[N]``, wall time, iterations."""
+    """What one method produced: end states ``z [N, d]``, residuals ``[N]``, wall time, iterations, and the
+    candidate fixed points ``points [M, d]`` it reports (None: its converged end states)."""
 
     method: str
     seconds: float
@@ -53,17 +63,21 @@ class Outcome:
     residual: torch.Tensor
     iterations: int
     note: str = ""
+    points: torch.Tensor | None = None
 
 
 def tanh_rnn_case(args: argparse.Namespace) -> Case:
-    """``f(z) = tanh(W z + b)``, ``W = g * randn / sqrt(d)``; starts sampled from trajectories, plus noise."""
+    """``f(z) = tanh(W z + b)``, ``W = g * randn / sqrt(d)``; starts sampled from trajectories, plus noise. The map
+    computes in the dtype of its input (weights drawn in float64, rounded once for float32)."""
     gen = torch.Generator().manual_seed(args.seed)
     dtype = getattr(torch, args.dtype)
     d = args.d
-    weight = (args.g * torch.randn(d, d, generator=gen, dtype=torch.float64) / d**0.5).to(dtype)
-    bias = (0.1 * torch.randn(d, generator=gen, dtype=torch.float64)).to(dtype)
+    weight64 = args.g * torch.randn(d, d, generator=gen, dtype=torch.float64) / d**0.5
+    bias64 = 0.1 * torch.randn(d, generator=gen, dtype=torch.float64)
+    params = {t: (weight64.to(t), bias64.to(t)) for t in (torch.float32, torch.float64)}
 
     def f(z: torch.Tensor) -> torch.Tensor:
+        weight, bias = params[z.dtype]
         return torch.tanh(z @ weight.T + bias)
 
     n_traj, n_steps = 32, 100
@@ -76,7 +90,7 @@ def tanh_rnn_case(args: argparse.Namespace) -> Case:
     states = torch.stack(states).reshape(-1, d)
     pick = torch.randperm(states.shape[0], generator=gen)[: args.n]
     z0 = states[pick] + args.noise * torch.randn(args.n, d, generator=gen, dtype=torch.float64).to(dtype)
-    return Case(f"tanh RNN d={d} g={args.g} N={args.n} {args.dtype}", f, z0, args.tol)
+    return Case(f"tanh RNN d={d} g={args.g} N={args.n} {args.dtype}", f, z0, args.tol, f64=f)
 
 
 def reasoner_cases(args: argparse.Namespace) -> list[Case]:
@@ -180,21 +194,24 @@ def fpf_adam(case: Case, max_iters: int = 5000, tol_dq: float = 1e-20) -> Outcom
     return Outcome("FPF Adam (baseline)", seconds, z, res, iteration)
 
 
-def ours(case: Case, snap: bool = True, repeats: int = 1) -> Outcome:
-    """attractorlab's find_fixed_points at the same absolute tolerance (its own is relative, see there); the
-    median wall time of ``repeats`` identical runs (the result is deterministic)."""
+def ours(case: Case, snap: bool = True, repeats: int = 1, refine: bool = True, own_tol: bool = False) -> Outcome:
+    """attractorlab's find_fixed_points at the same absolute tolerance (its own is relative, see there), or at its
+    own default tolerance with ``own_tol``; the median wall time of ``repeats`` identical runs (the result is
+    deterministic)."""
     scale = float(case.z0.norm(dim=1).clamp_min(1.0).max())
+    tol = None if own_tol else case.tol / (2 * scale)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fps = find_fixed_points(case.f, case.z0, tol=case.tol / (2 * scale), k=0, snap=snap)
+        fps = find_fixed_points(case.f, case.z0, tol=tol, k=0, snap=snap, refine=refine)
         times.append(time.perf_counter() - start)
     seconds = float(np.median(times))
     kinds = torch.bincount(fps.kind.long(), minlength=len(KIND_NAMES)).tolist()
     note = ", ".join(f"{n} {name}" for name, n in zip(KIND_NAMES, kinds, strict=True))
     iterations = int(fps.iterations.max())
-    name = "find_fixed_points" if snap else "  same, snap=False"
-    return Outcome(name, seconds, fps.final, fps.final_residual, iterations, note)
+    name = "find_fixed_points" if snap and refine else ("  same, snap=False" if refine else "  same, refine=False")
+    note += f"; {len(fps)} points reported (refined in {fps.refined_dtype})"
+    return Outcome(name, seconds, fps.final, fps.final_residual, iterations, note, points=fps.z_refined)
 
 
 def _unique_count(z: torch.Tensor, tol: float) -> int:
@@ -206,15 +223,29 @@ def _unique_count(z: torch.Tensor, tol: float) -> int:
     return len(leaders)
 
 
-def report(case: Case, outcomes: list[Outcome]) -> None:
-    print(f"\n== {case.name}: {case.z0.shape[0]} starts, tolerance ||f(z) - z|| <= {case.tol:g}")
-    print(f"{'method':<22}{'seconds':>9}{'iters':>7}{'converged':>11}{'unique':>8}{'median res':>12}"
+def true_count(case: Case, outcome: Outcome, true_q: float) -> str:
+    """Distinct candidates of ``outcome`` with q = 0.5 ||f(z) - z||^2 < true_q recomputed in float64."""
+    if case.f64 is None:
+        return "n/a"
+    z = outcome.points if outcome.points is not None else outcome.z[outcome.residual <= case.tol]
+    z = z.double()
+    with torch.no_grad():
+        q = 0.5 * ((case.f64(z) - z) ** 2).sum(dim=1)
+    true = z[q < true_q]
+    return str(_unique_count(true, 1e-3) if true.shape[0] else 0)
+
+
+def report(case: Case, outcomes: list[Outcome], true_q: float = 1e-9) -> None:
+    print(f"\n== {case.name}: {case.z0.shape[0]} starts, tolerance ||f(z) - z|| <= {case.tol:g}; "
+          f"true: q < {true_q:g} in float64")
+    print(f"{'method':<22}{'seconds':>9}{'iters':>7}{'converged':>11}{'unique':>8}{'true':>6}{'median res':>12}"
           f"{'max res':>10}")
     for o in outcomes:
         ok = o.residual <= case.tol
         unique = _unique_count(o.z[ok], 1e-3) if bool(ok.any()) else 0
         print(f"{o.method:<22}{o.seconds:>9.2f}{o.iterations:>7d}{int(ok.sum()):>7d}/{len(ok):<3d}{unique:>8d}"
-              f"{float(o.residual.median()):>12.2e}{float(o.residual.max()):>10.2e}  {o.note}")
+              f"{true_count(case, o, true_q):>6}{float(o.residual.median()):>12.2e}{float(o.residual.max()):>10.2e}"
+              f"  {o.note}")
 
 
 def report_total(results: list[tuple[Case, list[Outcome]]]) -> None:
@@ -241,9 +272,9 @@ def solved_subset(case: Case, solved: torch.Tensor, args: argparse.Namespace) ->
     """Both methods again on only the starts the baseline solved (solved: [N] bool): the time each needs to
     reach the tolerance on starts where both can, without the time either spends on starts it cannot solve."""
     subset = Case(f"{case.name}, only the {int(solved.sum())} starts the baseline solved", case.f, case.z0[solved],
-                  case.tol)
+                  case.tol, case.f64)
     outcomes = [fpf_adam(subset, max_iters=args.max_iters), ours(subset, repeats=args.repeats)]
-    report(subset, outcomes)
+    report(subset, outcomes, args.true_q)
     print(f"speed-up on these starts (wall time, baseline / ours): {outcomes[0].seconds / outcomes[1].seconds:.1f}x")
 
 
@@ -262,17 +293,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--g", type=float, default=1.5, help="gain of the tanh RNN weights")
     parser.add_argument("--n", type=int, default=300, help="number of start states")
     parser.add_argument("--noise", type=float, default=0.01, help="std of the noise added to sampled states")
-    parser.add_argument("--tol", type=float, default=2**0.5 * 1e-6,
-                        help="absolute residual tolerance for both (default: FPF's tol_q = 1e-12)")
-    parser.add_argument("--dtype", default="float64", choices=["float32", "float64"], help="state dtype")
+    parser.add_argument("--tol", type=float, default=None,
+                        help="absolute residual tolerance for both (default: FPF's tol_q = 1e-12 in float64; in "
+                             "float32, where that is out of reach, q < 1e-9)")
+    parser.add_argument("--dtype", default="float64", choices=["float32", "float64"],
+                        help="dtype of the start states (and of the map's arithmetic): float32 starts test whether "
+                             "float32 results are true fixed points")
+    parser.add_argument("--true-q", type=float, default=1e-9,
+                        help="a point is a TRUE fixed point when q = 0.5 ||f(z) - z||^2 recomputed in float64 is "
+                             "below this")
     parser.add_argument("--max-iters", type=int, default=5000, help="baseline iteration cap (FPF default)")
     parser.add_argument("--no-snap-too", action="store_true",
                         help="also run find_fixed_points with snap=False (every start polished on its own)")
+    parser.add_argument("--no-refine-too", action="store_true",
+                        help="also run find_fixed_points with refine=False (points left at the working dtype's "
+                             "precision)")
+    parser.add_argument("--own-tol", action="store_true",
+                        help="run find_fixed_points at its own default tolerance (relative 1e-10 in float64, 1e-5 "
+                             "in float32), as a user would, instead of the baseline's; its converged column still "
+                             "applies --tol")
     parser.add_argument("--repeats", type=int, default=3,
                         help="time find_fixed_points as the median of this many runs (the baseline runs once)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and start states")
     args = parser.parse_args(argv)
+    if args.tol is None:
+        args.tol = 2**0.5 * (1e-6 if args.dtype == "float64" else 10**-4.5)
     torch.set_num_threads(args.threads)
     for name in args.cases:
         cases = CASES[name](args)
@@ -281,11 +327,14 @@ def main(argv: list[str] | None = None) -> None:
         ours(warm_up)
         results = []
         for case in cases:
-            outcomes = [fpf_adam(case, max_iters=args.max_iters), ours(case, repeats=args.repeats)]
+            own = args.own_tol
+            outcomes = [fpf_adam(case, max_iters=args.max_iters), ours(case, repeats=args.repeats, own_tol=own)]
             if args.no_snap_too:
-                outcomes.append(ours(case, snap=False, repeats=args.repeats))
+                outcomes.append(ours(case, snap=False, repeats=args.repeats, own_tol=own))
+            if args.no_refine_too:
+                outcomes.append(ours(case, repeats=args.repeats, refine=False, own_tol=own))
             results.append((case, outcomes))
-            report(case, results[-1][1])
+            report(case, results[-1][1], args.true_q)
             solved = outcomes[0].residual <= case.tol
             if 0 < int(solved.sum()) < len(solved):
                 solved_subset(case, solved, args)

@@ -269,3 +269,65 @@ def test_krylov_model_reproduces_the_linear_residual(m):
     e1[:, 0] = F.norm(dim=1)
     torch.testing.assert_close((F + step @ J_F.T).norm(dim=1), (e1 - torch.einsum("nij,nj->ni", H, y)).norm(dim=1),
                                atol=1e-9, rtol=1e-9)
+
+
+def odd_tanh_rnn(d=16, g=2.0, seed=2, n=24):
+    """``f(z) = tanh(W z)`` (odd: fixed points are 0 and symmetric pairs ``+-z*``) with starts sampled from
+    trajectories plus noise; W float64."""
+    gen = torch.Generator().manual_seed(seed)
+    W = g * torch.randn(d, d, generator=gen, dtype=torch.float64) / d**0.5
+    z = torch.randn(8, d, generator=gen, dtype=torch.float64)
+    states = []
+    for _ in range(30):
+        z = torch.tanh(z @ W.T)
+        states.append(z)
+    states = torch.cat(states)
+    pick = torch.randperm(states.shape[0], generator=gen)[:n]
+    return W, states[pick] + 0.05 * torch.randn(n, d, generator=gen, dtype=torch.float64)
+
+
+def q64(f, z):
+    """FixedPointFinder's q = 0.5 ||f(z) - z||^2, recomputed in float64."""
+    z = z.double()
+    return 0.5 * ((f(z) - z) ** 2).sum(dim=1)
+
+
+def test_float32_points_are_refined_in_float64_and_never_reported_twice():
+    W, z0 = odd_tanh_rnn()
+    f = lambda z: torch.tanh(z @ W.T.to(z.dtype))  # noqa: E731  (evaluates in the dtype it is given)
+    plain = find_fixed_points(f, z0.float(), k=2, refine=False)
+    assert plain.refined_dtype == "float32" and float(q64(f, plain.z).max()) > 1e-12  # float32 stops short
+    fps = find_fixed_points(f, z0.float(), k=2)
+    assert fps.refined_dtype == "float64" and fps.z.dtype == torch.float32 and fps.z_refined.dtype == torch.float64
+    assert len(fps) == 3 and int(fps.count.sum()) == 24  # 0 and one symmetric pair, every start on one of them
+    assert float(q64(f, fps.z_refined).max()) < 1e-22  # every reported point is a fixed point to float64 precision
+    assert float(q64(f, fps.z).max()) < 1e-13  # and still one after rounding to float32
+    torch.testing.assert_close(fps.refined_residual, (f(fps.z_refined) - fps.z_refined).norm(dim=1), rtol=0,
+                               atol=1e-14)
+    mirror = torch.cdist(fps.z_refined, -fps.z_refined).min(dim=1).values
+    assert float(mirror.max()) < 1e-9  # the pair is symmetric to float64 precision (float32 alone: ~1e-5)
+    gaps = torch.cdist(fps.z_refined, fps.z_refined) + 1e9 * torch.eye(3, dtype=torch.float64)
+    assert float(gaps.min()) > 1.0  # no point twice
+    arrays = fps.to_arrays()
+    assert arrays["z_refined"].dtype == np.float64 and arrays["refined_dtype"] == b"float64"
+
+
+def test_float32_map_that_rejects_float64_is_polished_in_float32():
+    W, z0 = odd_tanh_rnn()
+    W32 = W.float()
+    fps = find_fixed_points(lambda z: torch.tanh(z @ W32.T), z0.float(), k=0)  # float64 input: dtype error
+    assert fps.refined_dtype == "float32" and fps.z_refined.dtype == torch.float32
+    assert len(fps) == 3 and float(fps.refined_residual.max()) < 1e-6  # a few float32 epsilons
+    gaps = torch.cdist(fps.z, fps.z) + 1e9 * torch.eye(3)
+    assert float(gaps.min()) > 1.0
+
+
+def test_precision_radius_merges_imprecise_copies_but_not_distinct_points():
+    from attractorlab.dynamics.fixed_points import _greedy_unique
+
+    z = torch.tensor([[0.0, 0.0], [0.02, 0.0], [1.0, 0.0], [1.0, 3e-4]], dtype=torch.float64)
+    labels, leaders = _greedy_unique(z, 1e-3)  # radius 1e-3: the two rough copies of 0 stay apart
+    assert leaders.tolist() == [0, 1, 2]
+    precision = torch.tensor([0.004, 0.004, 1e-9, 1e-9], dtype=torch.float64)
+    labels, leaders = _greedy_unique(z, 1e-3, precision)  # 0.02 <= 4 * (0.004 + 0.004): one point
+    assert labels.tolist() == [0, 0, 1, 1] and leaders.tolist() == [0, 2]

@@ -9,9 +9,11 @@ shape ``[..., T]`` works; numpy arrays or torch tensors. Results are small datac
 - :func:`residual_curves`: median and quartiles per step, correct vs incorrect trajectories.
 - :func:`auroc_scores`: how well convergence scores (final residual, mean of the last residuals, halting
   logit, logit change) predict final correctness (AUROC and ROC curves).
-- :func:`steps_vs_difficulty`: Spearman correlation of steps-to-halt with the puzzle rating.
+- :func:`steps_vs_difficulty`: Spearman correlation of steps (to halt, or to settle:
+  :func:`~attractorlab.dynamics.settling.steps_to_settle`) with the puzzle rating.
 - :func:`classify_endings`: each trajectory ends converged on a valid solution, converged on an invalid one
-  (a spurious fixed point), in a cycle (with its period) or still drifting.
+  (a spurious fixed point), in a cycle (with its period) or still drifting; under path noise against the
+  residual's noise floor (:mod:`attractorlab.dynamics.noise`).
 """
 
 from __future__ import annotations
@@ -22,47 +24,12 @@ import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from ._records import _array, _lengths, _tail_mean, _tail_windows, final_values
+from .settling import Settling
+
 CONVERGED_VALID, CONVERGED_INVALID, CYCLE, DRIFTING = 0, 1, 2, 3
 ENDING_NAMES = ("converged_valid", "converged_invalid", "cycle", "drifting")
 """Codes of :attr:`Endings.label`: index into this tuple."""
-
-
-def _array(x, name: str, ndim_min: int = 1) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x)
-    if x.ndim < ndim_min:
-        raise ValueError(f"{name} must have at least {ndim_min} dimensions, got shape {x.shape}")
-    return x
-
-
-def _lengths(steps, shape: tuple[int, ...]) -> np.ndarray:
-    """Recorded length of each trajectory: ``steps`` clipped to ``[1, T]`` (T when steps is None)."""
-    lead, t = shape[:-1], shape[-1]
-    if steps is None:
-        return np.full(lead, t, dtype=np.int64)
-    steps = _array(steps, "steps", 0)
-    if steps.shape != lead:
-        raise ValueError(f"steps must have shape {lead}, got {steps.shape}")
-    return np.clip(steps.astype(np.int64), 1, t)
-
-
-def final_values(x, steps=None) -> np.ndarray:
-    """Value of ``x [..., T]`` at the last recorded step, ``steps - 1`` (``T - 1`` without steps): ``[...]``.
-    """
-    x = _array(x, "x")
-    idx = _lengths(steps, x.shape) - 1
-    return np.take_along_axis(x, idx[..., None], axis=-1)[..., 0]
-
-
-def _tail_mean(x: np.ndarray, lengths: np.ndarray, window: int) -> np.ndarray:
-    """Mean of the last ``window`` recorded values of each row of x [..., T]."""
-    t = x.shape[-1]
-    offsets = np.arange(window)
-    idx = np.clip(lengths[..., None] - window + offsets, 0, t - 1)
-    keep = lengths[..., None] - window + offsets >= 0
-    vals = np.take_along_axis(x.astype(np.float64), idx, axis=-1)
-    return np.where(keep, vals, 0.0).sum(-1) / keep.sum(-1)
 
 
 def _correct_final(correct, shape: tuple[int, ...], steps) -> np.ndarray:
@@ -238,16 +205,49 @@ class DifficultyResult:
         return {k: np.asarray(v) for k, v in asdict(self).items()}
 
 
-def steps_vs_difficulty(steps, rating, *, n_bins: int = 5) -> DifficultyResult:
-    """Spearman correlation between steps to halt (``[N]``, or ``[N, B]`` averaged over restarts) and
-    ``rating [N]``, plus mean steps in ``n_bins`` rating-quantile bins."""
+def _steps_per_puzzle(steps, which: str, unsettled: str) -> np.ndarray:
+    """Steps [N] or [N, B] as float64, from an array or a :class:`~attractorlab.dynamics.settling.Settling`."""
+    if which not in ("answer", "residual"):
+        raise ValueError(f"which must be 'answer' or 'residual', got {which!r}")
+    if unsettled not in ("keep", "drop"):
+        raise ValueError(f"unsettled must be 'keep' or 'drop', got {unsettled!r}")
+    settled = None
+    if isinstance(steps, Settling):
+        settled = steps.answer_settled if which == "answer" else steps.residual_settled
+        steps = steps.answer_step if which == "answer" else steps.residual_step
+        if steps is None:
+            raise ValueError(f"the Settling result has no {which} steps")
     steps = _array(steps, "steps").astype(np.float64)
+    if unsettled == "drop" and settled is not None:
+        steps = np.where(settled, steps, np.nan)
+    return steps
+
+
+def steps_vs_difficulty(steps, rating, *, n_bins: int = 5, which: str = "answer",
+                        unsettled: str = "keep") -> DifficultyResult:
+    """Spearman correlation between steps (``[N]``, or ``[N, B]`` averaged over restarts) and ``rating [N]``,
+    plus mean steps in ``n_bins`` rating-quantile bins.
+
+    ``steps`` is steps to halt (``/rollout/steps``: flat at the depth for a run without early halting), steps to
+    settle, or a :class:`~attractorlab.dynamics.settling.Settling` from
+    :func:`~attractorlab.dynamics.settling.steps_to_settle` (``which``: its ``answer`` or ``residual`` steps).
+    A rollout that never settled carries ``T + 1`` and ranks as the slowest (``unsettled="keep"``); with
+    ``unsettled="drop"`` (a Settling only) it is left out and a puzzle's mean runs over its other restarts.
+    """
+    steps = _steps_per_puzzle(steps, which, unsettled)
     rating = _array(rating, "rating").astype(np.float64)
     if rating.ndim != 1 or steps.shape[0] != rating.shape[0] or steps.ndim > 2:
         raise ValueError(f"steps must be [N] or [N, B] and rating [N], got {steps.shape} and {rating.shape}")
     if not isinstance(n_bins, int) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
-    per_puzzle = steps.mean(axis=1) if steps.ndim == 2 else steps
+    per_puzzle = steps
+    if steps.ndim == 2 and unsettled == "drop":
+        finite = np.isfinite(steps)
+        count = finite.sum(axis=1)
+        total = np.where(finite, steps, 0.0).sum(axis=1)
+        per_puzzle = np.divide(total, count, out=np.full(count.shape, np.nan), where=count > 0)
+    elif steps.ndim == 2:
+        per_puzzle = steps.mean(axis=1)
     keep = np.isfinite(per_puzzle) & np.isfinite(rating)
     x, y = rating[keep], per_puzzle[keep]
     edges = np.unique(np.quantile(x, np.linspace(0, 1, n_bins + 1))) if x.size else np.zeros(0)
@@ -274,32 +274,27 @@ class Endings:
     """How each trajectory ends.
 
     label: [...] int8 codes into :data:`ENDING_NAMES`; period: [...] cycle period (0 unless ``CYCLE``);
-    counts: [4] trajectories per ending; names: the ending names.
+    counts: [4] trajectories per ending; names: the ending names; threshold: [...] the residual level a
+    trajectory had to stay within to count as converged (``floor_margin * floor``; only when a noise floor was
+    given, NaN for rows classified without one).
     """
 
     label: np.ndarray
     period: np.ndarray
     counts: np.ndarray
     names: tuple[str, ...] = ENDING_NAMES
+    threshold: np.ndarray | None = None
 
     def fractions(self) -> dict[str, float]:
         total = max(int(self.counts.sum()), 1)
         return {name: float(c) / total for name, c in zip(self.names, self.counts, strict=True)}
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"label": self.label, "period": self.period, "counts": self.counts,
-                "names": np.asarray(self.names, dtype=object).astype("S")}
-
-
-def _tail_windows(x: np.ndarray, lengths: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Last ``width`` recorded entries of each row of x [M, T, ...].
-
-    Returns (windows [M, width, ...], valid [M, width])."""
-    t = x.shape[1]
-    pos = lengths[:, None] - width + np.arange(width)
-    valid = pos >= 0
-    idx = np.clip(pos, 0, t - 1)
-    return x[np.arange(x.shape[0])[:, None], idx], valid
+        out = {"label": self.label, "period": self.period, "counts": self.counts,
+               "names": np.asarray(self.names, dtype=object).astype("S")}
+        if self.threshold is not None:
+            out["threshold"] = self.threshold
+        return out
 
 
 def _smallest_period(same, valid: np.ndarray, max_period: int, min_period: int) -> np.ndarray:
@@ -316,6 +311,37 @@ def _smallest_period(same, valid: np.ndarray, max_period: int, min_period: int) 
     return period
 
 
+def _floor_rows(floor, lead: tuple[int, ...], floor_margin: float, window: int) -> np.ndarray:
+    """The noise floor per trajectory ``[M]`` (0: classify without one) from a scalar or an array
+    broadcastable to ``lead``."""
+    if not (isinstance(floor_margin, (int, float)) and floor_margin > 0 and np.isfinite(floor_margin)):
+        raise ValueError(f"floor_margin must be a positive finite number, got {floor_margin!r}")
+    if not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be a positive integer, got {window!r}")
+    rows = int(np.prod(lead))
+    if floor is None:
+        return np.zeros(rows)
+    arr = _array(floor, "floor", 0).astype(np.float64)
+    if not (np.isfinite(arr).all() and (arr >= 0).all()):
+        raise ValueError("floor must be finite and >= 0 (0 or None: no noise floor)")
+    try:
+        return np.broadcast_to(arr, lead).reshape(rows)
+    except ValueError:
+        raise ValueError(f"floor must be a scalar or broadcastable to {lead}, got shape {arr.shape}") from None
+
+
+def _converged_under_noise(flat, p_flat, lengths, threshold, window) -> np.ndarray:
+    """Rows [M] whose last ``window`` recorded residuals (flat [M, T]) all lie within ``threshold [M]`` and,
+    with predictions (p_flat [M, T, L] or None), whose read-out did not change over those steps."""
+    win, ok = _tail_windows(flat, lengths, min(window, flat.shape[1]))
+    within = np.where(ok, win <= threshold[:, None], True).all(axis=1)
+    if p_flat is None:
+        return within
+    pwin, pok = _tail_windows(p_flat, lengths, min(window, flat.shape[1]))
+    same = (pwin == pwin[:, -1:]).all(axis=-1)
+    return within & np.where(pok, same, True).all(axis=1)
+
+
 def classify_endings(
     residual,
     valid,
@@ -326,20 +352,31 @@ def classify_endings(
     max_period: int = 8,
     tail: int | None = None,
     cycle_rtol: float = 1e-3,
+    floor=None,
+    floor_margin: float = 2.0,
+    window: int = 3,
 ) -> Endings:
     """Classify each trajectory's ending from its recorded residuals (and predictions).
 
-    - converged (final residual <= ``tol``): ``converged_valid`` if the final prediction is valid, else
-      ``converged_invalid`` (a fixed point that is not a solution);
+    - converged: without a noise floor (``floor`` None or 0, the default) when the final residual is
+      ``<= tol``; with a floor (path noise keeps the residual of a state at a stable fixed point near its noise
+      floor, see :mod:`attractorlab.dynamics.noise`) when every residual of the last ``window`` recorded steps
+      is ``<= floor_margin * floor`` and, with ``pred``, the read-out did not change over them. Then
+      ``converged_valid`` if the final prediction is valid, else ``converged_invalid`` (a fixed point that is
+      not a solution);
     - ``cycle``: with ``pred [..., T, 81]``, the predictions over the last ``tail`` steps repeat with a
       smallest period 2..``max_period``; without ``pred`` (or with a constant readout), the residuals repeat
-      with a smallest period of at least 2 (relative tolerance ``cycle_rtol``; the state's period may then be
-      a multiple);
-    - ``drifting``: everything else (including constant non-zero residuals, which cannot tell a 2-cycle from
-      steady motion).
+      with a smallest period of at least 2 (relative tolerance ``cycle_rtol``, plus ``floor_margin * floor`` under
+      noise; the
+      state's period may then be a multiple: a 2-cycle shows in the relative residual only when its two states
+      differ in norm);
+    - ``drifting`` (still moving): everything else (including constant non-zero residuals, which cannot tell a
+      2-cycle from steady motion, and motion slower than the floor, which only a noise-free polish can tell
+      from rest: :func:`~attractorlab.dynamics.polishing.polish`).
 
     residual, valid: [..., T]; steps: [...] (only recorded steps are used); tail defaults to
-    ``3 * max_period`` steps and needs two full periods.
+    ``3 * max_period`` steps and needs two full periods; floor: a scalar or an array broadcastable to [...]
+    (per trajectory, in the units of ``residual``).
     """
     res = _array(residual, "residual").astype(np.float64)
     shape = res.shape
@@ -351,25 +388,31 @@ def classify_endings(
     tail = 3 * max_period if tail is None else tail
     if not isinstance(tail, int) or tail < 4:
         raise ValueError(f"tail must be an integer >= 4, got {tail!r}")
+    floor_m = _floor_rows(floor, shape[:-1], floor_margin, window)
+    noisy = floor_m > 0
     lengths = _lengths(steps, shape).reshape(-1)
     flat = res.reshape(-1, shape[-1])
-    converged = final_values(flat, lengths) <= tol
     final_valid = final_values(valid.reshape(-1, shape[-1]), lengths)
     width = min(tail, shape[-1])
     period = np.zeros(flat.shape[0], dtype=np.int64)
     readout_constant = np.ones(flat.shape[0], dtype=bool)
+    p_flat = None
     if pred is not None:
         p_arr = _array(pred, "pred", 2)
         if p_arr.shape[:-1] != shape:
             raise ValueError(f"pred must have shape {shape + (p_arr.shape[-1],)}, got {p_arr.shape}")
-        win, ok = _tail_windows(p_arr.reshape(flat.shape[0], shape[-1], -1), lengths, width)
+        p_flat = p_arr.reshape(flat.shape[0], shape[-1], -1)
+        win, ok = _tail_windows(p_flat, lengths, width)
         period = _smallest_period(lambda p: (win[:, p:] == win[:, :-p]).all(axis=-1), ok, max_period, 1)
         readout_constant = period == 1
         period = np.where(readout_constant, 0, period)
+    converged = final_values(flat, lengths) <= tol
+    if noisy.any():
+        threshold = floor_margin * floor_m
+        converged = np.where(noisy, _converged_under_noise(flat, p_flat, lengths, threshold, window), converged)
     win, ok = _tail_windows(flat, lengths, width)
-    scale = np.maximum(np.abs(win), np.finfo(np.float64).tiny)
-    res_period = _smallest_period(lambda p: np.abs(win[:, p:] - win[:, :-p]) <= cycle_rtol * scale[:, p:],
-                                  ok, max_period, 1)
+    slack = cycle_rtol * np.maximum(np.abs(win), np.finfo(np.float64).tiny) + floor_margin * floor_m[:, None]
+    res_period = _smallest_period(lambda p: np.abs(win[:, p:] - win[:, :-p]) <= slack[:, p:], ok, max_period, 1)
     res_period = np.where(res_period == 1, 0, res_period)
     period = np.where(readout_constant & (period == 0), res_period, period)
     label = np.full(flat.shape[0], DRIFTING, dtype=np.int8)
@@ -378,5 +421,8 @@ def classify_endings(
     label[converged & ~final_valid] = CONVERGED_INVALID
     period = np.where(label == CYCLE, period, 0)
     counts = np.bincount(label, minlength=len(ENDING_NAMES))
+    threshold_out = None
+    if floor is not None and noisy.any():
+        threshold_out = np.where(noisy, floor_margin * floor_m, np.nan).reshape(shape[:-1])
     return Endings(label=label.reshape(shape[:-1]), period=period.reshape(shape[:-1]).astype(np.int32),
-                   counts=counts)
+                   counts=counts, threshold=threshold_out)

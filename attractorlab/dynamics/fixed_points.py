@@ -20,6 +20,13 @@ would have merged it with anyway. A start that ends at a stationary point of ``q
 (``||J_F^T F|| <= slow_tol ||F||``) is a *slow point*: reported in :attr:`FixedPoints.slow`, never among the
 fixed points.
 
+A solve below float64 stops at the precision of its dtype (a float32 end can sit far from the exact point where
+``J_F`` is ill-conditioned, and two ends of one point can lie farther apart than the de-duplication radius). With
+``refine`` (the default) the converged ends are polished afterwards: in float64 when ``f`` evaluates float64
+inputs in float64 (:attr:`FixedPoints.refined_dtype` says so; :attr:`FixedPoints.z_refined` holds the float64
+points), else in the working dtype until the iteration stalls; they are then de-duplicated with a radius that
+follows the precision each end reached, so that copies of one point merge and distinct points stay apart.
+
 Conventions shared by ``attractorlab.dynamics``: tolerances on residuals are relative to the state norm,
 ``||F(z)|| <= tol * max(||z||, 1)`` (absolute for states of norm below one); ``f`` must act on rows
 independently.
@@ -43,18 +50,17 @@ from .jacobian import (
     jacobian_spectrum,
     spectral_radius,
 )
+from .newton import _Anchors, _finite, _krylov_model, _lm_solve, _lm_subproblem, _residual, _scale
 
 FIXED, SLOW, FAILED, NONFINITE = 0, 1, 2, 3
 KIND_NAMES = ("fixed", "slow", "failed", "nonfinite")
 """Codes of :attr:`FixedPoints.kind` (per start): index into this tuple."""
 
 _METHODS = ("newton", "adam")
-_LAMBDA_INIT, _LAMBDA_MIN, _LAMBDA_MAX = 1e-6, 1e-16, 1e10
-_ACCEPT, _GOOD, _BAD = 1e-4, 0.75, 0.25
-_MAX_TRIALS = 8
-_ETA_MAX = 1e-2
-_CHECK_EVERY_SMALL, _LARGE_STATE = 10, 4096
-_STALL_WINDOW, _STALL_FACTOR = 10, 0.5
+_REFINE_TOL64 = 1e-12  # relative residual a float64 refinement aims at
+_REFINE_EPS = 8.0  # a working-dtype polish aims at this many machine epsilons (and stops when it stalls)
+_REFINE_ITERS, _REFINE_STALL = 20, 3
+_PRECISION_MERGE = 4.0  # ends closer than this many times their summed precision are one point
 _POLISH_STALL_WINDOW = 5  # starts polished after the fallback have stalled once: a shorter leash
 _FALLBACK_PATIENCE = 25
 
@@ -92,6 +98,11 @@ class FixedPoints:
         final: [N, d] end state of each start; final_residual: [N] its residual;
         slow_assignment: [N] index into :attr:`slow`, -1 unless ``kind == SLOW``.
     slow: the unique slow points (:class:`SlowPoints`).
+    Refinement (see ``refine`` of :func:`find_fixed_points`):
+        z_refined: [M, d] the polished points in ``refined_dtype`` (``z`` is their rounding to the working dtype);
+        refined_residual: [M] float64 ``||f(z_refined) - z_refined||`` evaluated in ``refined_dtype``;
+        refined_dtype: ``"float64"`` when the points were refined (or solved) in float64, else the working dtype
+        (e.g. ``"float32"``: ``f`` does not evaluate float64 inputs in float64).
     """
 
     z: Tensor
@@ -110,6 +121,9 @@ class FixedPoints:
     slow: SlowPoints
     slow_assignment: Tensor
     kind_names: tuple[str, ...] = field(default=KIND_NAMES)
+    z_refined: Tensor | None = None
+    refined_residual: Tensor | None = None
+    refined_dtype: str = ""
 
     def __len__(self) -> int:
         return int(self.z.shape[0])
@@ -121,222 +135,14 @@ class FixedPoints:
             "kind", "converged", "iterations", "final", "final_residual", "slow_assignment")}
         for name in ("z", "residual", "grad_ratio", "count"):
             out[f"slow_{name}"] = _numpy(getattr(self.slow, name))
+        if self.z_refined is not None and self.refined_residual is not None:
+            out["z_refined"], out["refined_residual"] = _numpy(self.z_refined), _numpy(self.refined_residual)
+            out["refined_dtype"] = np.asarray(self.refined_dtype, dtype="S")
         return out
 
 
 def _numpy(t: Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
-
-
-def _scale(z: Tensor) -> Tensor:
-    """Per-row tolerance scale ``max(||z||, 1)``. z: [N, d] -> [N]."""
-    return z.norm(dim=1).clamp_min(1.0)
-
-
-def _residual(fc: BatchedMap, z: Tensor) -> Tensor:
-    """``F(z) = f(z) - z`` with non-finite rows left as they are. z: [N, d] -> [N, d]."""
-    with torch.no_grad():
-        return fc(z) - z
-
-
-def _finite(x: Tensor) -> Tensor:
-    return torch.isfinite(x).all(dim=1)
-
-
-def _orthogonalize(w: Tensor, vs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Remove from rows of w [n, d] their components on the orthonormal rows of vs [n, j, d].
-
-    Classical Gram-Schmidt, repeated once when some row lost more than 30% of its norm (the DGKS criterion).
-    Returns (w [n, d], coefficients [n, j], norm of w before [n] and after [n]).
-    """
-    norm_in = w.norm(dim=1)
-    coef = torch.bmm(w[:, None, :], vs.transpose(1, 2))[:, 0]  # this operand order is several times faster
-    w = w - torch.bmm(coef[:, None, :], vs)[:, 0]
-    norm_out = w.norm(dim=1)
-    if bool((norm_out < 0.7 * norm_in).any()):
-        c = torch.bmm(w[:, None, :], vs.transpose(1, 2))[:, 0]
-        w = w - torch.bmm(c[:, None, :], vs)[:, 0]
-        coef = coef + c
-        norm_out = w.norm(dim=1)
-    return w, coef, norm_in, norm_out
-
-
-def _normalize(w: Tensor, norm: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
-    """Unit rows of w [n, d] given their norms [n]; rows that are ~0 relative to ``reference`` [n] become 0.
-    Returns (unit rows [n, d], norms [n] with 0 for the dropped rows)."""
-    alive = norm > 1e-10 * reference.clamp_min(torch.finfo(w.dtype).tiny)
-    norm = torch.where(alive, norm, torch.zeros_like(norm))
-    return w * torch.where(alive, 1.0 / norm.clamp_min(torch.finfo(w.dtype).tiny), 0.0)[:, None], norm
-
-
-def _krylov_model(lin: Linearization, F: Tensor, g: Tensor, m: int, eta: Tensor):
-    """Subspace and projected Jacobian for one Levenberg-Marquardt step at n states.
-
-    A batched Arnoldi process on ``J_F = J - I`` (``J`` from ``lin``) from ``-F``, ``J_F V_j = V_{j+1} H``,
-    stopped after ``m`` steps or once every row's GMRES residual is below ``eta [n] * ||F||``, then augmented
-    by the gradient ``g = J_F^T F`` of ``q`` so that a stationary point of the reduced problem is a stationary
-    point of ``q`` (plain Newton-GMRES can stagnate where ``F`` is orthogonal to ``J_F K``).
-
-    F, g: [n, d]. Returns the orthonormal step basis ``W = [V_j, w]`` as (V_j [n, j, d], w [n, d]), then
-    H [n, j+2, j+1] float64 with ``J_F W = V_{j+2} H`` and ``-F = ||F|| V_{j+2} e1``, and bad [n] (a Jacobian
-    product was not finite).
-    """
-    n, d = F.shape
-    # The GMRES residual costs a small QR per check: for large states the Jacobian products dominate, so check
-    # every step and stop as early as possible; for small ones check every few steps.
-    check_every = 1 if d >= _LARGE_STATE else _CHECK_EVERY_SMALL
-    basis = F.new_zeros(n, m + 2, d)
-    hess = torch.zeros(n, m + 2, m + 1, dtype=torch.float64, device=F.device)
-    f_norm = F.norm(dim=1)
-    basis[:, 0] = _normalize(-F, f_norm, f_norm)[0]
-
-    def add_image(v: Tensor, j: int, in_basis: bool) -> Tensor:
-        """Column j: image of v under J_F, orthogonalised against basis[:, :j+1], stored as basis vector j+1.
-
-        When v is basis vector j (Arnoldi), J v is orthogonalised instead and the shift -I enters H as -1 on
-        the diagonal: the same basis, without J v - v losing most of its norm to v (which would call for a
-        second Gram-Schmidt pass)."""
-        image = lin.matvec(v)
-        w, coef, norm_in, norm_out = _orthogonalize(image if in_basis else image - v, basis[:, : j + 1])
-        basis[:, j + 1], h_next = _normalize(w, norm_out, norm_in)
-        hess[:, : j + 1, j] = coef.double()
-        if in_basis:
-            hess[:, j, j] -= 1.0
-        hess[:, j + 1, j] = h_next.double()
-        return h_next
-
-    j = 0
-    while j < m:
-        h_next = add_image(basis[:, j], j, in_basis=True)
-        j += 1
-        if not bool((h_next > 0).any()):
-            break
-        if j % check_every == 0 and j < m:
-            q = torch.linalg.qr(hess[:, : j + 1, :j])[0]
-            gmres_rel = (1.0 - (q[:, 0, :] ** 2).sum(dim=1)).clamp_min(0.0).sqrt()
-            if bool((gmres_rel <= eta).all()):
-                break
-    w_grad, _, g_norm, w_norm = _orthogonalize(g, basis[:, :j])
-    w_grad = _normalize(w_grad, w_norm, g_norm)[0]
-    add_image(w_grad, j, in_basis=False)
-    hess = hess[:, : j + 2, : j + 1]
-    bad = ~torch.isfinite(hess).flatten(1).all(dim=1)
-    return basis[:, :j], w_grad, torch.where(bad[:, None, None], 0.0, hess), bad
-
-
-def _lm_subproblem(hess: Tensor, beta: Tensor, mu: Tensor) -> tuple[Tensor, Tensor]:
-    """Solve ``min_y ||beta e1 - H y||^2 + mu ||y||^2`` by QR of ``[H; sqrt(mu) I]``.
-
-    hess: [n, p+1, p] float64, beta, mu: [n]. Returns y [n, p] and the decrease of the linear model,
-    ``||beta e1||^2 - ||beta e1 - H y||^2 = y^T H^T beta e1 + mu ||y||^2`` (no cancellation).
-    """
-    p = hess.shape[2]
-    eye = torch.eye(p, dtype=hess.dtype, device=hess.device)
-    q, r = torch.linalg.qr(torch.cat([hess, mu.sqrt()[:, None, None] * eye], dim=1))
-    rhs = beta[:, None] * q[:, 0, :]
-    y = torch.linalg.solve_triangular(r, rhs[:, :, None], upper=True)[:, :, 0]
-    grad = beta[:, None] * hess[:, 0, :]
-    return y, (y * grad).sum(dim=1) + mu * (y * y).sum(dim=1)
-
-
-class _Anchors:
-    """Fixed points found so far in one call (z, F: [K, d]); an iterate within ``radius`` of one snaps to it."""
-
-    def __init__(self, radius: float, like: Tensor):
-        self.radius = radius
-        self.z, self.F = like.new_zeros(0, like.shape[1]), like.new_zeros(0, like.shape[1])
-
-    def add(self, z: Tensor, F: Tensor) -> None:
-        """Keep the converged rows of z, F [c, d] that are not within ``radius`` of a known point."""
-        if z.shape[0] and self.z.shape[0]:
-            keep = self._distance(z).amin(dim=1) > self.radius
-            z, F = z[keep], F[keep]
-        self.z, self.F = torch.cat([self.z, z]), torch.cat([self.F, F])
-
-    def nearest(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """For rows of z [n, d]: (hit [n] bool: a known point lies within ``radius``, index [n] of the nearest)."""
-        if z.shape[0] == 0 or self.z.shape[0] == 0:
-            return torch.zeros(z.shape[0], dtype=torch.bool, device=z.device), torch.zeros(
-                z.shape[0], dtype=torch.long, device=z.device)
-        dist, which = self._distance(z).min(dim=1)
-        return dist <= self.radius, which
-
-    def _distance(self, z: Tensor) -> Tensor:
-        return torch.cdist(z, self.z, compute_mode="donot_use_mm_for_euclid_dist")
-
-
-def _lm_solve(fc: BatchedMap, z: Tensor, tol: float, max_iter: int, krylov_dim: int, slow_tol: float,
-              anchors: _Anchors | None = None, stall_window: int = _STALL_WINDOW):
-    """Krylov Levenberg-Marquardt on ``F = f(z) - z`` from the rows of z [n, d]; with ``anchors``, converged rows
-    are added to them and active rows that come within their radius stop on the nearest one. A row stops when
-    its residual has not halved over ``stall_window`` iterations.
-
-    Returns (z [n, d], F [n, d], iterations [n], done [n] bool: converged or stationary).
-    """
-    n, d = z.shape
-    z = z.clone()
-    F = _residual(fc, z)
-    iters = torch.zeros(n, dtype=torch.long, device=z.device)
-    lam = torch.full((n,), _LAMBDA_INIT, dtype=torch.float64, device=z.device)
-    active = _finite(F) & (F.norm(dim=1) > tol * _scale(z))
-    stationary = torch.zeros(n, dtype=torch.bool, device=z.device)
-    history = [F.norm(dim=1)]
-    double_backward = None
-    if anchors is not None:
-        start_done = _finite(F) & ~active
-        anchors.add(z[start_done], F[start_done])
-    m = min(krylov_dim, d)
-
-    for it in range(max_iter):
-        idx = active.nonzero()[:, 0]
-        if idx.numel() == 0:
-            break
-        za, Fa, lam_a = z[idx], F[idx], lam[idx]
-        lin = Linearization(fc, za, double_backward)
-        g = lin.rmatvec(Fa) - Fa
-        beta_f = Fa.norm(dim=1).double()
-        stat_a = g.norm(dim=1).double() <= slow_tol * beta_f
-        eta = (beta_f / _scale(za).double()).clamp(1e-12, _ETA_MAX)
-        basis, w_grad, hess, bad = _krylov_model(lin, Fa, g, m, eta)
-        double_backward = lin.double_backward
-        scale_sq = (hess**2).sum(dim=1).amax(dim=1).clamp_min(1.0)
-        accepted = torch.zeros_like(stat_a)
-        for _ in range(_MAX_TRIALS):
-            trial = ~accepted & ~stat_a & ~bad & (lam_a <= _LAMBDA_MAX)
-            if not trial.any():
-                break
-            t = trial.nonzero()[:, 0]
-            y, predicted = _lm_subproblem(hess[t], beta_f[t], lam_a[t] * scale_sq[t])
-            y = y.to(za.dtype)
-            step = torch.bmm(y[:, None, :-1], basis[t])[:, 0] + y[:, -1:] * w_grad[t]
-            z_new = za[t] + step
-            F_new = _residual(fc, z_new)
-            new_sq = torch.where(_finite(F_new), F_new.norm(dim=1).double() ** 2, math.inf)
-            rho = (beta_f[t] ** 2 - new_sq) / predicted.clamp_min(1e-300)
-            ok = (rho > _ACCEPT) & (predicted > 0)
-            factor = torch.where(ok & (rho > _GOOD), 0.1, torch.where(ok & (rho < _BAD), 2.0, 1.0))
-            lam_a[t] = torch.where(ok, lam_a[t] * factor, lam_a[t] * 10.0).clamp_min(_LAMBDA_MIN)
-            ok_t = t[ok]
-            za[ok_t], Fa[ok_t] = z_new[ok], F_new[ok]
-            accepted[ok_t] = True
-        z[idx], F[idx], lam[idx] = za, Fa, lam_a
-        iters[idx] += 1
-        stationary[idx] = stat_a
-        converged = Fa.norm(dim=1) <= tol * _scale(za)
-        stuck = ~accepted & ~converged
-        active[idx] = ~converged & ~stat_a & ~bad & ~(stuck & (lam_a > _LAMBDA_MAX))
-        if anchors is not None:
-            anchors.add(za[converged], Fa[converged])
-            live = active.nonzero()[:, 0]
-            hit, which = anchors.nearest(z[live])
-            snapped = live[hit]
-            z[snapped], F[snapped] = anchors.z[which[hit]], anchors.F[which[hit]]
-            active[snapped] = False
-        history.append(F.norm(dim=1))
-        if it + 1 >= stall_window:
-            active &= ~(history[-1] > _STALL_FACTOR * history[-1 - stall_window])
-    done = (F.norm(dim=1) <= tol * _scale(z)) | stationary
-    return z, F, iters, done & _finite(F)
 
 
 def _gradient(fc: BatchedMap, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -393,10 +199,12 @@ def _merge_radius(z: Tensor, tol: float) -> float:
     return tol * float(z.norm(dim=1).median().clamp_min(1.0))
 
 
-def _greedy_unique(z: Tensor, tol: float) -> tuple[Tensor, Tensor]:
+def _greedy_unique(z: Tensor, tol: float, precision: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Greedy leader clustering of rows already sorted by preference (best first).
 
-    z: [C, d]; two rows are the same point when their distance is <= ``tol * max(median ||z||, 1)``.
+    z: [C, d]; two rows are the same point when their distance is <= ``tol * max(median ||z||, 1)``, or, with
+    ``precision [C]`` (an estimate of each row's distance to the exact point), <= ``4 * (precision_i +
+    precision_j)`` when that is larger. Leaders are farther apart than their pair's radius: no point twice.
     Returns (labels [C] into the leaders, leaders [M] row indices).
     """
     c = z.shape[0]
@@ -410,7 +218,10 @@ def _greedy_unique(z: Tensor, tol: float) -> tuple[Tensor, Tensor]:
         if free.numel() == 0:
             break
         lead = int(free[0])
-        near = (z[free] - z[lead]).norm(dim=1) <= radius
+        near_radius = radius
+        if precision is not None:
+            near_radius = torch.clamp(_PRECISION_MERGE * (precision[free] + precision[lead]), min=radius)
+        near = (z[free] - z[lead]).norm(dim=1) <= near_radius
         labels[free[near]] = len(leaders)
         labels[lead] = len(leaders)
         leaders.append(lead)
@@ -456,6 +267,7 @@ def find_fixed_points(
     batch_size: int | None = None,
     spectrum_method: str = "auto",
     snap: bool = True,
+    refine: bool = True,
 ) -> FixedPoints:
     """Find fixed points (and slow points) of ``f`` from the start states ``z0``.
 
@@ -479,6 +291,13 @@ def find_fixed_points(
         snap: a start whose iterate comes within the de-duplication radius (``unique_tol``) of a fixed point
             already found from another start stops and ends exactly on that point (much faster when many starts
             share a few points); False polishes every start on its own.
+        refine: after solving in a working dtype below float64, polish the converged ends to the precision the
+            arithmetic allows: in float64 when ``f`` evaluates float64 inputs in float64 (tried on a few rows;
+            ``refined_dtype == "float64"``), else by Levenberg-Marquardt in the working dtype until it stalls.
+            Ends are then de-duplicated with a radius that follows the achieved precision: two ends are one point
+            when closer than ``max(unique_tol * max(median ||z||, 1), 4 * (delta_i + delta_j))``, ``delta`` the
+            length of the Newton correction left at an end that did not reach the refinement tolerance (0 for ends
+            that did). float64 solves need no refinement; False keeps the working-dtype ends as they are.
 
     Returns:
         :class:`FixedPoints`. Starts where ``f`` is not finite are ``kind == NONFINITE``; starts that neither
@@ -495,8 +314,9 @@ def find_fixed_points(
     batch_size = n if batch_size is None else batch_size
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not isinstance(snap, bool):
-        raise ValueError(f"snap must be True or False, got {snap!r}")
+    for name, flag in (("snap", snap), ("refine", refine)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be True or False, got {flag!r}")
 
     def fc(x: Tensor) -> Tensor:
         return f(x.to(in_dtype)).to(dtype)
@@ -528,16 +348,20 @@ def find_fixed_points(
         ratio[rest] = _grad_ratio(fc, final[rest], F[rest])
         kind[rest[ratio[rest] <= slow_tol]] = SLOW
 
-    fixed = _unique_fixed(fc, final, res, converged, unique_tol, k, spectrum_method)
-    slow_mask = kind == SLOW
-    slow, slow_assignment = _unique_slow(final, res, ratio, slow_mask, unique_tol)
-    z_u, res_u, eig_u, rho_u, count_u, assignment = fixed
+    idx = converged.nonzero()[:, 0]
+    refined = _refine(f, fc, final[idx], res[idx], unique_tol, krylov_dim, slow_tol, refine)
+    fixed = _unique_fixed(refined, idx, n, unique_tol, k, spectrum_method)
+    slow, slow_assignment = _unique_slow(final, res, ratio, kind == SLOW, unique_tol)
+    z_ref, res_ref, eig_u, rho_u, count_u, assignment = fixed
+    z_u = z_ref.to(dtype)
+    res_u = res_ref.to(dtype) if refined.map is fc else _residual(fc, z_u).norm(dim=1)
     final = torch.where(start_ok[:, None], final, z0.to(dtype))
     return FixedPoints(
         z=z_u, residual=res_u, rel_residual=res_u / z_u.norm(dim=1).clamp_min(torch.finfo(dtype).tiny),
-        eigvals=eig_u, spectral_radius=rho_u, stable=rho_u < 1, count=count_u, assignment=assignment,
+        eigvals=eig_u, spectral_radius=rho_u.to(dtype), stable=rho_u < 1, count=count_u, assignment=assignment,
         kind=kind, converged=converged, iterations=iterations, final=final, final_residual=res,
-        slow=slow, slow_assignment=slow_assignment,
+        slow=slow, slow_assignment=slow_assignment, z_refined=z_ref, refined_residual=res_ref.double(),
+        refined_dtype=str(z_ref.dtype).removeprefix("torch."),
     )
 
 
@@ -563,25 +387,102 @@ def _solve_batch(fc, z, tol, max_iter, method, krylov_dim, slow_tol, fallback_it
     return z, iterations
 
 
-def _unique_fixed(fc, final, res, converged, unique_tol, k, spectrum_method):
-    """De-duplicate converged ends, sort (stable first, then residual) and compute their spectra."""
-    n, d = final.shape
-    idx = converged.nonzero()[:, 0]
-    idx = idx[torch.argsort(res[idx], stable=True)]
-    labels, leaders = _greedy_unique(final[idx], unique_tol)
-    z_u, res_u = final[idx][leaders], res[idx][leaders]
+@dataclass
+class _Refined:
+    """Converged ends after refinement: z [C, d] and residual [C] in the refinement dtype, precision [C] float64
+    (length of the Newton correction left, 0 where the refinement tolerance was met) and the map in that dtype."""
+
+    z: Tensor
+    residual: Tensor
+    precision: Tensor
+    map: BatchedMap
+
+
+def _accepts_float64(f: BatchedMap, z: Tensor) -> bool:
+    """Whether ``f`` evaluates float64 inputs in float64, tried on the first rows of z [C, d]: it must return a
+    float64 tensor of the right shape whose finite values are not all float32 numbers (a map that casts to float32
+    inside would return those). Errors such as a dtype mismatch with float32 weights mean no."""
+    probe = z[:4].double()
+    try:
+        with torch.no_grad():
+            out = f(probe)
+    except (RuntimeError, TypeError):
+        return False
+    if not isinstance(out, torch.Tensor) or out.dtype != torch.float64 or out.shape != probe.shape:
+        return False
+    values = out[torch.isfinite(out)]
+    return values.numel() > 0 and not bool((values == values.float().double()).all())
+
+
+def _newton_step_norm(fr: BatchedMap, z: Tensor, F: Tensor, krylov_dim: int) -> Tensor:
+    """``||s||`` of the (slightly damped) Newton correction ``J_F s = -F`` at rows z [n, d] with residuals F, from
+    one Krylov model: an estimate of each row's distance to the exact root (float64 [n]; 0 where not finite)."""
+    lin = Linearization(fr, z)
+    g = lin.rmatvec(F) - F
+    beta = F.norm(dim=1).double()
+    eta = torch.full_like(beta, 1e-12)
+    _, _, hess, bad = _krylov_model(lin, F, g, min(krylov_dim, z.shape[1]), eta)
+    scale_sq = (hess**2).sum(dim=1).amax(dim=1).clamp_min(1.0)
+    y, _ = _lm_subproblem(hess, beta, 1e-12 * scale_sq)
+    step = y.norm(dim=1)
+    return torch.where(torch.isfinite(step) & ~bad, step, torch.zeros_like(step))
+
+
+def _refine(f: BatchedMap, fc: BatchedMap, z: Tensor, res: Tensor, unique_tol: float, krylov_dim: int,
+            slow_tol: float, enabled: bool) -> _Refined:
+    """Polish converged ends z [C, d] (working dtype, residuals res [C]) to the precision the arithmetic allows:
+    in float64 when ``f`` evaluates float64 inputs, else in the working dtype. Ends within the de-duplication
+    radius of a better one are one point already: only those leaders are polished (with twice the Krylov
+    dimension, the last digits converge only linearly otherwise), and each end takes its leader's polished point. A
+    polished point is kept only where its residual did not grow. Float64 ends (or ``enabled=False``) are returned
+    as they are."""
+    zeros = torch.zeros(z.shape[0], dtype=torch.float64, device=z.device)
+    if not enabled or z.dtype == torch.float64 or z.shape[0] == 0:
+        return _Refined(z, res, zeros, fc)
+    if _accepts_float64(f, z):
+        fr, zr, tol = f, z.double(), _REFINE_TOL64
+    else:
+        fr, zr, tol = fc, z, _REFINE_EPS * torch.finfo(z.dtype).eps
+    order = torch.argsort(res, stable=True)
+    labels, leaders = _greedy_unique(zr[order], unique_tol)
+    lead = order[leaders]
+    kd = min(2 * krylov_dim, z.shape[1])
+    anchors = _Anchors(_merge_radius(zr, unique_tol), zr)
+    z_new, F_new, _, _ = _lm_solve(fr, zr[lead], tol, _REFINE_ITERS, kd, slow_tol, anchors, _REFINE_STALL)
+    F_old = _residual(fr, zr[lead])
+    better = _finite(F_new) & (F_new.norm(dim=1) <= F_old.norm(dim=1))
+    z_lead = torch.where(better[:, None], z_new, zr[lead])
+    F_lead = torch.where(better[:, None], F_new, F_old)
+    res_lead = F_lead.norm(dim=1)
+    precision = torch.zeros_like(res_lead, dtype=torch.float64)
+    loose = (~(res_lead <= tol * _scale(z_lead))).nonzero()[:, 0]
+    if loose.numel():
+        precision[loose] = _newton_step_norm(fr, z_lead[loose], F_lead[loose], kd)
+    of_end = torch.empty_like(labels)
+    of_end[order] = labels
+    return _Refined(z_lead[of_end], res_lead[of_end], precision[of_end], fr)
+
+
+def _unique_fixed(refined: _Refined, idx: Tensor, n: int, unique_tol: float, k: int, spectrum_method: str):
+    """De-duplicate the refined converged ends (of starts ``idx [C]``), sort them (stable first, then residual)
+    and compute their spectra with the map of the refinement dtype. Returns (z [M, d], residual [M], eigvals
+    [M, k], spectral radius [M], count [M], assignment [N])."""
+    device, d = refined.z.device, refined.z.shape[1]
+    order_res = torch.argsort(refined.residual, stable=True)
+    idx, z_c, res_c = idx[order_res], refined.z[order_res], refined.residual[order_res]
+    labels, leaders = _greedy_unique(z_c, unique_tol, refined.precision[order_res])
+    z_u, res_u = z_c[leaders], res_c[leaders]
     m = z_u.shape[0]
     if k > 0 and m > 0:
-        eig = jacobian_spectrum(fc, z_u, min(k, d), method=spectrum_method)
-        rho = eig.abs()[:, 0].to(res.dtype)
+        eig = jacobian_spectrum(refined.map, z_u, min(k, d), method=spectrum_method)
+        rho = eig.abs()[:, 0].to(res_u.dtype)
     else:
-        eig = torch.zeros(m, min(k, d), dtype=torch.complex128, device=final.device)
-        rho = spectral_radius(fc, z_u) if m > 0 else res_u.clone()
-    order = torch.as_tensor(np.lexsort((_numpy(res_u), _numpy(~(rho < 1)))), device=final.device,
-                            dtype=torch.long)
+        eig = torch.zeros(m, min(k, d), dtype=torch.complex128, device=device)
+        rho = spectral_radius(refined.map, z_u).to(res_u.dtype) if m > 0 else res_u.clone()
+    order = torch.as_tensor(np.lexsort((_numpy(res_u), _numpy(~(rho < 1)))), device=device, dtype=torch.long)
     rank = torch.empty_like(order)
-    rank[order] = torch.arange(m, device=final.device)
-    assignment = torch.full((n,), -1, dtype=torch.long, device=final.device)
+    rank[order] = torch.arange(m, device=device)
+    assignment = torch.full((n,), -1, dtype=torch.long, device=device)
     assignment[idx] = rank[labels]
     count = torch.bincount(assignment[assignment >= 0], minlength=m)
     return z_u[order], res_u[order], eig[order], rho[order], count, assignment

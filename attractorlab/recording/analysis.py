@@ -9,6 +9,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from attractorlab.errors import InputError
+
 from .files import _check_schema, _open_h5, _write_attrs
 from .reader import _OPEN_RUNS, open_run
 from .schema import RunFileNotFoundError, _check_name
@@ -24,7 +26,7 @@ def _dataset_value(key: str, value: Any) -> tuple[np.ndarray, bool]:
     if arr.dtype.kind == "c":
         return np.stack([arr.real, arr.imag], axis=-1), True
     if arr.dtype.kind not in "biuf":
-        raise ValueError(f"analysis array {key!r}: cannot store dtype {arr.dtype} (numbers, bools, strings)")
+        raise InputError(f"analysis array {key!r}: cannot store dtype {arr.dtype} (numbers, bools, strings)")
     return arr, False
 
 
@@ -51,10 +53,10 @@ def write_analysis(path: str | os.PathLike, name: str, arrays: dict[str, Any], a
             for i in range(1, len(parts)):
                 parent = f.get("analysis/" + "/".join(parts[:i]))
                 if parent is not None and "analysis_name" in parent.attrs:
-                    raise ValueError(f"cannot store {name!r} inside the analysis {'/'.join(parts[:i])!r}")
+                    raise InputError(f"cannot store {name!r} inside the analysis {'/'.join(parts[:i])!r}")
             if f"analysis/{name}" in f:
                 if not overwrite:
-                    raise ValueError(f"{path}: analysis {name!r} exists; pass overwrite=True to replace it")
+                    raise InputError(f"{path}: analysis {name!r} exists; pass overwrite=True to replace it")
                 del f[f"analysis/{name}"]
             g = f.require_group(f"analysis/{name}")
             _write_attrs(g, {**(attrs or {}), "analysis_name": name})

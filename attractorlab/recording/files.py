@@ -11,6 +11,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from attractorlab.errors import InputError
+
 from .schema import LIBVER, SCHEMA, SCHEMA_VERSION, RunFileError, RunFileNotFoundError, StateSpec
 
 
@@ -26,7 +28,7 @@ def _attr_value(key: str, value: Any) -> Any:
         return np.array([str(v) for v in value.ravel()], dtype=h5py.string_dtype()).reshape(value.shape)
     if isinstance(value, (str, bool, int, float, np.generic, np.ndarray)):
         return value
-    raise ValueError(f"attribute {key!r}: cannot store a {type(value).__name__} (str, numbers, arrays, dict)")
+    raise InputError(f"attribute {key!r}: cannot store a {type(value).__name__} (str, numbers, arrays, dict)")
 
 
 def _write_attrs(obj: Any, attrs: dict) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from attractorlab.errors import InputError
+
 from .files import _check_schema, _decode, _detail, _n_done, _open_h5, _row_datasets, _state_spec
 from .schema import AnalysisResult, RunFileError, RunFileNotFoundError, StateSpec, _check_name
 
@@ -190,7 +192,7 @@ class Run:
 
     def _handle(self) -> h5py.File:
         if self._file is None:
-            raise ValueError(f"{self.path}: run is closed")
+            raise InputError(f"{self.path}: run is closed")
         return self._file
 
     def analysis_keys(self) -> list[str]:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from attractorlab.errors import AttractorlabError, InputError
+
 SCHEMA = "attractorlab.run"
 SCHEMA_VERSION = 2  # 2: the root attribute ``task``, /puzzles [N, L] for the task's L, more /rollout arrays
 LIBVER = ("v110", "v110")  # SWMR needs >= 1.10; "latest" (the 2.0 format) is unreadable by 1.10 tools
@@ -42,7 +44,7 @@ DESCRIPTIONS = {  # dataset -> (axes, description), written as attributes for re
 }
 
 
-class RunFileError(ValueError):
+class RunFileError(AttractorlabError, ValueError):
     """A run file that cannot be used: missing, not HDF5, not a run, too new, truncated or corrupt."""
 
 
@@ -69,18 +71,18 @@ class StateSpec:
 
     def __post_init__(self) -> None:
         if self.mode not in STATE_MODES:
-            raise ValueError(f"unknown state mode {self.mode!r}; choose one of {', '.join(STATE_MODES)}")
+            raise InputError(f"unknown state mode {self.mode!r}; choose one of {', '.join(STATE_MODES)}")
         if isinstance(self.stride, bool) or not isinstance(self.stride, (int, np.integer)) or self.stride < 1:
-            raise ValueError(f"state stride must be a positive integer, got {self.stride!r}")
+            raise InputError(f"state stride must be a positive integer, got {self.stride!r}")
         if self.dtype not in STATE_DTYPES:
-            raise ValueError(f"state dtype must be one of {', '.join(STATE_DTYPES)}, got {self.dtype!r}")
+            raise InputError(f"state dtype must be one of {', '.join(STATE_DTYPES)}, got {self.dtype!r}")
         self.shape = tuple(int(s) for s in self.shape)
         if self.mode != "none" and (not self.shape or min(self.shape) < 1):
-            raise ValueError(f"state mode {self.mode!r} needs a non-empty positive shape, got {self.shape}")
+            raise InputError(f"state mode {self.mode!r} needs a non-empty positive shape, got {self.shape}")
         if self.projection is not None:
             self.projection = np.asarray(self.projection)
             if self.projection.ndim != 2 or not self.shape or self.shape[-1] != self.projection.shape[1]:
-                raise ValueError(f"projection must be [D_in, k] with shape (..., k); got projection "
+                raise InputError(f"projection must be [D_in, k] with shape (..., k); got projection "
                                  f"{self.projection.shape} and shape {self.shape}")
 
     def steps(self, depth: int) -> np.ndarray:
@@ -120,5 +122,5 @@ class AnalysisResult(dict):
 def _check_name(name: str) -> str:
     parts = str(name).strip("/").split("/")
     if any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"invalid analysis name {name!r}")
+        raise InputError(f"invalid analysis name {name!r}")
     return "/".join(parts)

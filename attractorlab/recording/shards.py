@@ -10,6 +10,8 @@ import os
 import h5py
 import numpy as np
 
+from attractorlab.errors import InputError
+
 from .files import _open_h5, _row_datasets, _same_json, _state_spec, _write_attrs
 from .reader import open_run
 from .schema import RunFileError
@@ -25,13 +27,13 @@ def merge_shards(shard_paths: list, out_path: str | os.PathLike, *, virtual: boo
     """
     out_path, paths = os.fspath(out_path), [os.fspath(p) for p in shard_paths]
     if not paths:
-        raise ValueError("merge_shards needs at least one shard")
+        raise InputError("merge_shards needs at least one shard")
     if any(os.path.abspath(p) == os.path.abspath(out_path) for p in paths):
-        raise ValueError(f"{out_path} is one of the shards")
+        raise InputError(f"{out_path} is one of the shards")
     if os.path.exists(out_path):
         with open_run(out_path) as old:
             if "merged" not in old.attrs:
-                raise ValueError(f"{out_path} exists and is not a merged run; remove it first")
+                raise InputError(f"{out_path} exists and is not a merged run; remove it first")
     with contextlib.ExitStack() as stack:
         runs = [stack.enter_context(open_run(p)) for p in paths]
         first = runs[0]
@@ -47,7 +49,7 @@ def merge_shards(shard_paths: list, out_path: str | os.PathLike, *, virtual: boo
             if _state_spec(run._file).key() != _state_spec(first._file).key():
                 problems.append("state spec")
             if problems:
-                raise ValueError(f"cannot merge {run.path} with {first.path}: {', '.join(problems)} differ")
+                raise InputError(f"cannot merge {run.path} with {first.path}: {', '.join(problems)} differ")
         counts = [run.n for run in runs]
         offsets = np.cumsum([0, *counts])
         out_dir = os.path.dirname(os.path.abspath(out_path))

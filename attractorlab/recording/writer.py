@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 
 from attractorlab import __version__
+from attractorlab.errors import InputError
 
 from .files import (
     _attr_value,
@@ -201,11 +202,11 @@ class RunWriter:
         self.breadth, self.depth, self.states = int(breadth), int(depth), states or StateSpec()
         self.seq_len = int(seq_len)
         if min(self.breadth, self.depth, chunk_puzzles) < 1:
-            raise ValueError(f"breadth, depth and chunk_puzzles must be >= 1, got {breadth}, {depth}, "
+            raise InputError(f"breadth, depth and chunk_puzzles must be >= 1, got {breadth}, {depth}, "
                              f"{chunk_puzzles}")
         bad = sorted(set(attrs) & set(RESERVED_ATTRS))
         if bad:
-            raise ValueError(f"attrs may not set the reserved run attributes {', '.join(bad)}")
+            raise InputError(f"attrs may not set the reserved run attributes {', '.join(bad)}")
         self.attrs = {k: _attr_value(k, v) if k == "config_json" else v for k, v in attrs.items()}
         self.attrs.setdefault("config_json", "{}")
         self.attrs.setdefault("task", task)
@@ -221,7 +222,7 @@ class RunWriter:
         if resume and os.path.exists(self.path):
             self._f = self._reopen()
         elif os.path.exists(self.path) and not overwrite:
-            raise ValueError(f"{self.path} exists; pass resume=True to continue it or overwrite=True")
+            raise InputError(f"{self.path} exists; pass resume=True to continue it or overwrite=True")
         else:
             self._f = self._create()
         self.n_done = _n_done(self._f)
@@ -264,21 +265,21 @@ class RunWriter:
         try:
             _check_schema(f, self.path)
             if "merged" in f.attrs:
-                raise ValueError(f"{self.path}: a merged run cannot be resumed")
+                raise InputError(f"{self.path}: a merged run cannot be resumed")
             old = {k: _decode(f.attrs.get(k)) for k in ("breadth", "depth", "config_json",
                                                          "checkpoint_sha256")}
             new = {"breadth": self.breadth, "depth": self.depth, **self.attrs}
             for key in ("breadth", "depth"):
                 if old[key] != new[key]:
-                    raise ValueError(f"cannot resume {self.path}: it has {key}={old[key]}, not {new[key]}")
+                    raise InputError(f"cannot resume {self.path}: it has {key}={old[key]}, not {new[key]}")
             if not _same_json(old["config_json"], new["config_json"]):
-                raise ValueError(f"cannot resume {self.path}: its config_json differs from this run's config")
+                raise InputError(f"cannot resume {self.path}: its config_json differs from this run's config")
             if None not in (old["checkpoint_sha256"], new.get("checkpoint_sha256")) and (
                     old["checkpoint_sha256"] != new["checkpoint_sha256"]):
-                raise ValueError(f"cannot resume {self.path}: it was written with another checkpoint")
+                raise InputError(f"cannot resume {self.path}: it was written with another checkpoint")
             spec = _state_spec(f)
             if spec.key() != self.states.key():
-                raise ValueError(f"cannot resume {self.path}: its state spec ({spec.mode}, stride "
+                raise InputError(f"cannot resume {self.path}: its state spec ({spec.mode}, stride "
                                  f"{spec.stride}, {spec.dtype}, {spec.shape}) differs from the requested one")
             missing = [name for name in self._fields if name not in f]
             if missing:
@@ -302,11 +303,11 @@ class RunWriter:
         else:
             arr = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
             if arr.dtype.kind not in "biuf":
-                raise ValueError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
+                raise InputError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
             if kind == "bool" and arr.dtype != bool and not np.isin(arr, (0, 1)).all():
-                raise ValueError(f"{name}: expected booleans")
+                raise InputError(f"{name}: expected booleans")
         if arr.shape != (n, *tail):
-            raise ValueError(f"{name}: expected shape {(n, *tail)}, got {arr.shape}")
+            raise InputError(f"{name}: expected shape {(n, *tail)}, got {arr.shape}")
         return arr if kind == "str" else arr.astype(_h5_dtype(kind), copy=False)
 
     def append(self, puzzles: Any, rollout: dict, states: np.ndarray | None = None) -> None:
@@ -318,16 +319,16 @@ class RunWriter:
         the set of keys); states: ``[n, B, S, *shape]`` (S = ``len(spec.steps(T))``) unless mode ``none``.
         """
         if self._f is None:
-            raise ValueError(f"{self.path}: writer is closed")
+            raise InputError(f"{self.path}: writer is closed")
         if not all(hasattr(puzzles, k) for k in PUZZLE_FIELDS):
-            raise ValueError(f"puzzles must have the attributes {', '.join(PUZZLE_FIELDS)} (a PuzzleSet)")
+            raise InputError(f"puzzles must have the attributes {', '.join(PUZZLE_FIELDS)} (a PuzzleSet)")
         n = len(np.asarray(puzzles.tokens))
         data = {f"puzzles/{k}": self._check(f"puzzles.{k}", getattr(puzzles, k), n, tail, kind)
                 for k, (kind, tail) in self._puzzles.items()}
         known = {**OPTIONAL_ROLLOUT, **self._rollout}
         missing = sorted(set(_rollout_fields(1, 1)) - set(rollout))
         if missing:
-            raise ValueError(f"rollout is missing {', '.join(missing)}")
+            raise InputError(f"rollout is missing {', '.join(missing)}")
         for key, value in rollout.items():
             if key not in known:
                 arr = np.asarray(value)
@@ -335,7 +336,7 @@ class RunWriter:
             kind, tail = known[key]
             data[f"rollout/{key}"] = self._check(f"rollout[{key!r}]", value, n, tail, kind)
         if (states is None) != (self.states.mode == "none"):
-            raise ValueError(f"states must be {'None' if states is not None else 'given'} "
+            raise InputError(f"states must be {'None' if states is not None else 'given'} "
                              f"for state mode {self.states.mode!r}")
         if states is not None:
             data["states/data"] = self._check("states", states, n, *self._fields["states/data"][::-1])
@@ -347,7 +348,7 @@ class RunWriter:
             f.swmr_mode = True
         expected = {ds.name.lstrip("/") for ds in _row_datasets(f)}
         if set(data) != expected:
-            raise ValueError(f"batch keys differ from the run's: missing {sorted(expected - set(data))}, "
+            raise InputError(f"batch keys differ from the run's: missing {sorted(expected - set(data))}, "
                              f"unexpected {sorted(set(data) - expected)}")
         start = self.n_done
         for name, arr in data.items():
@@ -395,13 +396,13 @@ def check_disk_space(path: str | os.PathLike, nbytes: int) -> None:
         where = os.path.dirname(where)
     free = shutil.disk_usage(where).free
     if nbytes > free:
-        raise ValueError(f"not enough disk space for {os.fspath(path)}: needs about "
+        raise InputError(f"not enough disk space for {os.fspath(path)}: needs about "
                          f"{nbytes / 2**30:.2f} GiB, {where} has {free / 2**30:.2f} GiB free")
 
 
 def shard_path(out_path: str | os.PathLike, rank: int, world_size: int) -> str:
     """Per-rank file of a sharded run: ``run.h5`` -> ``run.rank0-of-2.h5``."""
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        raise InputError(f"rank must be in [0, {world_size}), got {rank}")
     stem, ext = os.path.splitext(os.fspath(out_path))
     return f"{stem}.rank{rank}-of-{world_size}{ext}"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from attractorlab.errors import InputError
 from attractorlab.reference.errors import ReferenceFormatError, first_line, is_int
 
 METADATA_FIELDS = ("pad_id", "ignore_label_id", "blank_identifier_id", "vocab_size", "seq_len",
@@ -176,17 +177,17 @@ def write_split(path: str | os.PathLike, inputs: np.ndarray, labels: np.ndarray,
     """
     inputs, labels = np.asarray(inputs), np.asarray(labels)
     if inputs.ndim != 2 or not inputs.size or labels.shape != inputs.shape:
-        raise ValueError(f"inputs and labels must be non-empty [N, L] arrays of one shape, got "
+        raise InputError(f"inputs and labels must be non-empty [N, L] arrays of one shape, got "
                          f"{list(inputs.shape)} and {list(labels.shape)}")
     if not (np.issubdtype(inputs.dtype, np.integer) and np.issubdtype(labels.dtype, np.integer)):
-        raise ValueError(f"inputs and labels must hold integers, got {inputs.dtype} and {labels.dtype}")
+        raise InputError(f"inputs and labels must hold integers, got {inputs.dtype} and {labels.dtype}")
     if not set_name or "/" in set_name or os.sep in set_name:
-        raise ValueError(f"set_name must be a plain name, got {set_name!r}")
+        raise InputError(f"set_name must be a plain name, got {set_name!r}")
     group_indices = _group_offsets(inputs.shape[0], groups)
     meta = _split_metadata(inputs, labels, len(group_indices) - 1, set_name, metadata or {})
     for name, values in (("inputs", inputs), ("labels", labels)):
         if values.min() < 0 or values.max() >= meta["vocab_size"]:
-            raise ValueError(f"{name} holds tokens outside [0, vocab_size={meta['vocab_size']})")
+            raise InputError(f"{name} holds tokens outside [0, vocab_size={meta['vocab_size']})")
     dtype = np.uint8 if meta["vocab_size"] <= 256 else np.int32
     n = inputs.shape[0]
     arrays = {"inputs": inputs.astype(dtype), "labels": labels.astype(dtype),
@@ -200,11 +201,11 @@ def _group_offsets(n: int, groups: np.ndarray | None) -> np.ndarray:
         return np.arange(n + 1, dtype=np.int32)
     groups = np.asarray(groups)
     if groups.shape != (n,) or not np.issubdtype(groups.dtype, np.integer):
-        raise ValueError(f"groups must be [N] = [{n}] integers, got {groups.dtype} {list(groups.shape)}")
+        raise InputError(f"groups must be [N] = [{n}] integers, got {groups.dtype} {list(groups.shape)}")
     starts = np.concatenate([[0], np.flatnonzero(np.diff(groups)) + 1])
     ids, counts = np.unique(groups[starts], return_counts=True)
     if (counts > 1).any():
-        raise ValueError(f"the examples of group {ids[np.argmax(counts > 1)]} are not consecutive")
+        raise InputError(f"the examples of group {ids[np.argmax(counts > 1)]} are not consecutive")
     return np.append(starts, n).astype(np.int32)
 
 
@@ -214,26 +215,26 @@ def _split_metadata(inputs: np.ndarray, labels: np.ndarray, num_groups: int, set
                "total_samples": int(inputs.shape[0]), "sets": [set_name]}
     for key, value in derived.items():
         if key in metadata and metadata[key] != value:
-            raise ValueError(f"metadata[{key!r}] = {metadata[key]!r} contradicts the arrays ({value!r})")
+            raise InputError(f"metadata[{key!r}] = {metadata[key]!r} contradicts the arrays ({value!r})")
     meta = {"pad_id": 0, "ignore_label_id": 0, "blank_identifier_id": 0, "num_puzzle_identifiers": 1,
             "vocab_size": int(max(inputs.max(), labels.max())) + 1, **metadata, **derived}
     for key, least in (("pad_id", 0), ("blank_identifier_id", 0), ("vocab_size", 1), ("num_puzzle_identifiers", 1)):
         if not is_int(meta[key]) or meta[key] < least:
-            raise ValueError(f"metadata[{key!r}] must be an integer >= {least}, got {meta[key]!r}")
+            raise InputError(f"metadata[{key!r}] must be an integer >= {least}, got {meta[key]!r}")
     if meta["ignore_label_id"] is not None and not is_int(meta["ignore_label_id"]):
-        raise ValueError(f"metadata['ignore_label_id'] must be an integer or None, got {meta['ignore_label_id']!r}")
+        raise InputError(f"metadata['ignore_label_id'] must be an integer or None, got {meta['ignore_label_id']!r}")
     try:
         json.dumps(meta)
     except TypeError as err:
-        raise ValueError(f"metadata must be JSON-serialisable ({err})") from err
+        raise InputError(f"metadata must be JSON-serialisable ({err})") from err
     return meta
 
 
 def _write_folder(target: Path, metadata: dict, arrays: dict[str, np.ndarray], overwrite: bool) -> Path:
     if target.exists() and not target.is_dir():
-        raise ValueError(f"{target} exists and is not a directory")
+        raise InputError(f"{target} exists and is not a directory")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise ValueError(f"{target} is not empty (pass overwrite=True to replace it)")
+        raise InputError(f"{target} is not empty (pass overwrite=True to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from attractorlab.errors import InputError
 from attractorlab.reference.errors import is_int
 
 DEFAULT_KS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -19,7 +20,7 @@ def logit_change(prev_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tenso
     """``[..., L, V] x2 -> [...]``: L2 norm over the vocabulary of the change per cell, averaged over cells
     (computed in float32; the reference subtracts in the logits' dtype)."""
     if prev_logits.shape != logits.shape or logits.ndim < 2:
-        raise ValueError(f"expected two [..., L, V] logits of one shape, got {list(prev_logits.shape)} and "
+        raise InputError(f"expected two [..., L, V] logits of one shape, got {list(prev_logits.shape)} and "
                          f"{list(logits.shape)}")
     return (logits.float() - prev_logits.float()).norm(dim=-1).mean(dim=-1)
 
@@ -35,9 +36,9 @@ def convergence_scores(changes: np.ndarray, window: int = 3) -> np.ndarray:
     """
     changes = np.asarray(changes, dtype=np.float64)
     if changes.ndim < 1 or changes.shape[-1] < 1:
-        raise ValueError("convergence scores need at least one logit change, i.e. two outer steps")
+        raise InputError("convergence scores need at least one logit change, i.e. two outer steps")
     if not is_int(window) or window < 0:
-        raise ValueError(f"window must be an integer >= 0, got {window!r}")
+        raise InputError(f"window must be an integer >= 0, got {window!r}")
     if 0 < window < changes.shape[-1]:
         changes = changes[..., -window:]
     return changes.mean(axis=-1)
@@ -51,10 +52,10 @@ def pass_at_k(n: int, c: np.ndarray, k: int) -> np.ndarray:
     it is an error).
     """
     if not is_int(n) or n < 1 or not is_int(k) or not 1 <= k <= n:
-        raise ValueError(f"pass@k needs integers 1 <= k <= n, got n={n!r}, k={k!r}")
+        raise InputError(f"pass@k needs integers 1 <= k <= n, got n={n!r}, k={k!r}")
     c = np.asarray(c)
     if not np.issubdtype(c.dtype, np.integer) or (c < 0).any() or (c > n).any():
-        raise ValueError(f"c must hold integer counts in [0, {n}]")
+        raise InputError(f"c must hold integer counts in [0, {n}]")
     keep = np.concatenate([[1.0], np.cumprod(1.0 - k / np.arange(n, k, -1, dtype=np.float64))])
     return np.where(c > n - k, 1.0, 1.0 - keep[np.minimum(c, n - k)])
 
@@ -67,7 +68,7 @@ def majority_vote(answers: np.ndarray) -> np.ndarray:
     """
     answers = np.asarray(answers)
     if answers.ndim != 3 or 0 in answers.shape or not np.issubdtype(answers.dtype, np.integer):
-        raise ValueError(f"answers must be a non-empty [n, B, L] integer array, got {answers.dtype} "
+        raise InputError(f"answers must be a non-empty [n, B, L] integer array, got {answers.dtype} "
                          f"{list(answers.shape)}")
     n, b, _ = answers.shape
     small = answers.min() >= 0 and answers.max() < 256
@@ -100,13 +101,13 @@ def evaluation_metrics(correct: np.ndarray, answers: np.ndarray, scores: np.ndar
     """
     correct = np.asarray(correct).astype(bool)
     if correct.ndim != 2 or 0 in correct.shape:
-        raise ValueError(f"correct must be a non-empty [n, B] array, got shape {list(correct.shape)}")
+        raise InputError(f"correct must be a non-empty [n, B] array, got shape {list(correct.shape)}")
     n, b = correct.shape
     for name, value in (("answers", answers), ("scores", scores), ("token_accuracy", token_accuracy)):
         if value is not None and np.shape(value)[:2] != (n, b):
-            raise ValueError(f"{name} must start with [n, B] = [{n}, {b}], got shape {list(np.shape(value))}")
+            raise InputError(f"{name} must start with [n, B] = [{n}, {b}], got shape {list(np.shape(value))}")
     if not all(is_int(k) and k >= 1 for k in ks):
-        raise ValueError(f"ks must be positive integers, got {ks!r}")
+        raise InputError(f"ks must be positive integers, got {ks!r}")
     counts = correct.sum(axis=1)
     out = {"puzzles": float(n), "breadth": float(b), "exact_accuracy": float(correct.mean())}
     for k in sorted({k for k in ks if k < b} | {b}):

@@ -1,4 +1,5 @@
-"""Sudoku task: encoding, puzzle sets, CSV I/O, validity, symmetry augmentation, exact solver, generator.
+"""Sudoku task: encoding, puzzle sets, validity, symmetry augmentation, exact solver, generator (CSV files:
+:mod:`attractorlab.tasks.sudoku_csv`).
 
 Encoding (identical to the reference EqR code): a puzzle is 81 tokens in row-major order with
 ``0 = pad``, ``1 = blank`` and ``2..10`` = digits ``1..9``. Solutions are stored as *digits* ``1..9``
@@ -11,10 +12,9 @@ to the first solution; ``0`` means naked and hidden singles alone solve it.
 
 from __future__ import annotations
 
-import gzip
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from attractorlab.errors import InputError
 from attractorlab.tasks import _sudoku_kernels as _k
 from attractorlab.tasks import base
 
@@ -62,12 +63,12 @@ def encode(puzzles: str | Sequence[str] | np.ndarray) -> np.ndarray:
         return np.zeros((0, 81), dtype=np.uint8)
     bad = [i for i, s in enumerate(puzzles) if not isinstance(s, str) or len(s) != 81 or not s.isascii()]
     if bad:
-        raise ValueError(f"puzzle {bad[0]} is not an 81-character ASCII string: {puzzles[bad[0]]!r}")
+        raise InputError(f"puzzle {bad[0]} is not an 81-character ASCII string: {puzzles[bad[0]]!r}")
     raw = np.frombuffer("".join(puzzles).encode("ascii"), dtype=np.uint8).reshape(-1, 81)
     tokens = _Q_LUT[raw]
     if (tokens == 255).any():
         i, j = np.argwhere(tokens == 255)[0]
-        raise ValueError(
+        raise InputError(
             f"puzzle {i} has invalid character {chr(raw[i, j])!r} at position {j} (use 1-9, '.' or '0')"
         )
     return tokens
@@ -95,11 +96,11 @@ def digits_to_tokens(digits: np.ndarray) -> np.ndarray:
 
 def _check_range(a: np.ndarray, lo: int, hi: int, what: str) -> np.ndarray:
     if a.shape[-1:] != (81,):
-        raise ValueError(f"{what} must have 81 cells in the last axis, got shape {a.shape}")
+        raise InputError(f"{what} must have 81 cells in the last axis, got shape {a.shape}")
     if a.dtype.kind not in "iub":
-        raise ValueError(f"{what} must be integers, got dtype {a.dtype}")
+        raise InputError(f"{what} must be integers, got dtype {a.dtype}")
     if a.size and (a.min() < lo or a.max() > hi):
-        raise ValueError(f"{what} must lie in {lo}..{hi}, got values {a.min()}..{a.max()}")
+        raise InputError(f"{what} must lie in {lo}..{hi}, got values {a.min()}..{a.max()}")
     return a.astype(np.uint8, copy=False)
 
 
@@ -120,270 +121,25 @@ class PuzzleSet(base.PuzzleSet):
     def __post_init__(self) -> None:
         tokens = np.asarray(self.tokens)
         if tokens.ndim != 2:
-            raise ValueError(f"tokens must be [N, 81], got shape {tokens.shape}")
+            raise InputError(f"tokens must be [N, 81], got shape {tokens.shape}")
         self.tokens = _check_range(tokens, 1, 10, "tokens")
         n = len(self.tokens)
         solution = np.asarray(self.solution)
         if solution.shape != (n, 81):
-            raise ValueError(f"solution must be [{n}, 81] like tokens, got shape {solution.shape}")
+            raise InputError(f"solution must be [{n}, 81] like tokens, got shape {solution.shape}")
         self.solution = _check_range(solution, 0, 9, "solution")
         known = (self.solution > 0).sum(axis=1)
         if ((known != 0) & (known != 81)).any():
-            raise ValueError("each solution row must be complete (digits 1..9) or all zeros (unknown)")
+            raise InputError("each solution row must be complete (digits 1..9) or all zeros (unknown)")
         given = self.tokens >= 2
         if (given & (known[:, None] == 81) & (self.solution != self.tokens - 1)).any():
-            raise ValueError("a solution disagrees with the given digits of its puzzle")
+            raise InputError("a solution disagrees with the given digits of its puzzle")
         super().__post_init__()
 
     @property
     def labels(self) -> np.ndarray:
         """``[N, 81] uint8`` training targets: the solution as tokens (digit + 1), ``PAD`` where unknown."""
         return np.where(self.solution > 0, self.solution + 1, PAD).astype(np.uint8)
-
-
-# ------------------------------------------------------------------------------------------------ CSV I/O
-
-_BLOCK_BYTES = 1 << 23  # ~45k Sudoku-Extreme rows per block
-_REASONS = {
-    1: "expected 4 comma-separated fields (source,question,answer,rating)",
-    2: "question must have 81 characters",
-    3: "question has an invalid character (use 1-9, '.' or '0')",
-    4: "answer must have 81 characters (or be empty when unknown)",
-    5: "answer has an invalid character (use digits 1-9)",
-    6: "answer disagrees with a given digit of the question",
-    7: "answer is not a valid Sudoku solution (a row, column or box repeats a digit)",
-    8: "rating is not a non-negative integer (or empty when unknown)",
-    9: "line must hold an 81-character puzzle (1-9, '.' or '0')",
-}
-
-
-def _read_blocks(path: Path) -> Iterator[tuple[np.ndarray, int]]:
-    """Yield ``(bytes [M] uint8, first line number)`` blocks of whole lines; gzip detected by magic bytes."""
-    with open(path, "rb") as raw:
-        gzipped = raw.read(2) == b"\x1f\x8b"
-    opener: Callable[..., Any] = gzip.open if gzipped else open
-    line_no = 1
-    rest = b""
-    with opener(path, "rb") as f:
-        while True:
-            chunk = f.read(_BLOCK_BYTES)
-            data = rest + chunk
-            cut = data.rfind(b"\n") + 1 if chunk else len(data)
-            block, rest = data[:cut], data[cut:]
-            if block:
-                yield np.frombuffer(block, dtype=np.uint8), line_no
-                line_no += block.count(b"\n")
-            if not chunk:
-                return
-
-
-def _lines(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end offsets of the lines in ``buf`` (end excludes ``\\n``, ``\\r`` and trailing blanks)."""
-    nl = np.flatnonzero(buf == 10)
-    starts = np.concatenate([[0], nl + 1])
-    ends = np.concatenate([nl, [len(buf)]])
-    if len(buf) == 0 or buf[-1] == 10:
-        starts, ends = starts[:-1], ends[:-1]
-    while True:
-        trailing = (ends > starts) & np.isin(buf[np.maximum(ends - 1, 0)], (9, 13, 32))
-        if not trailing.any():
-            return starts, ends
-        ends = ends - trailing
-
-
-def _gather(buf: np.ndarray, start: np.ndarray, width: int) -> np.ndarray:
-    """``buf[start[i] + j]`` for ``j < width`` as ``[len(start), width]`` (indices clipped to the buffer)."""
-    return buf[np.clip(start[:, None] + np.arange(width), 0, max(len(buf) - 1, 0))]
-
-
-def _parse_csv_block(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> dict[str, np.ndarray]:
-    """Vectorised parse of Sudoku-Extreme rows; ``reason [n]`` is 0 for good rows, else a ``_REASONS`` key."""
-    n = len(starts)
-    reason = np.zeros(n, dtype=np.int8)
-    commas = np.flatnonzero(buf == ord(","))
-    line_of = np.searchsorted(starts, commas, side="right") - 1
-    inside = line_of >= 0  # keep only commas of the lines passed in (not the header)
-    inside[inside] = commas[inside] < ends[line_of[inside]]
-    commas, line_of = commas[inside], line_of[inside]
-    n_commas = np.bincount(line_of, minlength=n)
-    first = np.minimum(np.searchsorted(line_of, np.arange(n)), max(len(commas) - 3, 0))
-    reason[n_commas != 3] = 1
-    c1, c2, c3 = (commas[first + k] if len(commas) >= 3 else np.zeros(n, np.int64) for k in range(3))
-
-    def flag(code: int, bad: np.ndarray) -> None:
-        reason[(reason == 0) & bad] = code
-
-    flag(2, c2 - c1 != 82)
-    tokens = _Q_LUT[_gather(buf, c1 + 1, 81)]
-    flag(3, (tokens == 255).any(axis=1))
-    answer_len = c3 - c2 - 1
-    flag(4, (answer_len != 81) & (answer_len != 0))
-    solution = np.where((answer_len == 81)[:, None], _A_LUT[_gather(buf, c2 + 1, 81)], 0).astype(np.uint8)
-    flag(5, (solution == 255).any(axis=1))
-    known = answer_len == 81
-    flag(6, known & ((tokens >= 2) & (solution != tokens - 1)).any(axis=1))
-    checkable = (reason == 0) & known
-    valid = np.ones(n, dtype=bool)
-    valid[checkable] = is_valid_solution(tokens[checkable], solution[checkable])
-    flag(7, ~valid)
-    r_len = ends - c3 - 1
-    r_chars = _gather(buf, c3 + 1, 9)
-    in_field = np.arange(9) < r_len[:, None]
-    is_digit = (r_chars >= ord("0")) & (r_chars <= ord("9"))
-    flag(8, (r_len > 9) | (in_field & ~is_digit).any(axis=1))
-    power = np.where(in_field, 10 ** np.clip(r_len[:, None] - 1 - np.arange(9), 0, 8), 0)
-    rating = np.where(r_len > 0, (power * (r_chars.astype(np.int64) - ord("0"))).sum(axis=1), -1)
-    ok = reason == 0
-    s_len = np.where(ok, c1 - starts, 0)
-    width = max(int(s_len.max(initial=0)), 1)
-    in_name = np.arange(width) < s_len[ok, None]
-    s_bytes = np.where(in_name, _gather(buf, starts[ok], width), 0).astype(np.uint8)
-    names, inverse = np.unique(np.ascontiguousarray(s_bytes).view(f"S{width}").ravel(), return_inverse=True)
-    decoded = np.array([s.decode("utf-8", "replace") for s in names], dtype=object)
-    return {
-        "reason": reason,
-        "tokens": tokens[ok],
-        "solution": solution[ok],
-        "rating": rating[ok],
-        "source": decoded[inverse.ravel()] if len(names) else np.zeros(0, dtype=object),
-    }
-
-
-def _parse_plain_block(
-    buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, source: str
-) -> dict[str, np.ndarray]:
-    """Parse one-puzzle-per-line rows (comments and blank lines are filtered out before)."""
-    reason = np.where(ends - starts != 81, 9, 0).astype(np.int8)
-    tokens = _Q_LUT[_gather(buf, starts, 81)]
-    reason[(reason == 0) & (tokens == 255).any(axis=1)] = 9
-    ok = reason == 0
-    return {
-        "reason": reason,
-        "tokens": tokens[ok],
-        "solution": np.zeros((int(ok.sum()), 81), dtype=np.uint8),
-        "rating": np.full(int(ok.sum()), -1, dtype=np.int64),
-        "source": np.full(int(ok.sum()), source, dtype=object),
-    }
-
-
-def _row_error(path: Path, line_no: int, code: int, buf: np.ndarray, start: int, end: int) -> ValueError:
-    text = buf[start:end].tobytes().decode("utf-8", "replace")
-    shown = text if len(text) <= 200 else text[:200] + "..."
-    return ValueError(f"{path}:{line_no}: {_REASONS[code]}: {shown!r}")
-
-
-def load_csv(
-    path: str | os.PathLike[str],
-    *,
-    skip_invalid: bool = False,
-    verify: bool = False,
-    solve_missing: bool = False,
-) -> PuzzleSet:
-    """Load puzzles from a Sudoku-Extreme CSV (``source,question,answer,rating``) or a plain puzzle list.
-
-    The file may be gzip-compressed (detected from its content, not its name). CSV rows hold 81-character
-    ``question``/``answer`` strings (``.`` or ``0`` blanks in the question); an empty ``answer`` or
-    ``rating`` means unknown. A file whose first line is not the CSV header and has no comma is read as
-    one puzzle per line (tdoku/Norvig style; ``#`` comments and blank lines ignored; source = file stem).
-    Rows are parsed in blocks with numpy, so multi-million-row files load in seconds.
-
-    Args:
-        path: the file.
-        skip_invalid: drop malformed rows (counted in ``PuzzleSet.skipped``) instead of raising.
-        verify: check with the solver that every puzzle has a unique solution equal to its answer, and fill
-            unknown ratings from the solver.
-        solve_missing: fill unknown solutions (and ratings) with the solver; puzzles without a unique
-            solution are errors (or skipped).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: ``"<path>:<line>: <reason>: <row>"`` for the first malformed row (unless
-            ``skip_invalid``), or a bad header.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"puzzle file not found: {path}")
-    parts: list[dict[str, np.ndarray]] = []
-    fmt = None
-    skipped = 0
-    source = path.name.split(".")[0]
-    for buf, first_line in _read_blocks(path):
-        starts, ends = _lines(buf)
-        line_no = first_line + np.arange(len(starts))
-        if fmt is None:
-            head = buf[starts[0] : ends[0]].tobytes().lstrip(b"\xef\xbb\xbf").decode("utf-8", "replace")
-            if head.replace(" ", "") == CSV_HEADER:
-                fmt = "csv"
-                starts, ends, line_no = starts[1:], ends[1:], line_no[1:]
-            elif "," in head:
-                raise ValueError(f"{path}:1: expected the header {CSV_HEADER!r}, got {head[:200]!r}")
-            else:
-                fmt = "plain"
-        keep = ends > starts
-        if fmt == "plain":
-            keep &= buf[np.minimum(starts, len(buf) - 1)] != ord("#")
-        starts, ends, line_no = starts[keep], ends[keep], line_no[keep]
-        if fmt == "csv":
-            part = _parse_csv_block(buf, starts, ends)
-        else:
-            part = _parse_plain_block(buf, starts, ends, source)
-        reason = part.pop("reason")
-        bad = np.flatnonzero(reason)
-        if len(bad) and not skip_invalid:
-            i = bad[0]
-            raise _row_error(path, int(line_no[i]), int(reason[i]), buf, int(starts[i]), int(ends[i]))
-        skipped += len(bad)
-        part["line"] = line_no[reason == 0]
-        parts.append(part)
-    if fmt is None:
-        raise ValueError(f"{path}: empty file (expected the header {CSV_HEADER!r} or puzzle lines)")
-    cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    if verify or solve_missing:
-        cat, n_bad = _check_with_solver(path, cat, verify, solve_missing, skip_invalid)
-        skipped += n_bad
-    return PuzzleSet(cat["tokens"], cat["solution"], cat["source"], cat["rating"], skipped=skipped)
-
-
-def _check_with_solver(
-    path: Path, cat: dict[str, np.ndarray], verify: bool, solve_missing: bool, skip_invalid: bool
-) -> tuple[dict[str, np.ndarray], int]:
-    """Solve every puzzle; flag non-unique ones / answer mismatches; fill unknown solutions and ratings."""
-    result = solve(cat["tokens"])
-    known = cat["solution"].any(axis=1)
-    unique = result.n_solutions == 1
-    mismatch = known & unique & (result.solution != cat["solution"]).any(axis=1)
-    bad = (~unique & (verify | ~known)) | (verify & mismatch)
-    if bad.any() and not skip_invalid:
-        i = np.flatnonzero(bad)[0]
-        what = {0: "puzzle has no solution", 2: "puzzle has more than one solution"}.get(
-            int(result.n_solutions[i]), "answer differs from the solver's unique solution"
-        )
-        raise ValueError(f"{path}:{cat['line'][i]}: {what}")
-    fill = ~known & unique
-    cat["solution"][fill] = result.solution[fill]
-    unrated = (cat["rating"] < 0) & unique
-    cat["rating"][unrated] = result.backtracks[unrated]
-    return {k: v[~bad] for k, v in cat.items()}, int(bad.sum())
-
-
-def save_csv(puzzles: PuzzleSet, path: str | os.PathLike[str]) -> None:
-    """Write ``puzzles`` in the Sudoku-Extreme layout (gzip if ``path`` ends in ``.gz``).
-
-    Unknown solutions and ratings are written as empty fields, which :func:`load_csv` reads back.
-    """
-    path = Path(path)
-    names = np.unique(puzzles.source.astype(str)) if len(puzzles) else []
-    if any(("," in s) or ("\n" in s) for s in names):
-        raise ValueError("source names must not contain commas or newlines to be written as CSV")
-    questions = decode(puzzles.tokens)
-    answers = decode(puzzles.solution, digits=True)
-    opener: Callable[..., Any] = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "wt", encoding="utf-8", newline="\n") as f:
-        f.write(CSV_HEADER + "\n")
-        for src, q, a, r, known in zip(
-            puzzles.source, questions, answers, puzzles.rating, puzzles.solution.any(axis=1), strict=True
-        ):
-            f.write(f"{src},{q},{a if known else ''},{r if r >= 0 else ''}\n")
 
 
 # ----------------------------------------------------------------------------------------------- validity
@@ -408,7 +164,7 @@ def is_valid_solution(puzzle: Any, grid: Any) -> Any:
     else:
         p, g = np.asarray(puzzle), np.asarray(grid)
     if p.shape != g.shape or g.shape[-1:] != (81,) or g.ndim > 2:
-        raise ValueError(
+        raise InputError(
             f"puzzle and grid must both be [81] or [N, 81], got {tuple(p.shape)} and {tuple(g.shape)}"
         )
     if is_torch:
@@ -417,7 +173,7 @@ def is_valid_solution(puzzle: Any, grid: Any) -> Any:
         ok = (bits[..., torch.as_tensor(_UNITS, device=g.device)].sum(-1) == 0x3FE).all(-1)
         return ok & ~((p >= 2) & (g != p - 1)).any(-1)
     if g.dtype.kind not in "iu" or p.dtype.kind not in "iu":
-        raise ValueError(f"puzzle and grid must be integer arrays, got {p.dtype} and {g.dtype}")
+        raise InputError(f"puzzle and grid must be integer arrays, got {p.dtype} and {g.dtype}")
     bits = _POW2[np.minimum(g, 10) if g.dtype.kind == "u" else np.clip(g, 0, 10)]
     ok = (bits[..., _UNITS].sum(-1, dtype=np.int16) == 0x3FE).all(-1)
     ok &= ~((p >= 2) & (g.astype(np.int16) != p.astype(np.int16) - 1)).any(-1)
@@ -447,7 +203,7 @@ def augment(tokens: Any, solution: Any, seed: int | np.random.Generator | None =
     t_np = tokens.detach().cpu().numpy() if is_torch else np.asarray(tokens)
     s_np = solution.detach().cpu().numpy() if is_torch else np.asarray(solution)
     if t_np.shape != s_np.shape or t_np.shape[-1:] != (81,) or t_np.ndim > 2:
-        raise ValueError(
+        raise InputError(
             f"tokens and solution must both be [81] or [N, 81], got {t_np.shape} and {s_np.shape}"
         )
     _check_range(t_np, 0, 10, "tokens")
@@ -495,7 +251,7 @@ def _workers(workers: int | None) -> int:
     if workers is None:
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise InputError(f"workers must be >= 1, got {workers}")
     return workers
 
 
@@ -504,11 +260,11 @@ def _as_puzzle_tokens(puzzles: Any, digits: bool) -> np.ndarray:
         return np.atleast_2d(encode(puzzles))
     arr = np.atleast_2d(np.asarray(puzzles))
     if arr.ndim != 2:
-        raise ValueError(f"puzzles must be [N, 81] or [81], got shape {arr.shape}")
+        raise InputError(f"puzzles must be [N, 81] or [81], got shape {arr.shape}")
     if digits:
         return digits_to_tokens(arr)
     if arr.size and arr.min() < 1:
-        raise ValueError(
+        raise InputError(
             "puzzle tokens must be 1 (blank) or 2..10 (digits); for digit arrays pass digits=True"
         )
     return np.ascontiguousarray(_check_range(arr, 1, 10, "tokens"))
@@ -525,7 +281,7 @@ def solve(
         workers: threads (default: all available cores).
     """
     if max_solutions < 1:
-        raise ValueError(f"max_solutions must be >= 1, got {max_solutions}")
+        raise InputError(f"max_solutions must be >= 1, got {max_solutions}")
     tokens = _as_puzzle_tokens(puzzles, digits)
     n = len(tokens)
     res = SolveResult(np.zeros((n, 81), np.uint8), np.zeros(n, np.int8), np.zeros(n, np.int64))
@@ -591,9 +347,9 @@ def generate(
         ValueError: bad arguments, or no puzzle in the band within ``max_attempts`` grids for some index.
     """
     if not isinstance(n, int | np.integer) or n < 0:
-        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+        raise InputError(f"n must be a non-negative integer, got {n!r}")
     if max_attempts < 1:
-        raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        raise InputError(f"max_attempts must be >= 1, got {max_attempts}")
     search = (1, np.iinfo(np.int64).max)
     if difficulty in ("singles", "search", "mixed"):
         singles = np.arange(n) % 2 == 0 if difficulty == "mixed" else np.full(n, difficulty == "singles")
@@ -604,12 +360,12 @@ def generate(
     ):
         lo, hi = difficulty
         if not 0 <= lo <= hi:
-            raise ValueError(f"rating band must satisfy 0 <= lo <= hi, got {difficulty}")
+            raise InputError(f"rating band must satisfy 0 <= lo <= hi, got {difficulty}")
         singles = np.zeros(n, dtype=bool)
         lo_arr, hi_arr = np.full(n, lo, np.int64), np.full(n, hi, np.int64)
         source = np.full(n, f"generated:{lo}-{hi}", dtype=object)
     else:
-        raise ValueError(
+        raise InputError(
             f"difficulty must be 'singles', 'search', 'mixed' or (lo, hi) ints, got {difficulty!r}"
         )
     tokens, solution = np.zeros((n, 81), np.uint8), np.zeros((n, 81), np.uint8)
@@ -632,7 +388,7 @@ def generate(
             if len(failed):
                 pool.shutdown(wait=False, cancel_futures=True)
                 i = a + failed[0]
-                raise ValueError(
+                raise InputError(
                     f"no puzzle with rating in [{lo_arr[i]}, {hi_arr[i]}] within max_attempts={max_attempts} "
                     f"grids (index {i}); lower the band or raise max_attempts"
                 )
@@ -647,14 +403,24 @@ def load_reference_split(path: str | os.PathLike, set_name: str = "all") -> Puzz
 
     split = reference.read_split(path, set_name)
     if split.inputs.shape[1:] != (SEQ_LEN,):
-        raise ValueError(f"{path}: Sudoku splits have {SEQ_LEN} cells per row, got {split.inputs.shape[1]}")
+        raise InputError(f"{path}: Sudoku splits have {SEQ_LEN} cells per row, got {split.inputs.shape[1]}")
     labels = np.asarray(split.labels)
     solution = np.where(labels >= 2, labels - 1, 0).astype(np.uint8)
     rows = np.flatnonzero(~(np.asarray(split.inputs) >= 1).all(axis=1))
     if len(rows):
-        raise ValueError(f"{path}: row {rows[0]} of {set_name}__inputs.npy holds a pad token (0) in a Sudoku grid")
+        raise InputError(f"{path}: row {rows[0]} of {set_name}__inputs.npy holds a pad token (0) in a Sudoku grid")
     name = Path(path).resolve().name
     return PuzzleSet(np.asarray(split.inputs), solution, f"reference:{name}", np.full(len(labels), -1, np.int32))
+
+
+def __getattr__(name: str) -> Any:
+    """``load_csv`` and ``save_csv`` live in :mod:`attractorlab.tasks.sudoku_csv` (imported
+    on first use)."""
+    if name in ("load_csv", "save_csv"):
+        from attractorlab.tasks import sudoku_csv
+
+        return getattr(sudoku_csv, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------------------------------------- the task
@@ -703,6 +469,8 @@ class SudokuTask(base.Task):
     def load(self, path: str | os.PathLike, **options: Any) -> PuzzleSet:
         """A Sudoku-Extreme CSV (or plain puzzle list, see :func:`load_csv`) or a reference dataset split directory
         (``data/sudoku-extreme-1k-aug-1000/test``: inputs are tokens, labels digit + 1; memory-mapped)."""
+        from attractorlab.tasks.sudoku_csv import load_csv
+
         if Path(path).is_dir():
             return load_reference_split(path, **options)
         return load_csv(path, **options)
