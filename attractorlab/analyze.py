@@ -108,31 +108,59 @@ def scaling_arrays(run: recording.Run) -> dict:
         "breadth_oracle": np.array(oracle_b, np.float64)}, "attrs": {}}
 
 
+def run_noise_floor(run: recording.Run) -> dynamics.RecordedFloor | None:
+    """The residual floor of a run made with path noise, read off its records (None for noise-free runs)."""
+    cfg = run.config
+    noisy = cfg.get("rollout", {}).get("noise", False) and cfg.get("model", {}).get("noise_scale", 0) > 0
+    if not noisy:
+        return None
+    r = run.rollout
+    return dynamics.floor_from_records(r.residual, pred=r.pred, steps=r.steps)
+
+
 def convergence_arrays(run: recording.Run) -> dict:
-    """Residual curves by outcome, AUROC of convergence scores, steps vs rating, how trajectories end."""
+    """Residual curves by outcome, AUROC of convergence scores, steps to settle vs rating, how trajectories end
+    (against the noise floor under path noise), and post-hoc halting curves (accuracy vs mean steps per rule)."""
     r, p = run.rollout, run.puzzles
     rows = np.arange(run.n)
     sel = r.selected
     correct = r.correct[rows, sel, -1]
     steps = r.steps[rows, sel]
     residual = r.residual[rows, sel]  # [N, T] of the selected restart
+    pred = r.pred[rows, sel]  # [N, T, L]
     curves = dynamics.residual_curves(residual, correct, steps=steps)
     roc = dynamics.auroc_scores(residual, correct, halt_logit=r.halt_logit[rows, sel],
                                 logit_change=r.logit_change[rows, sel], steps=steps)
-    corr = dynamics.steps_vs_difficulty(steps, p.rating)
-    endings = dynamics.classify_endings(r.residual, r.valid, pred=r.pred, steps=r.steps)
+    recorded = run_noise_floor(run)
+    floor = recorded.floor if recorded is not None and np.isfinite(recorded.floor) else None
+    # the residual has settled once it stays within the noise floor (noise-free runs: the halting tolerance)
+    settle_floor = floor if floor is not None else float(run.config.get("rollout", {}).get("tol", 1e-3))
+    settle = dynamics.steps_to_settle(pred=pred, residual=residual, floor=settle_floor, steps=steps)
+    corr = dynamics.steps_vs_difficulty(settle, p.rating, which="answer")
+    endings = dynamics.classify_endings(r.residual, r.valid, pred=r.pred, steps=r.steps, floor=floor)
+    halting = dynamics.halting_curves(residual, r.halt_logit[rows, sel], pred, r.correct[rows, sel], steps=steps)
     names = list(roc.scores)
     arrays = {"steps_axis": curves.step, "score_names": np.array(names, dtype=str),
               "auroc": np.array([roc.scores[n].auroc for n in names], np.float64), "steps": steps,
+              "settle_answer": settle.answer_step, "settle_residual": settle.residual_step,
               "rating": np.asarray(p.rating), "correct": correct,
               "ending_names": np.array(endings.names, dtype=str), "ending_counts": np.asarray(endings.counts),
-              "ending": np.asarray(endings.label), "period": np.asarray(endings.period)}
+              "ending": np.asarray(endings.label), "period": np.asarray(endings.period),
+              "halt_rules": np.array(list(halting.curves), dtype=str)}
+    for rule, c in halting.curves.items():
+        arrays[f"halt_{rule}_values"] = np.asarray(c.values, np.float64)
+        arrays[f"halt_{rule}_mean_steps"], arrays[f"halt_{rule}_accuracy"] = c.mean_steps, c.accuracy
     for group in ("correct", "incorrect"):
         for stat in ("median", "q25", "q75"):
             arrays[f"residual_{group}_{stat}"] = getattr(curves, f"{group}_{stat}")
     for n in names:
         arrays[f"fpr_{n}"], arrays[f"tpr_{n}"] = roc.scores[n].fpr, roc.scores[n].tpr
-    attrs = {"spearman_rho": corr.rho, "spearman_p": corr.pvalue}
+    task = get_task(run.task)
+    easiest = task.difficulty_band(p.rating) == task.bands[0] if task.bands else np.zeros(run.n, bool)
+    attrs = {"spearman_rho": corr.rho, "spearman_p": corr.pvalue, "noise_floor": floor if floor else 0.0,
+             "easy_band": task.bands[0] if task.bands else "",
+             "easy_count": int(easiest.sum()),
+             "easy_settled_within_5": int((easiest & (settle.answer_step <= 5)).sum())}
     return {"arrays": arrays, "attrs": attrs}
 
 
@@ -280,6 +308,8 @@ def basin_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOp
         names.append(f"initial state {i + 1}")
     bmap = dynamics.basin_map(f, torch.stack(anchors), resolution=(opts.grid, opts.grid), attractors=attractors,
                               max_steps=opts.max_steps, tol=opts.tol, collect_new=False, progress=progress)
+    labels = _np(bmap.label)
+    entropy = dynamics.basin_entropy(labels, eps=max(2, min(opts.grid // 4, 20)))
     fp_z = torch.as_tensor(np.asarray(fixed["z"])).to(model.device)
     fp_coords = _np((fp_z - bmap.origin.to(fp_z)) @ bmap.basis.to(fp_z).T)
     arrays = {"fraction": np.append(_np(stats.fraction), stats.unassigned),
@@ -289,7 +319,10 @@ def basin_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOp
               "ys": _np(bmap.ys), "anchor_coords": _np(bmap.anchor_coords),
               "anchor_names": np.array(names, dtype=str), "fp_coords": fp_coords,
               "fp_stable": np.asarray(fixed["stable"])}
-    return {"arrays": arrays, "attrs": {"puzzle_index": int(puzzle), "samples": opts.basin_samples}}
+    attrs = {"puzzle_index": int(puzzle), "samples": opts.basin_samples, "basin_entropy": entropy.sb,
+             "boundary_basin_entropy": entropy.sbb, "boundary_fraction": dynamics.boundary_fraction(labels),
+             "entropy_box": entropy.eps}
+    return {"arrays": arrays, "attrs": attrs}
 
 
 # --- orchestration -------------------------------------------------------------------------------------------

@@ -72,9 +72,14 @@ FIGURES = {
                                   "inter-quartile range, split by final correctness."),
     "roc": FigureInfo("Convergence vs correctness", "ROC of convergence scores",
                       "How well each convergence score separates correct from incorrect answers."),
-    "steps_vs_rating": FigureInfo("Convergence vs correctness", "Steps vs difficulty",
-                                  "Outer steps used by the selected restart against the puzzle's difficulty "
-                                  "rating (Spearman rank correlation in the title)."),
+    "steps_vs_rating": FigureInfo("Convergence vs correctness", "Steps to settle vs difficulty",
+                                  "The outer step after which the selected restart's answer never changes again, "
+                                  "against the puzzle's difficulty rating (Spearman rank correlation and how many "
+                                  "of the easiest puzzles settle within 5 steps in the title; T + 1 = never)."),
+    "halting": FigureInfo("Convergence vs correctness", "Adaptive compute, replayed",
+                          "Accuracy against mean outer steps for each halting rule, replayed from the recorded "
+                          "run over a sweep of its threshold (no re-run): fixed depth, learned q, latent "
+                          "convergence, stable answer."),
     "endings": FigureInfo("Convergence vs correctness", "How rollouts ended", "Count of each end state."),
     "probes": FigureInfo("Probes", "Probe accuracy vs step",
                          "Cell accuracy of linear label probes per outer step (band: ±1 std over folds)."),
@@ -237,7 +242,8 @@ def _roc(res: AnalysisResult) -> go.Figure:
 
 
 def _steps_vs_rating(res: AnalysisResult) -> go.Figure:
-    steps, rating, correct = _get(res, "steps"), _get(res, "rating"), _get(res, "correct").astype(bool)
+    steps = _get(res, "settle_answer") if "settle_answer" in res else _get(res, "steps")
+    rating, correct = _get(res, "rating"), _get(res, "correct").astype(bool)
     fig = go.Figure()
     for mask, name, colour in ((correct, "correct", CORRECT), (~correct, "incorrect", INCORRECT)):
         fig.add_trace(go.Scattergl(x=_f32(rating[mask]), y=_f32(steps[mask]), mode="markers", name=name,
@@ -247,8 +253,26 @@ def _steps_vs_rating(res: AnalysisResult) -> go.Figure:
     positive = rating[rating > 0]
     log = positive.size == rating.size and rating.size > 0 and positive.max() / positive.min() >= 100
     fig.update_xaxes(title="difficulty rating", type="log" if log else "linear")
-    fig.update_yaxes(title="outer steps (selected restart)")
-    return _layout(fig, f"Steps vs difficulty (Spearman ρ = {_num(rho)}, p = {_num(p)})", 440)
+    fig.update_yaxes(title="outer step the answer settles (selected restart)")
+    easy = ""
+    if res.attrs.get("easy_count"):
+        easy = (f"; {res.attrs['easy_settled_within_5']} of {res.attrs['easy_count']} "
+                f"'{res.attrs.get('easy_band', '')}' puzzles within 5 steps")
+    return _layout(fig, f"Steps to settle vs difficulty (Spearman ρ = {_num(rho)}, p = {_num(p)}{easy})", 440)
+
+
+def _halting(res: AnalysisResult) -> go.Figure:
+    fig = go.Figure()
+    for rule in _get(res, "halt_rules"):
+        steps, acc = _get(res, f"halt_{rule}_mean_steps"), _get(res, f"halt_{rule}_accuracy")
+        values = _get(res, f"halt_{rule}_values")
+        fig.add_trace(go.Scatter(x=_f32(steps), y=_f32(acc), mode="lines+markers", name=str(rule),
+                                 customdata=_f32(values),
+                                 hovertemplate="%{customdata:.3g}: %{y:.3f} at %{x:.1f} steps<extra>" + str(rule)
+                                 + "</extra>"))
+    fig.update_xaxes(title="mean outer steps")
+    fig.update_yaxes(title="accuracy (selected restart)", range=[0, 1.02])
+    return _layout(fig, "Adaptive compute replayed from the run", 440)
 
 
 def _endings(res: AnalysisResult) -> go.Figure:
@@ -450,7 +474,12 @@ def _basin_maps(run: Run, items: list[tuple[int, AnalysisResult]]) -> go.Figure:
                                      hovertemplate=f"{name} %{{customdata}}<extra></extra>"))
         spans.append((lo, len(fig.data)))
         pi = int(res.attrs.get("puzzle_index", -1))
-        titles.append(f"Basin map — {_puzzle_label(run, pi)}")
+        measures = ""
+        if "basin_entropy" in res.attrs:
+            measures = (f" (basin entropy {_num(res.attrs['basin_entropy'])}, boundary "
+                        f"{_num(res.attrs.get('boundary_basin_entropy'))}; boundary cells "
+                        f"{_pct(float(res.attrs.get('boundary_fraction', 0.0)))})")
+        titles.append(f"Basin map — {_puzzle_label(run, pi)}{measures}")
     for i, trace in enumerate(fig.data):
         trace.visible = spans[0][0] <= i < spans[0][1]
     menus = _puzzle_menu(titles, spans, len(fig.data)) if len(items) > 1 else []
@@ -508,6 +537,7 @@ def _collect(run: Run) -> tuple[dict[str, go.Figure], list[tuple[str, str]]]:
         "roc": ("convergence", lambda: _roc(results["convergence"])),
         "steps_vs_rating": ("convergence", lambda: _steps_vs_rating(results["convergence"])),
         "endings": ("convergence", lambda: _endings(results["convergence"])),
+        "halting": ("convergence", lambda: _halting(results["convergence"])),
         "probes": ("probes", lambda: _probes(results["probes"])),
         "trajectories": ("embedding", lambda: _trajectories(results["embedding"])),
         "spectra": ("fixed_points", lambda: _spectra(groups["fixed_points"])),

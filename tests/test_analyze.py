@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from attractorlab import analyze, checkpoint, recording, sudoku
-from attractorlab.cli import main
+from attractorlab.cli import DEFAULT_CHECKPOINT, main
 from attractorlab.model import EquilibriumReasoner, ReasonerConfig
 from attractorlab.rollout import RolloutConfig
 from attractorlab.solve import solve_puzzles as solve
@@ -108,3 +108,37 @@ def test_demo_smoke(ckpt, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "accuracy (select)" in out and "demo_report.html" in out
     assert (tmp_path / "demo.h5").exists() and (tmp_path / "demo_report.html").exists()
+
+
+def test_halting_replayed_post_hoc_equals_the_rule_run_live():
+    from attractorlab import dynamics
+    from attractorlab.rollout import rollout
+
+    model = checkpoint.load(DEFAULT_CHECKPOINT)
+    p = sudoku.generate(8, seed=11)
+    tok, sol = torch.as_tensor(p.tokens, dtype=torch.long), torch.as_tensor(p.solution)
+    fixed = rollout(model, tok, sol, RolloutConfig(depth=12, noise=False, seed=2))
+    for rule in ("stable", "converge", "q"):
+        live = rollout(model, tok, sol, RolloutConfig(depth=12, noise=False, seed=2, halt=rule, tol=1e-2))
+        replay = dynamics.replay_halting(rule, fixed.residual[:, 0], fixed.halt_logit[:, 0], fixed.pred[:, 0],
+                                         fixed.correct[:, 0], tol=1e-2, patience=2)
+        np.testing.assert_array_equal(replay.steps_used, live.steps[:, 0])
+        np.testing.assert_array_equal(replay.correct_at_halt, live.correct[:, 0, -1])
+
+
+def test_noisy_run_ends_are_classified_against_the_noise_floor(tmp_path):
+    model = checkpoint.load(DEFAULT_CHECKPOINT)
+    run = str(tmp_path / "noisy.h5")
+    attrs = {"config_json": {"model": model.config.to_dict(), "rollout": {"noise": True, "tol": 1e-3}}}
+    solve(model, sudoku.generate(12, seed=3, difficulty="singles"), RolloutConfig(depth=16, breadth=2, seed=1), run,
+          attrs=attrs, progress=False)
+    analyze.analyze(run, only=["convergence"], progress=False, log=lambda _: None)
+    with recording.open_run(run) as r:
+        res = r.read_analysis("convergence")
+        correct_end = int(r.rollout.correct[:, :, -1].sum())
+    counts = dict(zip(res["ending_names"], res["ending_counts"], strict=True))
+    assert res.attrs["noise_floor"] > 1e-3  # path noise keeps the residual above the noise-free tolerance
+    # rollouts that end on the answer at a fixed point count as converged (they were all "drifting" before)
+    assert counts["converged_valid"] >= correct_end - 2 and counts["drifting"] <= 24 - correct_end + 2
+    assert res.attrs["easy_count"] == 12 and res.attrs["easy_settled_within_5"] >= 6
+    assert (res["settle_answer"] <= 16).all() and (res["settle_answer"] < res["steps"] + 1).any()

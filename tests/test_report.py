@@ -19,7 +19,7 @@ from attractorlab import report
 
 N, B, T = 6, 2, 5
 ALL_FIGURES = ["summary", "scaling_depth", "scaling_breadth", "residual_curves", "roc", "steps_vs_rating",
-               "endings", "probes", "trajectories", "spectra", "spectral_radius", "basin_maps", "basin_stability"]
+               "endings", "halting", "probes", "trajectories", "spectra", "spectral_radius", "basin_maps", "basin_stability"]
 PLOTLY_HEADER = re.compile(r"\* plotly\.js v\d")
 
 
@@ -73,7 +73,11 @@ def write_all(path: str, seed: int = 0) -> None:
         "fpr_logit_change": fpr, "tpr_logit_change": np.sqrt(fpr), "fpr_residual": fpr, "tpr_residual": fpr,
         "steps": r.integers(1, T + 1, N), "rating": r.integers(1, 5000, N), "correct": r.random(N) > 0.4,
         "ending_names": np.array(["converged correct", "converged wrong", "not converged"]),
-        "ending_counts": np.array([7, 3, 2])}, {"spearman_rho": 0.42, "spearman_p": 0.03})
+        "ending_counts": np.array([7, 3, 2]), "halt_rules": np.array(["never", "stable"]),
+        "halt_never_values": np.arange(1.0, T + 1), "halt_never_mean_steps": np.arange(1.0, T + 1),
+        "halt_never_accuracy": np.linspace(0.2, 0.7, T), "halt_stable_values": np.array([1.0, 2.0]),
+        "halt_stable_mean_steps": np.array([3.0, 4.5]), "halt_stable_accuracy": np.array([0.6, 0.7])},
+        {"spearman_rho": 0.42, "spearman_p": 0.03})
     s = 4
     rec.write_analysis(path, "embedding", {
         "coords": r.normal(size=(N, B, s, 2)).cumsum(axis=2).astype(np.float32), "steps": np.array([0, 1, 3, 5]),
@@ -136,6 +140,7 @@ def test_every_figure_is_built(full_run):
     names = [t.name for t in figs["roc"].data]
     assert "logit_change (AUROC 0.800)" in names and "residual (AUROC n/a)" in names
     assert "ρ = 0.42" in figs["steps_vs_rating"].layout.title.text
+    assert [t.name for t in figs["halting"].data] == ["never", "stable"]
     symbols = [t.marker.symbol for t in figs["spectra"].data]
     assert {"circle", "circle-open"} <= set(symbols)
     assert len(figs["basin_stability"].data) == 2 and figs["basin_stability"].data[0].visible
