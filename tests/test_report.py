@@ -19,7 +19,8 @@ from attractorlab import report
 
 N, B, T = 6, 2, 5
 ALL_FIGURES = ["summary", "scaling_depth", "scaling_breadth", "residual_curves", "roc", "steps_vs_rating",
-               "endings", "halting", "probes", "trajectories", "spectra", "spectral_radius", "basin_maps", "basin_stability"]
+               "endings", "halting", "probes", "trajectories", "spectra", "spectral_radius", "basin_maps",
+               "basin_stability"]
 PLOTLY_HEADER = re.compile(r"\* plotly\.js v\d")
 
 
