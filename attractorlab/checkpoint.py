@@ -220,6 +220,8 @@ def import_reference(state_dict_or_path: dict | str | os.PathLike, *, weights: s
             raise CheckpointError(f"{source}: {name}={config[name]} given but the weights have {name}={value}")
     fields = {f.name for f in dataclasses.fields(ReasonerConfig)}
     from_file = {k: v for k, v in stored.items() if k in fields and k not in inferred}
+    if from_file.get("forward_dtype") == "bfloat16":  # the reference's CUDA setting: bf16 on CUDA, float32 on CPU
+        from_file["forward_dtype"] = "auto"
     settings = {**from_file, **config, **inferred}
     if "task" not in settings:
         board = (settings["board_height"], settings["board_width"]) if settings.get("board_height") else None

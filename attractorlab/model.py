@@ -23,6 +23,7 @@ from attractorlab.errors import InputError
 from attractorlab.tasks import get_task
 
 POS_ENCODINGS = ("rope", "rope2d", "none")
+FORWARD_DTYPES = ("auto", "float32", "bfloat16")
 
 
 @dataclass
@@ -54,8 +55,12 @@ class ReasonerConfig:
     task: str = "sudoku"
     board_height: int = 0
     board_width: int = 0
+    forward_dtype: str = "auto"  # the carried state and activations: auto = bfloat16 on CUDA, float32 elsewhere
 
     def __post_init__(self) -> None:
+        if self.forward_dtype not in FORWARD_DTYPES:
+            raise InputError(f"ReasonerConfig.forward_dtype must be one of {FORWARD_DTYPES}, "
+                             f"got {self.forward_dtype!r}")
         task = get_task(self.task)
         self.seq_len = self.seq_len or task.seq_len
         self.vocab_size = self.vocab_size or task.vocab_size
@@ -288,18 +293,26 @@ class EquilibriumReasoner(nn.Module):
     def device(self) -> torch.device:
         return self.lm_head.weight.device
 
+    @property
+    def state_dtype(self) -> torch.dtype:
+        """dtype of the latent streams and activations (``forward_dtype``; ``auto``: bfloat16 on CUDA, as the
+        reference's ``forward_dtype="bfloat16"``, the weights' dtype elsewhere). Weights stay in their own dtype."""
+        bf16 = self.config.forward_dtype == "bfloat16" or (
+            self.config.forward_dtype == "auto" and self.device.type == "cuda")
+        return torch.bfloat16 if bf16 else self.lm_head.weight.dtype
+
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens: [B, L] int -> input injection x: [B, L, D]."""
+        """tokens: [B, L] int -> input injection x: [B, L, D] in :attr:`state_dtype`."""
         if tokens.dim() != 2 or tokens.shape[1] != self.config.seq_len:
             raise InputError(f"tokens must have shape [B, {self.config.seq_len}], got {tuple(tokens.shape)}")
-        return self.embed_scale * self.embed_tokens(tokens.long())
+        return (self.embed_scale * self.embed_tokens(tokens.long())).to(self.state_dtype)
 
     def init_state(self, tokens: torch.Tensor, generator: torch.Generator | None = None) -> LatentState:
         """Random initial state: truncated normal (std H_init_std / L_init_std, cut at 2 std), ``[B, L, D]`` each."""
         shape = (tokens.shape[0], self.config.seq_len, self.config.hidden_size)
-        dtype = self.lm_head.weight.dtype
-        z_H = trunc_normal_(torch.empty(shape, device=self.device, dtype=dtype), self.config.H_init_std, generator)
-        z_L = trunc_normal_(torch.empty(shape, device=self.device, dtype=dtype), self.config.L_init_std, generator)
+        z_H = trunc_normal_(torch.empty(shape, device=self.device), self.config.H_init_std, generator)
+        z_L = trunc_normal_(torch.empty(shape, device=self.device), self.config.L_init_std, generator)
+        z_H, z_L = z_H.to(self.state_dtype), z_L.to(self.state_dtype)
         return LatentState(z_H, z_L)
 
     def module(self, z: torch.Tensor, injection: torch.Tensor, noise: bool,

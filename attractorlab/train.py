@@ -257,7 +257,9 @@ class Trainer:
         self.gen = torch.Generator(device=device).manual_seed(seeds.stream(cfg.seed, "train.carry"))
         b = cfg.batch_size // self.dist.world
         shape = (b, cfg.model.seq_len, cfg.model.hidden_size)
-        self.carry = LatentState(torch.zeros(shape, device=device), torch.zeros(shape, device=device))
+        dtype = self.model.state_dtype
+        self.carry = LatentState(torch.zeros(shape, device=device, dtype=dtype),
+                                 torch.zeros(shape, device=device, dtype=dtype))
         self.tokens = torch.ones(shape[:2], dtype=torch.long, device=device)
         self.labels = torch.ones(shape[:2], dtype=torch.long, device=device)
         self.steps = torch.zeros(b, dtype=torch.int32, device=device)

@@ -212,3 +212,36 @@ def test_as_map_keeps_the_full_jacobian_in_training_mode():
     model.eval()
     _, jv_eval = torch.func.jvp(f, (z,), (v,))
     torch.testing.assert_close(jv_train, jv_eval)
+
+
+def test_bfloat16_forward_carries_the_state_in_bf16_and_stays_close_to_float32():
+    torch.manual_seed(0)
+    cfg = tiny_config(H_cycles=2)
+    f32 = EquilibriumReasoner(cfg).eval()
+    bf16 = EquilibriumReasoner(ReasonerConfig.from_dict({**cfg.to_dict(), "forward_dtype": "bfloat16"})).eval()
+    bf16.load_state_dict(f32.state_dict())
+    assert f32.state_dtype == torch.float32 and bf16.state_dtype == torch.bfloat16  # auto is float32 on a CPU
+    tok = tokens(2)
+    gen = torch.Generator().manual_seed(1)
+    z32 = f32.init_state(tok, generator=gen)
+    z16 = bf16.init_state(tok, generator=torch.Generator().manual_seed(1))
+    assert z16.z_H.dtype == torch.bfloat16 and bf16.embed(tok).dtype == torch.bfloat16
+    torch.testing.assert_close(z16.z_H.float(), z32.z_H, atol=2e-2, rtol=1e-2)
+    with torch.no_grad():
+        s32, s16 = f32.step(z32, tok, noise=False), bf16.step(z16, tok, noise=False)
+        l32, l16 = f32.readout(s32)[0], bf16.readout(s16)[0]
+    assert s16.z_H.dtype == torch.bfloat16 and l16.dtype == torch.bfloat16
+    assert (l16.float() - l32).abs().max() < 0.1 * l32.abs().max()
+    with pytest.raises(ValueError, match="forward_dtype"):
+        ReasonerConfig(forward_dtype="float16")
+
+
+def test_a_bf16_training_step_runs_on_cpu():
+    from attractorlab.train import TrainConfig, Trainer, load_data
+
+    cfg = TrainConfig.from_preset("tiny", hidden_size=16, expansion=1.0, L_layers=1, H_cycles=1, L_cycles=1,
+                                  forward_dtype="bfloat16", batch_size=4, n_train=8, n_eval=2)
+    pool, _ = load_data(cfg)
+    trainer = Trainer(cfg, torch.device("cpu"), pool=pool)
+    metrics = trainer.train_step()
+    assert trainer.carry.z_H.dtype == torch.bfloat16 and math.isfinite(metrics["lm_loss"])
