@@ -14,6 +14,7 @@ run is stored as an empty group whose ``skipped_reason`` says why, so reports ca
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ class AnalyzeOptions:
     n_puzzles: int = 3  # puzzles sampled for fixed points and basins
     restarts: int = 8  # trajectory ends used as fixed-point starts per puzzle
     basin_samples: int = 64  # initial states per puzzle for basin stability
-    grid: int = 12  # basin map resolution (grid x grid)
+    grid: int | None = None  # basin map resolution (grid x grid); None: 48 on a GPU, 12 on a CPU
     max_steps: int = 48  # outer steps to reach an attractor
     embed_method: str = "pca"
     max_embed: int = 100  # puzzles drawn in the embedding
@@ -50,7 +51,7 @@ class AnalyzeOptions:
 
     def __post_init__(self) -> None:
         for name in ("n_puzzles", "restarts", "basin_samples", "grid", "max_steps", "max_embed"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.embed_method not in ("pca", "umap"):
             raise InputError(f"embedding method must be pca or umap, got {self.embed_method!r}")
@@ -205,14 +206,26 @@ def probe_arrays(run: recording.Run, opts: AnalyzeOptions) -> dict:
 
 # --- analyses that need the model ---------------------------------------------------------------------------
 
+def distinct_endings(final_pred: np.ndarray) -> np.ndarray:
+    """``[N, B, L] -> [N]``: how many different final answers the B restarts of each puzzle reached."""
+    weights = np.random.default_rng(0).integers(1, 2**31, final_pred.shape[-1], dtype=np.int64)
+    keys = np.sort((final_pred.astype(np.int64) * weights).sum(-1), axis=1)  # a hash of each answer, [N, B]
+    return 1 + (np.diff(keys, axis=1) != 0).sum(axis=1)
+
+
 def sample_puzzles(run: recording.Run, k: int, seed: int) -> np.ndarray:
-    """Up to k puzzles, alternating correct and incorrect (selected restart) when both exist."""
+    """Up to k puzzles: first those whose restarts ended on more than one answer (more than one attractor, or a
+    spurious one beside the solution), then the rest; within each group alternating correct and incorrect
+    (selected restart) when both exist."""
     rows = np.arange(run.n)
     ok = run.rollout.correct[rows, run.rollout.selected, -1]
+    several = distinct_endings(run.rollout.lazy("pred")[:, :, -1]) > 1
     rng = np.random.default_rng(seed)
-    good, bad = rng.permutation(rows[ok]), rng.permutation(rows[~ok])
-    picked = [x for pair in zip(good, bad, strict=False) for x in pair]
-    picked += [x for x in np.concatenate([good, bad]) if x not in picked]
+    picked: list[int] = []
+    for group in (several, ~several):
+        good, bad = rng.permutation(rows[group & ok]), rng.permutation(rows[group & ~ok])
+        picked += [x for pair in zip(good, bad, strict=False) for x in pair]
+        picked += [x for x in np.concatenate([good, bad]) if x not in picked]
     return np.array(picked[:k], dtype=np.int64)
 
 
@@ -348,6 +361,8 @@ def analyze(run_path: str, *, checkpoint: str | None = None, only: list[str] | N
             log: Callable[[str], None] = print) -> list[AnalysisStatus]:
     """Run the analyses that ``run_path``'s contents allow; results go to ``/analysis/<name>``."""
     opts = options or AnalyzeOptions()
+    if opts.grid is None:  # basin maps as fine as the device makes cheap
+        opts = dataclasses.replace(opts, grid=48 if torch.device(device).type == "cuda" else 12)
     wanted = list(ANALYSES) if not only else list(only)
     unknown = sorted(set(wanted) - set(ANALYSES))
     if unknown:

@@ -312,7 +312,8 @@ def add_analyze(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-puzzles", type=int, default=3, help="puzzles for fixed points and basins")
     p.add_argument("--restarts", type=int, default=8, help="trajectory ends used as fixed-point starts per puzzle")
     p.add_argument("--basin-samples", type=int, default=64, help="initial states per puzzle for basin stability")
-    p.add_argument("--grid", type=int, default=12, help="basin map resolution (GRID x GRID initial states)")
+    p.add_argument("--grid", type=int, help="basin map resolution (GRID x GRID initial states; default 48 on a GPU, "
+                   "12 on a CPU)")
     p.add_argument("--max-steps", type=int, default=48, help="outer steps allowed to reach an attractor")
     p.add_argument("--embed", default="pca", choices=["pca", "umap"], help="embedding of the trajectories")
     p.add_argument("--max-embed", type=int, default=100, help="puzzles drawn in the embedding")

@@ -142,3 +142,18 @@ def test_noisy_run_ends_are_classified_against_the_noise_floor(tmp_path):
     assert counts["converged_valid"] >= correct_end - 2 and counts["drifting"] <= 24 - correct_end + 2
     assert res.attrs["easy_count"] == 12 and res.attrs["easy_settled_within_5"] >= 6
     assert (res["settle_answer"] <= 16).all() and (res["settle_answer"] < res["steps"] + 1).any()
+
+
+def test_basin_puzzles_with_more_than_one_ending_come_first():
+    from types import SimpleNamespace
+
+    final = np.zeros((4, 3, 5), np.uint8)
+    final[1, 2] = 7  # puzzle 1: two different answers among its restarts
+    final[3, :, 0] = [1, 2, 3]  # puzzle 3: three
+    assert analyze.distinct_endings(final).tolist() == [1, 2, 1, 3]
+    pred = np.repeat(final[:, :, None], 2, axis=2)  # [N, B, T, L]
+    correct = np.ones((4, 3, 2), bool)
+    rollout = SimpleNamespace(correct=correct, selected=np.zeros(4, np.int32), lazy=lambda name: pred)
+    picked = analyze.sample_puzzles(SimpleNamespace(n=4, rollout=rollout), 2, seed=0)
+    assert sorted(picked.tolist()) == [1, 3]
+    assert analyze.AnalyzeOptions().grid is None  # 48 on a GPU, 12 on a CPU, chosen in analyze()
