@@ -167,3 +167,35 @@ def test_import_eqr_reads_a_reference_training_checkpoint_with_no_flags(tmp_path
     assert not torch.allclose(other, want)
     assert main(["import-eqr", str(path), "--out", str(out), "--num-heads", "5"]) == 2  # does not fit the weights
     assert "not divisible by num_heads 5" in capsys.readouterr().err
+
+
+def test_import_eqr_reads_a_reference_maze_checkpoint(tmp_path, capsys):
+    from test_model import _reference_state_dict, _reference_step
+
+    from attractorlab.model import LatentState
+
+    gen = torch.Generator().manual_seed(5)
+    state = _reference_state_dict(16, False, 1, gen)
+    for key in list(state):  # a maze vocabulary: PAD, wall, open, S, G, path
+        if key.endswith(("embed_tokens.embedding_weight", "lm_head.weight")):
+            state[key] = torch.randn(6, 16, generator=gen) / 4
+    arch = {"name": "eqr@EqRModel", "hidden_size": 16, "num_heads": 2, "expansion": 4.0, "H_cycles": 3,
+            "L_cycles": 4, "L_layers": 1, "mlp_t": False, "pos_encodings": "rope", "lambda_": 0.95,
+            "noise_scale": 0.01, "halt_max_steps": 16, "forward_dtype": "bfloat16"}
+    path, shadow = _training_checkpoint(tmp_path, arch, state)
+    out = tmp_path / "maze.pt"
+    assert main(["import-eqr", str(path), "--out", str(out)]) == 0
+    assert "task maze: 900 cells, vocab 6" in capsys.readouterr().out
+    model = checkpoint.load(out)
+    c = model.config
+    assert (c.task, c.seq_len, c.L_cycles, c.mlp_t, c.pos_encodings, c.forward_dtype) == (
+        "maze", 900, 4, False, "rope", "auto")
+    inputs = torch.randint(1, 6, (1, 900), generator=gen)
+    z_H, z_L = torch.randn(1, 900, 16, generator=gen), torch.randn(1, 900, 16, generator=gen)
+    clean = {k.replace("_orig_mod.", ""): v for k, v in shadow.items()}
+    want = _reference_step(clean, z_H, z_L, inputs, mlp_t=False, heads=2, H=3, L=4, lam=0.95, n_layers=1)
+    with torch.no_grad():
+        got = model.step(LatentState(z_H, z_L), inputs, noise=False)
+        logits, q = model.readout(got)
+    for a, b in zip((got.z_H, got.z_L, logits, q), want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
