@@ -170,14 +170,15 @@ class ImportedReference:
             f"{', '.join(sorted(self.from_file)) or 'nothing (defaults and flags)'}"])
 
 
-def _task_for(vocab: int, seq_len: int | None, board: tuple[int, int] | None) -> str:
-    """The registered task a reference model solves, from its vocabulary and length (Sudoku 11, Maze-Unique 6)."""
+def _task_for(vocab: int, seq_len: int | None, board: tuple[int, int] | None, source: str) -> str:
+    """The first registered task with this vocabulary and length (Sudoku 11 tokens, Maze-Unique 6)."""
     for name in names():
         task = get_task(name)
         if task.vocab_size == vocab and (seq_len or task.seq_len) == task.seq_len and (
                 board is None or tuple(board) == tuple(task.board_shape)):
             return name
-    return "sudoku" if vocab == get_task("sudoku").vocab_size else ""
+    raise CheckpointError(f"{source}: no registered task has a vocabulary of {vocab} tokens"
+                          f"{f' and {seq_len} cells' if seq_len else ''}; pass --task")
 
 
 def import_reference(state_dict_or_path: dict | str | os.PathLike, *, weights: str = "ema",
@@ -225,7 +226,7 @@ def import_reference(state_dict_or_path: dict | str | os.PathLike, *, weights: s
     settings = {**from_file, **config, **inferred}
     if "task" not in settings:
         board = (settings["board_height"], settings["board_width"]) if settings.get("board_height") else None
-        settings["task"] = _task_for(vocab, settings.get("seq_len"), board) or "sudoku"
+        settings["task"] = _task_for(vocab, settings.get("seq_len"), board, source)
     _check_expansion(mapped, settings.get("expansion", ReasonerConfig.expansion), source)
     try:
         model_config = ReasonerConfig.from_dict(settings)

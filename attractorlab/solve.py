@@ -58,7 +58,7 @@ class SolveSummary:
 
 def summarize(solution: np.ndarray, rating: np.ndarray, source: np.ndarray, correct: np.ndarray,
               steps: np.ndarray, selected: np.ndarray, selected_majority: np.ndarray,
-              task: str | Task = "sudoku") -> SolveSummary:
+              task: str | Task) -> SolveSummary:
     """Summary from run-file arrays: ``correct [N, B, T]``, ``steps [N, B]``, ``selected [N]`` ..."""
     n = len(selected)
     known = (solution > 0).any(axis=1)

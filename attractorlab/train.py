@@ -177,7 +177,7 @@ def load_data(cfg: TrainConfig, progress: bool = False) -> tuple[PuzzleSet, Puzz
 class PuzzleStream:
     """Endless stream of training puzzles: uniform draws from the pool, each under a fresh random symmetry."""
 
-    def __init__(self, pool: PuzzleSet, seed: int, augment: bool, task: Task | str = "sudoku") -> None:
+    def __init__(self, pool: PuzzleSet, seed: int, augment: bool, task: Task | str) -> None:
         self.pool, self.augment, self.task = pool, augment, get_task(task)
         self.rng = np.random.default_rng(seed)
 

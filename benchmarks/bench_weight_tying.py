@@ -16,7 +16,7 @@ import time
 import torch
 from torch import nn
 
-from attractorlab import sudoku
+from attractorlab import seeds, sudoku
 from attractorlab.model import Block, Linear, ReasonerConfig
 from attractorlab.rollout import RolloutConfig, rollout
 from attractorlab.train import PuzzleStream, TrainConfig, Trainer, lr_at, stablemax_cross_entropy
@@ -45,7 +45,7 @@ def train_feedforward(cfg: TrainConfig, pool: sudoku.PuzzleSet) -> nn.Module:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(
         cfg.ema_decay))  # evaluated with EMA weights, like the reasoner
-    stream = PuzzleStream(pool, cfg.seed + 17, cfg.augment)
+    stream = PuzzleStream(pool, seeds.stream(cfg.seed, "train.data"), cfg.augment, cfg.model.task)
     for step in range(cfg.steps):
         tokens, labels = stream.draw(cfg.batch_size)
         for group in opt.param_groups:

@@ -2,7 +2,7 @@
 
 Inputs follow the run-file layout (``trajectories/README``): per puzzle ``N``, restart ``B`` and outer step
 ``T``, e.g. ``residual [N, B, T]``, ``halt_logit [N, B, T]``, ``correct [N, B, T]``, ``valid [N, B, T]``,
-``steps [N, B]`` (entries after halting repeat the last), ``pred [N, B, T, 81]``, ``rating [N]``. Any leading
+``steps [N, B]`` (entries after halting repeat the last), ``pred [N, B, T, L]``, ``rating [N]``. Any leading
 shape ``[..., T]`` works; numpy arrays or torch tensors. Results are small dataclasses of numpy arrays with
 ``to_arrays()``.
 
@@ -364,7 +364,7 @@ def classify_endings(
       is ``<= floor_margin * floor`` and, with ``pred``, the read-out did not change over them. Then
       ``converged_valid`` if the final prediction is valid, else ``converged_invalid`` (a fixed point that is
       not a solution);
-    - ``cycle``: with ``pred [..., T, 81]``, the predictions over the last ``tail`` steps repeat with a
+    - ``cycle``: with ``pred [..., T, L]``, the predictions over the last ``tail`` steps repeat with a
       smallest period 2..``max_period``; without ``pred`` (or with a constant readout), the residuals repeat
       with a smallest period of at least 2 (relative tolerance ``cycle_rtol``, plus ``floor_margin * floor`` under
       noise; the

@@ -145,25 +145,27 @@ def _as_dtype_of(threshold: float, x: np.ndarray) -> np.ndarray:
     return np.asarray(threshold, dtype=x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64)
 
 
+def _rule_input(x, name: str, rule: str, shape: tuple) -> np.ndarray:
+    """The recorded array a halting rule reads, checked against the run's ``[..., T]`` shape."""
+    if x is None:
+        raise ValueError(f"rule {rule!r} needs {name}")
+    arr = _array(x, name)
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+    return arr
+
+
 def _halt_flags(rule, shape, residual, halt_logit, pred, changed, initial_pred, tol, patience, threshold):
     """Where the rule says stop, before the forced halt: [M, T] bool."""
     m, t = int(np.prod(shape[:-1])), shape[-1]
     if rule == "never":
         return np.zeros((m, t), dtype=bool)
     if rule == "q":
-        if halt_logit is None:
-            raise ValueError("rule 'q' needs halt_logit")
-        q = _array(halt_logit, "halt_logit")
-        if q.shape != shape:
-            raise ValueError(f"halt_logit must have shape {shape}, got {q.shape}")
+        q = _rule_input(halt_logit, "halt_logit", rule, shape)
         return (q > _as_dtype_of(threshold, q)).reshape(m, t)
     _check_window(patience, "patience")
     if rule == "converge":
-        if residual is None:
-            raise ValueError("rule 'converge' needs residual")
-        res = _array(residual, "residual")
-        if res.shape != shape:
-            raise ValueError(f"residual must have shape {shape}, got {res.shape}")
+        res = _rule_input(residual, "residual", rule, shape)
         settled = (res < _as_dtype_of(tol, res)).reshape(m, t)
     else:
         if pred is None and changed is None:

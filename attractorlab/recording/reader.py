@@ -15,7 +15,7 @@ import numpy as np
 from attractorlab.errors import InputError
 
 from .files import _check_schema, _decode, _detail, _n_done, _open_h5, _row_datasets, _state_spec
-from .schema import AnalysisResult, RunFileError, RunFileNotFoundError, StateSpec, _check_name
+from .schema import DEFAULT_TASK, AnalysisResult, RunFileError, RunFileNotFoundError, StateSpec, _check_name
 
 
 class LazyArray:
@@ -154,7 +154,7 @@ class Run:
         shape = f["rollout/residual"].shape
         self.breadth = int(self.attrs.get("breadth", shape[1]))
         self.depth = int(self.attrs.get("depth", shape[2]))
-        self.task = str(self.attrs.get("task", "sudoku"))  # schema 1 files hold Sudoku puzzles
+        self.task = str(self.attrs.get("task", DEFAULT_TASK))  # schema 1 files hold Sudoku puzzles
         self.seq_len = int(f["puzzles/tokens"].shape[1])
         self.n = self._rows()
         self.puzzles, self.rollout = _Table(self, "puzzles"), _Table(self, "rollout")

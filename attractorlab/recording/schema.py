@@ -10,6 +10,7 @@ import numpy as np
 from attractorlab.errors import AttractorlabError, InputError
 
 SCHEMA = "attractorlab.run"
+DEFAULT_TASK = "sudoku"  # the task of schema-1 files (which record none), and of writers that name none
 SCHEMA_VERSION = 2  # 2: the root attribute ``task``, /puzzles [N, L] for the task's L, more /rollout arrays
 LIBVER = ("v110", "v110")  # SWMR needs >= 1.10; "latest" (the 2.0 format) is unreadable by 1.10 tools
 STATE_MODES = ("none", "final", "all")
@@ -57,7 +58,7 @@ class StateSpec:
     """Which latent states a run stores under ``/states``.
 
     mode: ``none`` | ``final`` (state after step T, frozen at halting) | ``all`` (initial state, every
-    ``stride``-th outer step and step T). ``shape`` is one snapshot's shape, e.g. ``(2, 81, 512)`` for
+    ``stride``-th outer step and step T). ``shape`` is one snapshot's shape, e.g. ``(2, L, D)`` for
     stacked (z_H, z_L) or ``(k,)`` for projected states; ``projection`` an optional ``[D_full, k]`` basis
     that the caller already applied, stored for reference.
     """
@@ -100,7 +101,7 @@ class StateSpec:
         return self.mode, self.stride, self.dtype, self.shape, proj
 
 
-def _rollout_fields(breadth: int, depth: int, seq_len: int = 81) -> dict[str, tuple[str, tuple]]:
+def _rollout_fields(breadth: int, depth: int, seq_len: int) -> dict[str, tuple[str, tuple]]:
     """Required ``/rollout`` datasets: name -> (dtype, per-puzzle shape)."""
     bt = (breadth, depth)
     return {"residual": ("f4", bt), "halt_logit": ("f4", bt), "logit_change": ("f4", bt),

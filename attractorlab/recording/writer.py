@@ -30,6 +30,7 @@ from .files import (
     _write_attrs,
 )
 from .schema import (
+    DEFAULT_TASK,
     DESCRIPTIONS,
     OPTIONAL_ROLLOUT,
     PUZZLE_FIELDS,
@@ -197,10 +198,10 @@ class RunWriter:
 
     def __init__(self, path: str | os.PathLike, *, breadth: int, depth: int, attrs: dict,
                  states: StateSpec | None = None, resume: bool = False, chunk_puzzles: int = 64,
-                 overwrite: bool = False, task: str = "sudoku", seq_len: int = 81) -> None:
+                 overwrite: bool = False, task: str = DEFAULT_TASK, seq_len: int | None = None) -> None:
         self.path = os.fspath(path)
         self.breadth, self.depth, self.states = int(breadth), int(depth), states or StateSpec()
-        self.seq_len = int(seq_len)
+        self.seq_len = int(seq_len or _task_seq_len(task))
         if min(self.breadth, self.depth, chunk_puzzles) < 1:
             raise InputError(f"breadth, depth and chunk_puzzles must be >= 1, got {breadth}, {depth}, "
                              f"{chunk_puzzles}")
@@ -326,7 +327,7 @@ class RunWriter:
         data = {f"puzzles/{k}": self._check(f"puzzles.{k}", getattr(puzzles, k), n, tail, kind)
                 for k, (kind, tail) in self._puzzles.items()}
         known = {**OPTIONAL_ROLLOUT, **self._rollout}
-        missing = sorted(set(_rollout_fields(1, 1)) - set(rollout))
+        missing = sorted(set(self._rollout) - set(rollout))
         if missing:
             raise InputError(f"rollout is missing {', '.join(missing)}")
         for key, value in rollout.items():
@@ -378,10 +379,19 @@ class RunWriter:
         self.close()
 
 
+def _task_seq_len(task: str) -> int:
+    """Tokens per instance of a registered task (imported here only: reading run files needs no tasks)."""
+    from attractorlab.tasks import get_task
+
+    return get_task(task).seq_len
+
+
 def estimate_size(n_puzzles: int, breadth: int, depth: int, states: StateSpec | None = None,
-                  seq_len: int = 81) -> int:
-    """Upper bound (bytes, uncompressed) of a run file of this size, for :func:`check_disk_space`."""
+                  seq_len: int | None = None) -> int:
+    """Upper bound (bytes, uncompressed) of a run file of this size, for :func:`check_disk_space`
+    (``seq_len``: tokens per instance; default the :data:`DEFAULT_TASK`'s)."""
     states = states or StateSpec()
+    seq_len = seq_len or _task_seq_len(DEFAULT_TASK)
     per_puzzle = seq_len * 2 + 4 + 256 + 8 + 4 * breadth + breadth * depth * (5 * 4 + seq_len + 2)
     snapshot = math.prod(states.shape) * np.dtype(states.dtype).itemsize
     per_puzzle += breadth * len(states.steps(depth)) * snapshot

@@ -150,6 +150,13 @@ def _diameter(grid: int, open_: np.ndarray, dist: np.ndarray, parent: np.ndarray
 
 
 @njit(cache=True, nogil=True)
+def _scratch(size: int):
+    """Work arrays of one board of ``size`` cells: open mask, BFS distance, parent and queue."""
+    return (np.zeros(size, dtype=np.bool_), np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64),
+            np.empty(size, dtype=np.int64))
+
+
+@njit(cache=True, nogil=True)
 def generate_batch(seed: np.uint64, index: np.ndarray, rounds: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                    grid: int, max_grids: int, max_starts: int, tokens: np.ndarray, labels: np.ndarray,
                    rating: np.ndarray, grids_used: np.ndarray) -> None:
@@ -162,11 +169,7 @@ def generate_batch(seed: np.uint64, index: np.ndarray, rounds: np.ndarray, lo: n
     [n, grid * grid] uint8``, ``rating [n] int64`` (the length drawn) and ``grids_used [n] int64`` (``-1``
     where no maze fitted; that row's boards are left as they were).
     """
-    size = grid * grid
-    open_ = np.zeros(size, dtype=np.bool_)
-    dist = np.empty(size, dtype=np.int64)
-    parent = np.empty(size, dtype=np.int64)
-    queue = np.empty(size, dtype=np.int64)
+    open_, dist, parent, queue = _scratch(grid * grid)
     for i in range(lo.shape[0]):
         rng = _seed_state(seed, index[i], rounds[i])
         length = lo[i] + _randint(rng, hi[i] - lo[i] + 1)
@@ -197,10 +200,7 @@ def solve_batch(grid: int, tokens: np.ndarray, labels: np.ndarray, length: np.nd
     goal; ``-1`` when a board lacks exactly one start and one goal or the goal is unreachable, label = board).
     """
     size = grid * grid
-    open_ = np.zeros(size, dtype=np.bool_)
-    dist = np.empty(size, dtype=np.int64)
-    parent = np.empty(size, dtype=np.int64)
-    queue = np.empty(size, dtype=np.int64)
+    open_, dist, parent, queue = _scratch(size)
     for i in range(tokens.shape[0]):
         labels[i] = tokens[i]
         length[i] = -1

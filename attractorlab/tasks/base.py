@@ -8,6 +8,7 @@ interface, so the model, rollouts, recording, analyses and reports work for any 
 
 from __future__ import annotations
 
+import abc
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -106,8 +107,8 @@ class PuzzleSet:
         )
 
 
-class Task:
-    """The interface of a task. Subclasses set the attributes and implement the methods marked so.
+class Task(abc.ABC):
+    """The interface of a task. Subclasses set the attributes and implement the abstract methods.
 
     Attributes:
         name: registry key (``"sudoku"``, ``"maze"``); stored in model configs and run files.
@@ -131,18 +132,18 @@ class Task:
 
     # --- read-out and grading (vectorised over a batch; torch tensors on any device) ------------------------
 
+    @abc.abstractmethod
     def answer(self, logits: torch.Tensor, *, full_vocab: bool = False) -> torch.Tensor:
         """Read-out ``[..., L, V]`` logits -> ``[..., L] uint8`` answer encoding. ``full_vocab=True`` takes the
         argmax over every token as the reference evaluation does (a predicted pad or blank then reads as 0)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def targets(self, solution: np.ndarray) -> np.ndarray:
         """Training targets ``[N, L]`` in the token encoding from labels in the answer encoding."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def is_valid(self, inputs: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
         """``[N] bool``: the answer satisfies the task's constraints for these inputs (not necessarily the label)."""
-        raise NotImplementedError
 
     def is_correct(self, answer: torch.Tensor, solution: torch.Tensor) -> torch.Tensor:
         """``[N] bool``: the answer equals a known label in every cell (unknown labels are never correct)."""
@@ -155,9 +156,9 @@ class Task:
 
     # --- data -------------------------------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def difficulty_band(self, rating: np.ndarray) -> np.ndarray:
         """Ratings ``[N]`` -> band names ``[N]`` (one of :attr:`bands`, or ``"unknown"`` for ``rating < 0``)."""
-        raise NotImplementedError
 
     def check(self, puzzles: PuzzleSet) -> PuzzleSet:
         """Raise :class:`TaskError` unless ``puzzles`` fit this task's encoding; returns them."""
@@ -173,8 +174,8 @@ class Task:
         return tokens, solution
 
     def load(self, path: str | os.PathLike, **options: Any) -> PuzzleSet:
-        """Instances from a file or a reference dataset directory."""
-        raise NotImplementedError
+        """Instances from a file or a reference dataset directory (tasks that read no files say so)."""
+        raise TaskError(f"the {self.name} task reads no files; generate instances instead")
 
     def export(self, puzzles: PuzzleSet, path: str | os.PathLike, *, overwrite: bool = False) -> os.PathLike:
         """Write ``puzzles`` as a reference dataset split directory (``dataset.json`` + ``all__*.npy``)."""
@@ -183,13 +184,13 @@ class Task:
         return reference.write_split(path, puzzles.tokens, self.targets(puzzles.solution),
                                      metadata={"vocab_size": self.vocab_size}, overwrite=overwrite)
 
+    @abc.abstractmethod
     def generate(self, n: int, seed: int = 0, *, difficulty: str | None = None, progress: bool = False) -> PuzzleSet:
         """``n`` instances with labels and ratings, deterministically from ``seed`` (the embedded default)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def render(self, tokens: np.ndarray, answer: np.ndarray | None = None) -> str:
         """One instance (``tokens [L]``, optionally an answer ``[L]``) as a text grid for hovers and notebooks."""
-        raise NotImplementedError
 
     def answer_strings(self, answers: np.ndarray) -> np.ndarray:
         """``[M, L]`` answers -> ``[M]`` compact strings (one character per cell) for tables and hovers."""
@@ -197,7 +198,8 @@ class Task:
         answers = np.atleast_2d(np.asarray(answers))
         if answers.size == 0:
             return np.zeros(len(answers), dtype=str)
-        return np.array([row.tobytes().decode("ascii") for row in chars[np.minimum(answers, 35)]])
+        rows = np.ascontiguousarray(chars[np.minimum(answers, 35)])
+        return rows.view(f"S{answers.shape[1]}")[:, 0].astype(str)
 
     def render_string(self, answer: str) -> str:
         """An :meth:`answer_strings` string as lines of the board (hovers); other lengths come back unchanged."""
