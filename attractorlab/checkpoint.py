@@ -70,9 +70,12 @@ def read(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
+        reference.check_torch_file(path)
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError, KeyError,
-            IndexError) as err:  # what torch.load raises on text, truncated or foreign files
+    except reference.ReferenceFormatError as err:  # "<path> is not a PyTorch file (...)", "<path> is empty ..."
+        detail = str(err).removeprefix(str(path)).strip()
+        raise CheckpointError(f"{path} is not a readable checkpoint: it {detail}") from err
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {first[:160]})") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -10,6 +10,7 @@ from attractorlab.reference.checkpoints import (
     arch_family,
     arch_settings,
     canonical_key,
+    check_torch_file,
     ignored_arch_keys,
     read_checkpoint,
     summary,
@@ -28,7 +29,7 @@ from attractorlab.reference.metrics import (
 
 __all__ = [
     "ARCH_FIELDS", "ARRAY_FIELDS", "DEFAULT_KS", "EMBED_KEY", "METADATA_FIELDS", "Placeholder", "ReferenceCheckpoint",
-    "ReferenceFormatError", "ReferenceSplit", "arch_family", "arch_settings", "canonical_key", "convergence_scores",
-    "evaluation_metrics", "ignored_arch_keys", "logit_change", "majority_vote", "pass_at_k", "read_checkpoint",
-    "read_split", "reference_names", "summary", "write_split",
+    "ReferenceFormatError", "ReferenceSplit", "arch_family", "arch_settings", "canonical_key", "check_torch_file",
+    "convergence_scores", "evaluation_metrics", "ignored_arch_keys", "logit_change", "majority_vote", "pass_at_k",
+    "read_checkpoint", "read_split", "reference_names", "summary", "write_split",
 ]

@@ -170,7 +170,7 @@ def read_checkpoint(path: str | os.PathLike) -> ReferenceCheckpoint:
     """Read a reference training checkpoint, a dict with just ``model``, or a plain state-dict file, without
     executing code from it. Raises :class:`ReferenceFormatError` with a one-line reason for anything else."""
     path = Path(path)
-    _check_torch_file(path)
+    check_torch_file(path)
     seen: set[str] = set()
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle(seen))
@@ -198,7 +198,10 @@ def read_checkpoint(path: str | os.PathLike) -> ReferenceCheckpoint:
                                kind=kind, path=str(path), ema_mu=mu, placeholders=tuple(sorted(seen)))
 
 
-def _check_torch_file(path: Path) -> None:
+def check_torch_file(path: str | os.PathLike) -> None:
+    """Raise :class:`ReferenceFormatError` with a one-line reason unless ``path`` looks like a ``torch.save`` file
+    (a zip archive holding ``data.pkl``, or a legacy pickle); reads only its head and zip directory."""
+    path = Path(path)
     if not path.exists():
         raise ReferenceFormatError(f"{path}: not found")
     if path.is_dir():
