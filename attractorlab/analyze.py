@@ -31,8 +31,11 @@ from attractorlab.seeds import stream
 from attractorlab.solve import summarize_run
 from attractorlab.tasks import get_task
 
-ANALYSES = ("summary", "scaling", "convergence", "embedding", "probes", "fixed_points", "basins")
+ANALYSES = ("summary", "scaling", "convergence", "embedding", "probes", "end_states", "fixed_points", "basins")
 LABELS = ("correct", "valid, not the solution", "invalid")
+END_STATES = ("attractor: correct", "attractor: valid, not the solution", "attractor: invalid", "unstable fixed point",
+              "no fixed point")
+"""How a recorded end state ends after a noise-free polish (the ``end_states`` analysis)."""
 
 
 @dataclass
@@ -40,6 +43,7 @@ class AnalyzeOptions:
     """Sizes of the model-based analyses (defaults finish in minutes on a laptop CPU)."""
 
     n_puzzles: int = 3  # puzzles sampled for fixed points and basins
+    n_polish: int = 20  # puzzles whose recorded end states are polished to their fixed points
     restarts: int = 8  # trajectory ends used as fixed-point starts per puzzle
     basin_samples: int = 64  # initial states per puzzle for basin stability
     grid: int | None = None  # basin map resolution (grid x grid); None: 48 on a GPU, 12 on a CPU
@@ -50,7 +54,7 @@ class AnalyzeOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("n_puzzles", "restarts", "basin_samples", "grid", "max_steps", "max_embed"):
+        for name in ("n_puzzles", "n_polish", "restarts", "basin_samples", "grid", "max_steps", "max_embed"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.embed_method not in ("pca", "umap"):
@@ -298,6 +302,28 @@ def fixed_point_arrays(model: EquilibriumReasoner, run: recording.Run, opts: Ana
     return {"arrays": arrays, "attrs": {"puzzle_index": int(puzzle), "starts": found.starts}}
 
 
+def end_state_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOptions) -> dict:
+    """Each recorded end state of the first ``n_polish`` puzzles, polished noise-free to the fixed point it sits at
+    (:func:`attractorlab.dynamics.polish`) and classified by :data:`END_STATES`: whether path noise hid an
+    attractor (correct, spurious or invalid), an unstable fixed point, or no fixed point at all."""
+    n = min(run.n, opts.n_polish)
+    cls = np.zeros((n, run.breadth), np.int64)
+    radius = np.full((n, run.breadth), np.nan)
+    distance = np.full((n, run.breadth), np.nan)
+    for i in range(n):
+        tokens, solution = run.puzzles.tokens[i], run.puzzles.solution[i]
+        ends = torch.as_tensor(np.asarray(run.states.data[i][:, -1], np.float32)).flatten(1).to(model.device)
+        polished = dynamics.polish(model.as_map(torch.as_tensor(tokens[None], dtype=torch.long)), ends, tol=opts.tol)
+        label, _ = _label_states(model, polished.z.float(), tokens, solution)
+        fixed, stable = _np(polished.fixed).astype(bool), _np(polished.stable).astype(bool)
+        cls[i] = np.where(~fixed, 4, np.where(stable, label, 3))
+        radius[i], distance[i] = _np(polished.spectral_radius), _np(polished.distance)
+    arrays = {"puzzle_index": np.arange(n), "end_state": cls, "spectral_radius": radius, "distance": distance,
+              "ending_names": np.array(END_STATES, dtype=str),
+              "ending_counts": np.bincount(cls.ravel(), minlength=len(END_STATES))}
+    return {"arrays": arrays, "attrs": {"puzzles": n}}
+
+
 def basin_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOptions, puzzle: int,
                  fixed: dict, k: int, progress: bool) -> dict:
     tok = torch.as_tensor(run.puzzles.tokens[puzzle][None], dtype=torch.long)
@@ -400,7 +426,10 @@ def analyze(run_path: str, *, checkpoint: str | None = None, only: list[str] | N
             if name == "probes" and (run.states.mode != "all"):
                 skip(name, "probes need states at every recorded step (solve with --states all)")
                 continue
-            if name in ("fixed_points", "basins") and ckpt_path is None:
+            if name == "end_states" and not (run.has_states and run.states.projection is None):
+                skip(name, "needs full recorded end states (solve with --states final|all, without --project)")
+                continue
+            if name in ("end_states", "fixed_points", "basins") and ckpt_path is None:
                 skip(name, "no checkpoint available (pass --checkpoint)")
                 continue
             log(f"  {name:<13} computing ...")
@@ -416,7 +445,10 @@ def analyze(run_path: str, *, checkpoint: str | None = None, only: list[str] | N
                 store(name, probe_arrays(run, opts))
             else:
                 model = model or ckpt.load(ckpt_path, device).requires_grad_(False)
-                _model_analysis(name, model, run, run_path, opts, progress, store)
+                if name == "end_states":
+                    store(name, end_state_arrays(model, run, opts))
+                else:
+                    _model_analysis(name, model, run, run_path, opts, progress, store)
         statuses.append(AnalysisStatus(name, "computed"))
     return statuses
 

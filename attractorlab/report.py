@@ -29,7 +29,7 @@ CORRECT, INCORRECT, GREY = "#2ca02c", "#d62728", "#9e9e9e"
 LABELS = {0: ("correct", CORRECT), 1: ("spurious (valid answer)", "#ff7f0e"), 2: ("invalid answer", "#9467bd")}
 CORRECT_SHADES = ("#2ca02c", "#1b6e1b", "#74c476")
 SPURIOUS_COLOURS = ("#ff7f0e", "#d62728", "#9467bd", "#1f77b4", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
-ANALYSES = ("summary", "scaling", "convergence", "probes", "embedding", "fixed_points", "basins")
+ANALYSES = ("summary", "scaling", "convergence", "probes", "embedding", "end_states", "fixed_points", "basins")
 TEMPLATE = "plotly_white"
 MONO = {"font": {"family": "DejaVu Sans Mono, Menlo, Consolas, monospace", "size": 12}, "align": "left"}
 
@@ -81,6 +81,9 @@ FIGURES = {
                           "run over a sweep of its threshold (no re-run): fixed depth, learned q, latent "
                           "convergence, stable answer."),
     "endings": FigureInfo("Convergence vs correctness", "How rollouts ended", "Count of each end state."),
+    "end_states": FigureInfo("Fixed points", "Recorded end states, polished",
+                             "Each recorded end state after a few noise-free steps and a fixed-point solve: an "
+                             "attractor (by its read-out), an unstable fixed point, or none."),
     "probes": FigureInfo("Probes", "Probe accuracy vs step",
                          "Cell accuracy of linear label probes per outer step (band: ±1 std over folds)."),
     "trajectories": FigureInfo("Trajectories", "Trajectories",
@@ -275,12 +278,12 @@ def _halting(res: AnalysisResult) -> go.Figure:
     return _layout(fig, "Adaptive compute replayed from the run", 440)
 
 
-def _endings(res: AnalysisResult) -> go.Figure:
+def _endings(res: AnalysisResult, title: str = "How rollouts ended") -> go.Figure:
     names, counts = _get(res, "ending_names"), _get(res, "ending_counts")
     fig = go.Figure(go.Bar(x=[str(n) for n in names], y=counts, marker_color="#4c78a8", text=counts,
                            textposition="outside", hovertemplate="%{x}: %{y}<extra></extra>"))
     fig.update_yaxes(title="restarts")
-    return _layout(fig, "How rollouts ended", 380)
+    return _layout(fig, title, 380)
 
 
 def _probes(res: AnalysisResult) -> go.Figure:
@@ -538,6 +541,7 @@ def _collect(run: Run) -> tuple[dict[str, go.Figure], list[tuple[str, str]]]:
         "steps_vs_rating": ("convergence", lambda: _steps_vs_rating(results["convergence"])),
         "endings": ("convergence", lambda: _endings(results["convergence"])),
         "halting": ("convergence", lambda: _halting(results["convergence"])),
+        "end_states": ("end_states", lambda: _endings(results["end_states"], "End states after a noise-free polish")),
         "probes": ("probes", lambda: _probes(results["probes"])),
         "trajectories": ("embedding", lambda: _trajectories(results["embedding"])),
         "spectra": ("fixed_points", lambda: _spectra(groups["fixed_points"])),

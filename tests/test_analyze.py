@@ -26,17 +26,17 @@ def ckpt(tmp_path_factory):
     return path
 
 
-def make_run(ckpt, path, states="all", n=6):
+def make_run(ckpt, path, states="all", n=6, project=4):
     model = checkpoint.load(ckpt)
     puzzles = sudoku.generate(n, seed=2, difficulty="singles")
     attrs = {"checkpoint_path": str(ckpt), "checkpoint_sha256": checkpoint.file_sha256(ckpt)}
     solve(model, puzzles, RolloutConfig(depth=4, breadth=2, seed=0), str(path), batch_size=3, states=states,
-          project=4 if states != "none" else 0, attrs=attrs, progress=False)
+          project=project if states != "none" else 0, attrs=attrs, progress=False)
     return path
 
 
 def test_every_analysis_is_computed_stored_and_cached(ckpt, tmp_path):
-    run = make_run(ckpt, tmp_path / "run.h5")
+    run = make_run(ckpt, tmp_path / "run.h5", project=0)  # full states: end states can be polished too
     statuses = analyze.analyze(str(run), options=SMALL, progress=False, log=lambda s: None)
     assert {s.name: s.status for s in statuses} == {name: "computed" for name in analyze.ANALYSES}
     with recording.open_run(run) as r:
@@ -54,6 +54,8 @@ def test_every_analysis_is_computed_stored_and_cached(ckpt, tmp_path):
         assert fp["eigvals"].ndim == 2 and fp["label"].min() >= 0 and fp["label"].max() <= 2
         basins = r.read_analysis("basins/p0")
         assert basins["map_label"].shape == (3, 3)
+        ends = r.read_analysis("end_states")
+        assert ends["end_state"].shape == (6, 2) and ends["ending_counts"].sum() == 12
         assert basins["fraction"].sum() == pytest.approx(1.0)
     again = analyze.analyze(str(run), options=SMALL, progress=False, log=lambda s: None)
     assert {s.status for s in again} == {"cached"}
@@ -130,9 +132,11 @@ def test_noisy_run_ends_are_classified_against_the_noise_floor(tmp_path):
     model = checkpoint.load(DEFAULT_CHECKPOINT)
     run = str(tmp_path / "noisy.h5")
     attrs = {"config_json": {"model": model.config.to_dict(), "rollout": {"noise": True, "tol": 1e-3}}}
+    attrs.update(checkpoint_path=DEFAULT_CHECKPOINT, checkpoint_sha256=checkpoint.file_sha256(DEFAULT_CHECKPOINT))
     solve(model, sudoku.generate(12, seed=3, difficulty="singles"), RolloutConfig(depth=16, breadth=2, seed=1), run,
-          attrs=attrs, progress=False)
-    analyze.analyze(run, only=["convergence"], progress=False, log=lambda _: None)
+          states="final", attrs=attrs, progress=False)
+    analyze.analyze(run, only=["convergence", "end_states"], options=analyze.AnalyzeOptions(n_polish=3),
+                    progress=False, log=lambda _: None)
     with recording.open_run(run) as r:
         res = r.read_analysis("convergence")
         correct_end = int(r.rollout.correct[:, :, -1].sum())
@@ -142,6 +146,11 @@ def test_noisy_run_ends_are_classified_against_the_noise_floor(tmp_path):
     assert counts["converged_valid"] >= correct_end - 2 and counts["drifting"] <= 24 - correct_end + 2
     assert res.attrs["easy_count"] == 12 and res.attrs["easy_settled_within_5"] >= 6
     assert (res["settle_answer"] <= 16).all() and (res["settle_answer"] < res["steps"] + 1).any()
+    with recording.open_run(run) as r:
+        ends = r.read_analysis("end_states")
+        right = r.rollout.correct[:3, :, -1]
+    # a noisy end state on the answer polishes to a stable fixed point that reads out the answer
+    assert (ends["end_state"][right] == 0).mean() >= 0.8 and (ends["spectral_radius"][right] < 1).all()
 
 
 def test_basin_puzzles_with_more_than_one_ending_come_first():

@@ -19,7 +19,7 @@ from attractorlab import report
 
 N, B, T = 6, 2, 5
 ALL_FIGURES = ["summary", "scaling_depth", "scaling_breadth", "residual_curves", "roc", "steps_vs_rating",
-               "endings", "halting", "probes", "trajectories", "spectra", "spectral_radius", "basin_maps",
+               "endings", "halting", "end_states", "probes", "trajectories", "spectra", "spectral_radius", "basin_maps",
                "basin_stability"]
 PLOTLY_HEADER = re.compile(r"\* plotly\.js v\d")
 
@@ -79,6 +79,9 @@ def write_all(path: str, seed: int = 0) -> None:
         "halt_never_accuracy": np.linspace(0.2, 0.7, T), "halt_stable_values": np.array([1.0, 2.0]),
         "halt_stable_mean_steps": np.array([3.0, 4.5]), "halt_stable_accuracy": np.array([0.6, 0.7])},
         {"spearman_rho": 0.42, "spearman_p": 0.03})
+    rec.write_analysis(path, "end_states", {
+        "end_state": np.zeros((N, B), np.int64), "ending_names": np.array(["attractor: correct", "no fixed point"]),
+        "ending_counts": np.array([N * B, 0])})
     s = 4
     rec.write_analysis(path, "embedding", {
         "coords": r.normal(size=(N, B, s, 2)).cumsum(axis=2).astype(np.float32), "steps": np.array([0, 1, 3, 5]),
