@@ -52,6 +52,7 @@ class AnalyzeOptions:
     max_embed: int = 100  # puzzles drawn in the embedding
     tol: float = 1e-4  # relative residual at which a state counts as a fixed point
     seed: int = 0
+    restart_std: float = 1.0  # fixed-start models (TRM): restarts and basin samples from a truncated normal of this std
 
     def __post_init__(self) -> None:
         for name in ("n_puzzles", "n_polish", "restarts", "basin_samples", "grid", "max_steps", "max_embed"):
@@ -330,7 +331,8 @@ def basin_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOp
     f = model.as_map(tok)
     gen = torch.Generator(device=model.device).manual_seed(stream(opts.seed, "analyze.basins", k))
     with torch.no_grad():
-        samples = model.init_state(tok.expand(opts.basin_samples, -1), generator=gen).flatten()
+        samples = model.init_state(tok.expand(opts.basin_samples, -1), generator=gen,
+                                   restart_std=opts.restart_std).flatten()
     stable = np.asarray(fixed["stable"], bool)
     attractors = torch.as_tensor(np.asarray(fixed["z"])[stable]).to(model.device)
     att_label, att_grid = np.asarray(fixed["label"])[stable], np.asarray(fixed["grid"])[stable]

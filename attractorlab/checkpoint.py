@@ -23,7 +23,7 @@ import torch
 
 from attractorlab import reference
 from attractorlab.errors import AttractorlabError
-from attractorlab.model import EquilibriumReasoner, ReasonerConfig, swiglu_width
+from attractorlab.model import TRM_SETTINGS, EquilibriumReasoner, ReasonerConfig, swiglu_width
 from attractorlab.tasks import get_task, names
 
 FORMAT = "attractorlab.checkpoint"
@@ -134,6 +134,7 @@ _REFERENCE_KEYS = [
     (r"embed_tokens\.embedding_weight", "embed_tokens.weight"),
     (r"L_level\.layers\.(\d+)\.(.+)", r"layers.\1.\2"),
     (r"(lm_head|q_head)\.(weight|bias)", r"\1.\2"),
+    (r"(H_init|L_init)", r"\1"),  # TRM's stored start vectors (buffers)
 ]
 
 
@@ -163,14 +164,21 @@ class ImportedReference:
         c = self.model.config
         mixing = "mlp_t (SwiGLU across cells)" if c.mlp_t else f"attention, {c.num_heads} heads, {c.pos_encodings}"
         return "\n".join([
-            f"imported a reference {self.kind} (step {self.step if self.step is not None else '-'}), "
-            f"{self.weights.upper()} weights",
+            f"imported a reference {c.family.upper()} {self.kind} "
+            f"(step {self.step if self.step is not None else '-'}), {self.weights.upper()} weights",
             f"  task {c.task}: {c.seq_len} cells, vocab {c.vocab_size}; hidden {c.hidden_size}, {c.L_layers} layers, "
             f"{mixing}, expansion {c.expansion}",
             f"  cycles H {c.H_cycles} x L {c.L_cycles} ({c.layer_equivalents_per_step} layer-equivalents per outer "
             f"step); damping lambda {c.lambda_}, path noise {c.noise_scale}; halt_max_steps {c.halt_max_steps}",
+            f"  initial state: {_initial_state_words(c)}",
             f"  {self.model.num_parameters():,} parameters; from the file's config: "
             f"{', '.join(sorted(self.from_file)) or 'nothing (defaults and flags)'}"])
+
+
+def _initial_state_words(c: ReasonerConfig) -> str:
+    if c.initial_state == "fixed":
+        return "fixed (the stored H_init, L_init; restarts of breadth > 1 draw a truncated normal, --restart-std)"
+    return f"random (truncated normal, std H {c.H_init_std}, L {c.L_init_std})"
 
 
 def _task_for(vocab: int, seq_len: int | None, board: tuple[int, int] | None, source: str) -> str:
@@ -193,12 +201,15 @@ def import_reference(state_dict_or_path: dict | str | os.PathLike, *, weights: s
     file has them (what the paper evaluates), ``"raw"`` the trained ones. The architecture comes from the file's
     stored ``config["arch"]``; ``hidden_size``, ``vocab_size``, ``L_layers``, ``mlp_t`` (and ``seq_len`` for
     ``mlp_t``) are read off the tensor shapes; keyword arguments override the file and may not contradict the
-    weights. The task is inferred from the vocabulary and length unless ``task`` is given.
+    weights. The task is inferred from the vocabulary and length unless ``task`` is given. A reference TRM file
+    (``inner.H_init`` / ``inner.L_init`` buffers, ``arch.name`` ``trm@TRMModel``) becomes the TRM configuration
+    (:data:`~attractorlab.model.TRM_SETTINGS`) with its start vectors.
     """
     if weights not in ("ema", "raw"):
         raise CheckpointError(f"weights must be 'ema' or 'raw', got {weights!r}")
     if isinstance(state_dict_or_path, dict):
         source, raw, stored, step, kind, has_ema = "state dict", state_dict_or_path, {}, None, "state-dict", False
+        family = None
     else:
         source = str(state_dict_or_path)
         try:
@@ -207,7 +218,7 @@ def import_reference(state_dict_or_path: dict | str | os.PathLike, *, weights: s
             raise CheckpointError(str(err)) from err
         has_ema = ck.ema is not None
         raw, stored = ck.state_dict(ema=weights == "ema"), reference.arch_settings(ck.config)
-        step, kind = ck.step, ck.kind
+        step, kind, family = ck.step, ck.kind, reference.arch_family(ck.config)
     mapped = {new: v.detach().float().cpu() for k, v in raw.items()
               if isinstance(v, torch.Tensor) and (new := _reference_key(k)) is not None}
     if "embed_tokens.weight" not in mapped:
@@ -219,6 +230,10 @@ def import_reference(state_dict_or_path: dict | str | os.PathLike, *, weights: s
                 "mlp_t": "layers.0.mlp_t.gate_up_proj.weight" in mapped}
     if inferred["mlp_t"]:
         inferred["seq_len"] = mapped["layers.0.mlp_t.gate_up_proj.weight"].shape[1]
+    trm = "H_init" in mapped or family == "trm"
+    if trm and "H_init" not in mapped:
+        raise CheckpointError(f"{source}: a TRM checkpoint without its start vectors (inner.H_init, inner.L_init)")
+    inferred["initial_state"] = "fixed" if trm else "random"
     for name, value in inferred.items():
         if name in config and config[name] != value:
             raise CheckpointError(f"{source}: {name}={config[name]} given but the weights have {name}={value}")
@@ -226,7 +241,9 @@ def import_reference(state_dict_or_path: dict | str | os.PathLike, *, weights: s
     from_file = {k: v for k, v in stored.items() if k in fields and k not in inferred}
     if from_file.get("forward_dtype") == "bfloat16":  # the reference's CUDA setting: bf16 on CUDA, float32 on CPU
         from_file["forward_dtype"] = "auto"
-    settings = {**from_file, **config, **inferred}
+    # the reference TRM has no damping and no path noise (its arch names neither)
+    family_defaults = {k: v for k, v in TRM_SETTINGS.items() if k not in inferred} if trm else {}
+    settings = {**family_defaults, **from_file, **config, **inferred}
     if "task" not in settings:
         board = (settings["board_height"], settings["board_width"]) if settings.get("board_height") else None
         settings["task"] = _task_for(vocab, settings.get("seq_len"), board, source)

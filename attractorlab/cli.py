@@ -31,6 +31,13 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
                    help="probability of a random minimum number of steps before halting")
     g.add_argument("--lambda", type=float, dest="lambda_", help="damping lambda of the update (paper: 0.95)")
     g.add_argument("--noise-scale", type=float, dest="noise_scale", help="path-noise std per update (paper: 0.01)")
+    g.add_argument("--initial-state", dest="initial_state", choices=["random", "fixed"],
+                   help="random: a fresh truncated normal per row (EqR); fixed: two stored vectors H_init, L_init "
+                   "(TRM)")
+    g.add_argument("--trm", action="store_true", default=None,
+                   help="the TRM baseline: --lambda 1 --noise-scale 0 --initial-state fixed (other flags override)")
+    g.add_argument("--single-stream", dest="hierarchical", action="store_false", default=None,
+                   help="one latent stream instead of z_H / z_L (an ablation rung)")
 
 
 def _task_names() -> list[str]:
@@ -83,6 +90,10 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--compile", dest="compile_model", action="store_true",
                    help="torch.compile the outer step (worth it on GPUs for long runs)")
+    p.add_argument("--no-act", dest="act", action="store_false", default=None,
+                   help="no halting loss: every row runs --halt-max-steps segments (an ablation rung)")
+    p.add_argument("--full-backprop", dest="full_backprop", action="store_true", default=None,
+                   help="back-propagate through every H-cycle of the outer step (default: the last, as the reference)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     _model_flags(p)
 
@@ -111,10 +122,14 @@ def add_import_eqr(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from attractorlab.model import TRM_SETTINGS
     from attractorlab.train import SCHEDULE_FIELDS, TrainConfig, train
 
-    not_fields = ("command", "preset", "out", "resume", "device", "progress", "func", "threads", "compile_model")
+    not_fields = ("command", "preset", "out", "resume", "device", "progress", "func", "threads", "compile_model",
+                  "trm")
     overrides = {k: v for k, v in vars(args).items() if v is not None and k not in not_fields}
+    if args.trm:
+        overrides = {**TRM_SETTINGS, **overrides}
     schedule = {k: overrides.pop(k) for k in SCHEDULE_FIELDS if k in overrides}
     if args.resume and overrides:
         flags = ", ".join("--" + k.rstrip("_").replace("_", "-") for k in sorted(overrides))
@@ -164,6 +179,9 @@ def add_solve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", type=int, default=d.depth,
                    help="maximum outer steps per restart (x42 layers in the paper)")
     p.add_argument("--breadth", type=int, default=d.breadth, help="independent random restarts per puzzle")
+    p.add_argument("--restart-std", type=float, default=d.restart_std, dest="restart_std",
+                   help="models with a fixed initial state (TRM): with --breadth > 1 every restart starts from a "
+                   "zero-mean truncated normal of this std, as the reference evaluation (different_init_reset_std)")
     p.add_argument("--halt", default=d.halt, choices=HALT_RULES,
                    help="stop a restart by the learned halting logit (q > 0), by latent convergence (residual below "
                    "--tol), once its answer is stable (unchanged for --patience steps; works with path noise), or "
@@ -222,6 +240,14 @@ def load_puzzles(args: argparse.Namespace, task):
     return task.generate(n, seed=args.seed, difficulty=args.difficulty, progress=args.progress)
 
 
+def _starts(model_config, cfg) -> str:
+    if model_config.initial_state == "random":
+        return "random (each restart a fresh truncated normal)"
+    if cfg.breadth == 1:
+        return "fixed (the stored H_init, L_init)"
+    return f"fixed; the {cfg.breadth} restarts start from a truncated normal of std {cfg.restart_std} (--restart-std)"
+
+
 def run_solve(args: argparse.Namespace) -> int:
     from attractorlab import checkpoint, recording, rollout, solve
     from attractorlab.tasks import get_task
@@ -231,7 +257,7 @@ def run_solve(args: argparse.Namespace) -> int:
         args.halt, args.select, args.noise, args.full_vocab = "never", "reference", True, True
     cfg = rollout.RolloutConfig(depth=args.depth, breadth=args.breadth, halt=args.halt, tol=args.tol,
                                 patience=args.patience, select=args.select, window=args.window, noise=args.noise,
-                                seed=args.seed, full_vocab=args.full_vocab)
+                                seed=args.seed, full_vocab=args.full_vocab, restart_std=args.restart_std)
     if args.state_stride < 1 or args.project < 0:
         raise InputError("--state-stride must be >= 1 and --project >= 0")
     if args.resume and args.overwrite:
@@ -252,6 +278,7 @@ def run_solve(args: argparse.Namespace) -> int:
     if dist_info.main:
         print(f"{len(puzzles)} puzzles x {args.breadth} restarts x {args.depth} steps -> {args.out} "
               f"(at most {size / 2**20:.1f} MiB)")
+        print(f"{d.family.upper()} model, initial state {_starts(d, cfg)}")
     config = {"model": d.to_dict(), "rollout": dataclasses.asdict(cfg),
               "states": {"mode": args.states, "stride": args.state_stride, "dtype": args.state_dtype,
                          "project": args.project},

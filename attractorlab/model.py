@@ -23,6 +23,7 @@ from attractorlab.errors import InputError
 from attractorlab.tasks import get_task
 
 POS_ENCODINGS = ("rope", "rope2d", "none")
+INITIAL_STATES = ("random", "fixed")
 FORWARD_DTYPES = ("auto", "float32", "bfloat16")
 
 
@@ -32,6 +33,12 @@ class ReasonerConfig:
 
     ``seq_len``, ``vocab_size``, ``board_height`` and ``board_width`` default to the task's (0 = take it from
     ``task``); the board shape is what 2-D RoPE rotates by.
+
+    TRM (the paper's baseline) is a configuration of the same model: ``lambda_=1`` (no damping: the update is
+    ``layers(z + injection)``), ``noise_scale=0`` and ``initial_state="fixed"`` (every row starts from two stored
+    vectors ``H_init``, ``L_init`` broadcast over the cells; see :func:`trm_config`). ``hierarchical=False``
+    (an ablation rung, not a reference model) keeps one latent stream: each cycle is ``L_cycles + 1`` updates of
+    ``z_H`` with the input as injection, and ``z_L`` mirrors ``z_H``.
     """
 
     hidden_size: int = 512
@@ -56,6 +63,8 @@ class ReasonerConfig:
     board_height: int = 0
     board_width: int = 0
     forward_dtype: str = "auto"  # the carried state and activations: auto = bfloat16 on CUDA, float32 elsewhere
+    initial_state: str = "random"  # random (EqR: a fresh truncated normal per restart) | fixed (TRM: H_init, L_init)
+    hierarchical: bool = True  # two streams z_H / z_L; False = one stream (the ablation's rung below the hierarchy)
 
     def __post_init__(self) -> None:
         if self.forward_dtype not in FORWARD_DTYPES:
@@ -84,6 +93,9 @@ class ReasonerConfig:
                 raise InputError(f"ReasonerConfig.{name} must be >= 0, got {getattr(self, name)!r}")
         if self.halt_exploration_prob > 1:
             raise InputError(f"ReasonerConfig.halt_exploration_prob must be <= 1, got {self.halt_exploration_prob}")
+        if self.initial_state not in INITIAL_STATES:
+            raise InputError(f"ReasonerConfig.initial_state must be one of {INITIAL_STATES}, "
+                             f"got {self.initial_state!r}")
         if self.pos_encodings not in POS_ENCODINGS:
             raise InputError(f"ReasonerConfig.pos_encodings must be one of {POS_ENCODINGS}, got {self.pos_encodings!r}")
         if not self.mlp_t:
@@ -110,9 +122,27 @@ class ReasonerConfig:
         return cls(**values)
 
     @property
+    def family(self) -> str:
+        """``"trm"`` for the TRM configuration (no damping, no path noise, fixed initial state), else ``"eqr"``."""
+        if not self.hierarchical:
+            return "variant"
+        if self.initial_state == "random":
+            return "eqr"
+        return "trm" if self.lambda_ == 1.0 and self.noise_scale == 0 else "variant"
+
+    @property
     def layer_equivalents_per_step(self) -> int:
         """Layers applied in one outer step: H_cycles x (L_cycles + 1) module calls x L_layers."""
         return self.H_cycles * (self.L_cycles + 1) * self.L_layers
+
+
+TRM_SETTINGS = {"lambda_": 1.0, "noise_scale": 0.0, "initial_state": "fixed"}
+"""What makes a :class:`ReasonerConfig` the reference's TRM (``models/trm.py``)."""
+
+
+def trm_config(**overrides) -> ReasonerConfig:
+    """The TRM baseline: :class:`ReasonerConfig` with :data:`TRM_SETTINGS` (other fields as given)."""
+    return ReasonerConfig(**{**TRM_SETTINGS, **overrides})
 
 
 @dataclass
@@ -288,6 +318,9 @@ class EquilibriumReasoner(nn.Module):
         with torch.no_grad():
             self.q_head.weight.zero_()
             self.q_head.bias.fill_(-5.0)
+        if config.initial_state == "fixed":  # TRM: two stored (not trained) start vectors, saved with the weights
+            self.register_buffer("H_init", trunc_normal_(torch.empty(d), std=1.0))
+            self.register_buffer("L_init", trunc_normal_(torch.empty(d), std=1.0))
 
     @property
     def device(self) -> torch.device:
@@ -307,11 +340,23 @@ class EquilibriumReasoner(nn.Module):
             raise InputError(f"tokens must have shape [B, {self.config.seq_len}], got {tuple(tokens.shape)}")
         return (self.embed_scale * self.embed_tokens(tokens.long())).to(self.state_dtype)
 
-    def init_state(self, tokens: torch.Tensor, generator: torch.Generator | None = None) -> LatentState:
-        """Random initial state: truncated normal (std H_init_std / L_init_std, cut at 2 std), ``[B, L, D]`` each."""
+    def init_state(self, tokens: torch.Tensor, generator: torch.Generator | None = None,
+                   restart_std: float | None = None) -> LatentState:
+        """Initial state ``[B, L, D]`` per stream.
+
+        ``initial_state="random"``: truncated normal (std ``H_init_std`` / ``L_init_std``, cut at 2 std).
+        ``"fixed"`` (TRM): the stored ``H_init`` / ``L_init`` broadcast over rows and cells, or, with
+        ``restart_std``, a zero-mean truncated normal of that std for both streams (how the reference evaluation
+        draws restarts for a fixed-start model: ``different_init_reset_std``).
+        """
         shape = (tokens.shape[0], self.config.seq_len, self.config.hidden_size)
-        z_H = trunc_normal_(torch.empty(shape, device=self.device), self.config.H_init_std, generator)
-        z_L = trunc_normal_(torch.empty(shape, device=self.device), self.config.L_init_std, generator)
+        if self.config.initial_state == "fixed" and restart_std is None:
+            z_H, z_L = self.H_init.expand(shape).clone(), self.L_init.expand(shape).clone()
+        else:
+            fixed = self.config.initial_state == "fixed"
+            h_std, l_std = (restart_std, restart_std) if fixed else (self.config.H_init_std, self.config.L_init_std)
+            z_H = trunc_normal_(torch.empty(shape, device=self.device), h_std, generator)
+            z_L = trunc_normal_(torch.empty(shape, device=self.device), l_std, generator)
         z_H, z_L = z_H.to(self.state_dtype), z_L.to(self.state_dtype)
         return LatentState(z_H, z_L)
 
@@ -329,6 +374,10 @@ class EquilibriumReasoner(nn.Module):
 
     def _cycle(self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor, noise: bool,
                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.config.hierarchical:  # one stream, the same number of module applications
+            for _ in range(self.config.L_cycles + 1):
+                z_H = self.module(z_H, x, noise, generator)
+            return z_H, z_H
         for _ in range(self.config.L_cycles):
             z_L = self.module(z_L, z_H + x, noise, generator)
         z_H = self.module(z_H, z_L, noise, generator)

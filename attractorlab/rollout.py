@@ -59,7 +59,10 @@ class RolloutConfig:
     ``select``: ``convergence`` (lowest mean norm of the change of all logits over the last ``window`` steps),
     ``reference`` (the reference evaluation's score: the per-cell L2 change of the logits averaged over cells,
     then over the last ``window`` steps) or ``majority`` (the most common final answer). ``full_vocab`` reads
-    answers out with an argmax over the full vocabulary, as the reference evaluation does.
+    answers out with an argmax over the full vocabulary, as the reference evaluation does. ``restart_std``: for a
+    model with a fixed initial state (TRM), breadth > 1 starts every restart from a zero-mean truncated normal of
+    this std, as the reference evaluation does (``different_init_reset_std``); breadth 1 starts from the stored
+    vectors. Models with random initial states ignore it.
     """
 
     depth: int = 64
@@ -72,6 +75,7 @@ class RolloutConfig:
     noise: bool = True
     seed: int = 0
     full_vocab: bool = False
+    restart_std: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 1:
@@ -86,6 +90,8 @@ class RolloutConfig:
             raise InputError(f"tol must be > 0, got {self.tol!r}")
         if self.patience < 1 or self.window < 1:
             raise InputError("patience and window must be >= 1")
+        if not self.restart_std > 0:
+            raise InputError(f"restart_std must be > 0, got {self.restart_std!r}")
 
 
 @dataclass
@@ -290,7 +296,7 @@ def rollout(model: EquilibriumReasoner, tokens: torch.Tensor, solution: torch.Te
     rec = _Records(n * b, T, model.config.seq_len, device)
     halting = HALTING[cfg.halt]
     with torch.inference_mode(), autocast(device):
-        state = model.init_state(tok, generator=gen)
+        state = model.init_state(tok, generator=gen, restart_std=cfg.restart_std if b > 1 else None)
         x = model.embed(tok)
         prev_logits = model.readout(state)[0].float()
         prev_answer = task.answer(prev_logits, full_vocab=cfg.full_vocab)

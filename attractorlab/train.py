@@ -6,6 +6,10 @@ carry. A row is replaced by a fresh (augmented) puzzle when it halts (``q > 0`` 
 ``halt_max_steps``. Random draws that decide the data (which puzzles, their augmentation, initial states,
 exploration) come from generators shared by all ranks, so a DDP run sees exactly the batches of a
 single-process run with the same global batch; only the in-module path noise is per rank.
+
+Two switches exist for the paper's ablation ladder: ``act=False`` drops the halting loss and runs every row for
+``halt_max_steps`` segments; ``full_backprop=True`` back-propagates through every H-cycle of the outer step
+(with ``halt_max_steps=1``: a weight-tied model trained without segments).
 """
 
 from __future__ import annotations
@@ -84,6 +88,8 @@ class TrainConfig:
     eval_depths: tuple[int, ...] = (1, 16, 64)
     checkpoint_every: int = 1000
     optimizer: str = "adamw"
+    act: bool = True  # the halting head learns when to stop (ACT); False: every row runs halt_max_steps segments
+    full_backprop: bool = False  # gradients through every H-cycle of the step (default: only the last, as reference)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "steps", "n_train", "n_eval", "eval_every", "checkpoint_every"):
@@ -299,13 +305,13 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step_count, cfg)
         with autocast(self.device):
-            state = self.net(self.carry, self.tokens)
+            state = self.net(self.carry, self.tokens, grad_last_only=not cfg.full_backprop)
             logits, q = self.model.readout(state)
         right = logits.argmax(-1) == self.labels  # [b, L]
         solved = right.all(-1)
         lm_sum = stablemax_cross_entropy(logits, self.labels).mean(-1).sum()  # float64
         q_sum = F.binary_cross_entropy_with_logits(q, solved.float(), reduction="sum").double()
-        loss = (lm_sum + 0.5 * q_sum) / self.halted.numel()
+        loss = (lm_sum + 0.5 * q_sum * cfg.act) / self.halted.numel()
         stats = torch.stack([lm_sum.detach(), q_sum.detach(), solved.sum().double(),
                              right.double().mean(-1).sum()])
         stats = _reduce_sum(stats, self.dist) / self.cfg.batch_size
@@ -323,7 +329,7 @@ class Trainer:
             self.carry = state.detach()
             self.steps += 1
             halted = self.steps >= mc.halt_max_steps
-            if mc.halt_max_steps > 1:
+            if mc.halt_max_steps > 1 and cfg.act:
                 b_all = self.cfg.batch_size
                 explore = torch.rand(b_all, generator=self.gen, device=self.device) < mc.halt_exploration_prob
                 min_steps = explore * torch.randint(2, mc.halt_max_steps + 1, (b_all,), generator=self.gen,
@@ -337,10 +343,13 @@ class Trainer:
                 "cell_acc": stats[3].item()}
 
     def ema_model(self) -> EquilibriumReasoner:
+        """The EMA parameters with the trained model's buffers (TRM's start vectors)."""
         model = EquilibriumReasoner(self.cfg.model).to(self.device)
         with torch.no_grad():
             for name, p in model.named_parameters():
                 p.copy_(self.ema[name])
+            for name, buf in self.model.named_buffers():
+                model.get_buffer(name).copy_(buf)
         return model.eval()
 
     # --- checkpoints ---------------------------------------------------------------------------------------

@@ -116,3 +116,21 @@ def test_rollout_benchmark_offset_splits_one_order_into_parts():
         whole = pick(0, 5)
         assert len(whole) == 5
         assert (pick(1, 2) == whole[1:3]).all() and (pick(3, 2) == whole[3:]).all()
+
+
+def test_ablation_ladder_appends_outcomes_and_continues_in_parts(capsys, tmp_path):
+    bench = _load("bench_ablation")
+    common = ["--steps", "2", "--n-train", "16", "--n-eval", "5", "--depths", "1,2", "--breadth", "2",
+              "--dir", str(tmp_path / "rungs"), "--results", str(tmp_path / "out.csv"), "--no-progress",
+              "--threads", "1"]
+    bench.main(["run", "--rungs", "trm", *common])
+    first = (tmp_path / "out.csv").read_text().splitlines()
+    assert len(first) == 1 + 5 * 2  # header + 5 puzzles x 2 depths at breadth 1 (a fixed start: no breadth run)
+    bench.main(["run", "--rungs", "trm,eqr", *common])  # trm is done: only eqr is trained and evaluated
+    out = capsys.readouterr().out
+    assert out.count("[trm] training") == 1 and out.count("[eqr] training") == 1
+    lines = (tmp_path / "out.csv").read_text().splitlines()
+    assert lines[:len(first)] == first and len(lines) == len(first) + 5 * 2 + 5
+    table = out.split("rung ")[-1]
+    assert re.search(r"^trm .* 84\.8$", table, flags=re.M) and re.search(r"^eqr .* 86\.4$", table, flags=re.M)
+    assert "weight-tied" not in table

@@ -119,7 +119,7 @@ def _training_checkpoint(tmp_path, arch, state):
     sys.path.insert(0, str(tmp_path))
     try:
         carry = importlib.import_module("refpkg.eqr").ModelCarry(torch.ones(2))
-        shadow = {k: v * 0.5 for k, v in state.items()}
+        shadow = {k: v * 0.5 for k, v in state.items() if not k.endswith("_init")}  # parameters only
         param = torch.nn.Parameter(torch.ones(2))
         opt = torch.optim.Adam([param])
         param.grad = torch.ones(2)
@@ -199,3 +199,41 @@ def test_import_eqr_reads_a_reference_maze_checkpoint(tmp_path, capsys):
         logits, q = model.readout(got)
     for a, b in zip((got.z_H, got.z_L, logits, q), want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_import_eqr_reads_a_reference_trm_checkpoint(tmp_path, capsys):
+    """TRM (models/trm.py): its start vectors are buffers (in ``model``, not in the EMA); no damping, no noise."""
+    from test_model import _reference_state_dict, _reference_step
+
+    gen = torch.Generator().manual_seed(8)
+    state = _reference_state_dict(16, True, 2, gen)
+    vectors = {name: torch.randn(16, generator=gen).bfloat16() for name in ("H_init", "L_init")}
+    state.update({f"_orig_mod.model.inner.{name}": v for name, v in vectors.items()})
+    arch = {"name": "trm@TRMModel", "hidden_size": 16, "num_heads": 8, "expansion": 4, "H_cycles": 3,
+            "L_cycles": 2, "L_layers": 2, "H_layers": 0, "mlp_t": True, "pos_encodings": "none",
+            "halt_max_steps": 16, "forward_dtype": "bfloat16", "no_ACT_continue": True}
+    path, shadow = _training_checkpoint(tmp_path, arch, state)
+    out = tmp_path / "trm.pt"
+    assert main(["import-eqr", str(path), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "reference TRM training-checkpoint" in text and "initial state: fixed" in text
+    assert "lambda_" not in text.split("from the file's config:")[1]  # TRM's settings are not claimed as read
+    model = checkpoint.load(out)
+    c = model.config
+    assert (c.family, c.lambda_, c.noise_scale, c.initial_state, c.H_cycles, c.L_cycles) == (
+        "trm", 1.0, 0.0, "fixed", 3, 2)
+    assert torch.equal(model.H_init, vectors["H_init"].float())
+    inputs = torch.randint(1, 11, (2, 81), generator=gen)
+    clean = {k.replace("_orig_mod.", ""): v for k, v in shadow.items()}
+    z_H = vectors["H_init"].float().expand(2, 81, 16)
+    z_L = vectors["L_init"].float().expand(2, 81, 16)
+    want = _reference_step(clean, z_H, z_L, inputs, mlp_t=True, heads=8, H=3, L=2, lam=1.0, n_layers=2)
+    with torch.no_grad():
+        got = model.step(model.init_state(inputs), inputs)  # path noise on: TRM has none
+        logits, q = model.readout(got)
+    for a, b in zip((got.z_H, got.z_L, logits, q), want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    del state["_orig_mod.model.inner.L_init"], state["_orig_mod.model.inner.H_init"]
+    torch.save({"model": state, "config": {"arch": arch}}, tmp_path / "novec.pth")
+    assert main(["import-eqr", str(tmp_path / "novec.pth"), "--out", str(out)]) == 2
+    assert "without its start vectors" in capsys.readouterr().err

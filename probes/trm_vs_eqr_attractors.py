@@ -1,0 +1,176 @@
+"""Probe: do random initial states and path noise turn the solution into an attractor with a large basin?
+
+For each model (e.g. the ``trm`` and ``eqr`` rungs of ``benchmarks/bench_ablation.py``) on the same generated
+puzzles: noise-free rollouts from ``--restarts`` random initial states end near attractors, which
+``find_fixed_points`` polishes and labels by their read-out (correct / spurious valid / invalid); the fraction of
+restarts that end at a stable fixed point, the number of distinct attractors per puzzle, the basin stability of
+the correct attractor (``--samples`` fresh initial states iterated to their attractor) and the spectral radius at
+correct and at spurious attractors. Then accuracy against depth, past the training depth (does a model degrade
+when it thinks longer than it was trained to?), and the same for every fixed-start model with path noise of
+``--test-noise`` added at test time. Restarts of a fixed-start model (TRM) are drawn as the reference evaluation
+draws them: a zero-mean truncated normal of std ``--restart-std``.
+
+    python probes/trm_vs_eqr_attractors.py --checkpoints runs/ablation/trm.pt runs/ablation/eqr.pt --out-dir probes/out
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+
+from attractorlab import analyze, checkpoint, dynamics
+from attractorlab.model import EquilibriumReasoner
+from attractorlab.rollout import RolloutConfig, rollout
+from attractorlab.tasks import PuzzleSet, get_task
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoints", nargs="+", required=True, help="models to compare (same task)")
+    p.add_argument("--names", nargs="+", help="a label per checkpoint (default: its family and file name)")
+    p.add_argument("--out-dir", default=".", help="folder for the figure (trm_vs_eqr_attractors.html)")
+    p.add_argument("--n-puzzles", type=int, default=12, help="generated puzzles, the same for every model")
+    p.add_argument("--difficulty", default="singles", help="generator difficulty of the puzzles")
+    p.add_argument("--restarts", type=int, default=8, help="rollout ends per puzzle used to find attractors")
+    p.add_argument("--samples", type=int, default=32, help="initial states per puzzle for basin stability")
+    p.add_argument("--max-steps", type=int, default=64, help="outer steps for rollouts and basin iterations")
+    p.add_argument("--depths", default="1,4,8,16,64,256", help="depths of the accuracy-against-depth curve")
+    p.add_argument("--n-depth", type=int, default=200, help="puzzles for the accuracy-against-depth curve")
+    p.add_argument("--test-noise", type=float, default=0.01,
+                   help="path noise added at test time to fixed-start models (0 = skip that comparison)")
+    p.add_argument("--restart-std", type=float, default=1.0, help="restart std of fixed-start models")
+    p.add_argument("--seed", type=int, default=0, help="seed of the puzzles and initial states")
+    return p
+
+
+@dataclasses.dataclass
+class Landscape:
+    """Per puzzle ``[n]``: share of restarts at a stable fixed point, distinct attractors, whether a correct one
+    was found and its basin stability (0 when none); spectral radii at correct / spurious attractors (pooled)."""
+
+    at_stable: np.ndarray
+    attractors: np.ndarray
+    correct_found: np.ndarray
+    correct_basin: np.ndarray
+    radius_correct: np.ndarray
+    radius_spurious: np.ndarray
+
+
+def landscape(model: EquilibriumReasoner, puzzles: PuzzleSet, args: argparse.Namespace) -> Landscape:
+    at_stable, count, found, basin, r_ok, r_bad = [], [], [], [], [], []
+    gen = torch.Generator().manual_seed(args.seed)
+    for i in range(len(puzzles)):
+        tokens, solution = puzzles.tokens[i], puzzles.solution[i]
+        att = analyze.puzzle_attractors(model, tokens, solution, restarts=args.restarts, max_steps=args.max_steps,
+                                        seed=args.seed + i)
+        stable = att.stable
+        fps = att.fixed
+        landed = np.asarray(fps.count)[stable].sum()
+        at_stable.append(landed / att.starts)
+        count.append(int(stable.sum()))
+        radius = np.asarray(fps.spectral_radius)
+        r_ok += list(radius[stable & (att.label == 0)])
+        r_bad += list(radius[stable & (att.label != 0)])
+        correct = np.flatnonzero(stable & (att.label == 0))
+        found.append(correct.size > 0)
+        if correct.size == 0:
+            basin.append(0.0)
+            continue
+        tok = torch.as_tensor(tokens[None], dtype=torch.long)
+        with torch.no_grad():
+            samples = model.init_state(tok.expand(args.samples, -1), generator=gen,
+                                       restart_std=args.restart_std).flatten()
+        attractors = torch.as_tensor(np.asarray(fps.z))[stable]
+        stats = dynamics.basin_stability(model.as_map(tok), attractors, samples, max_steps=args.max_steps,
+                                         tol=1e-4, collect_new=False)
+        order = np.flatnonzero(stable)
+        basin.append(float(np.asarray(stats.fraction)[np.searchsorted(order, correct)].sum()))
+    return Landscape(np.array(at_stable), np.array(count), np.array(found), np.array(basin), np.array(r_ok),
+                     np.array(r_bad))
+
+
+def accuracy_by_depth(model: EquilibriumReasoner, puzzles: PuzzleSet, depths: list[int], seed: int) -> np.ndarray:
+    """``[len(depths)]`` exact accuracy at breadth 1, path noise as the model is configured."""
+    res = rollout(model, torch.as_tensor(puzzles.tokens, dtype=torch.long), torch.as_tensor(puzzles.solution),
+                  RolloutConfig(depth=max(depths), breadth=1, seed=seed))
+    return np.array([res.correct[:, 0, d - 1].mean() for d in depths])
+
+
+def with_noise(model: EquilibriumReasoner, noise: float) -> EquilibriumReasoner:
+    """The same weights with path noise ``noise`` at test time."""
+    noisy = EquilibriumReasoner(dataclasses.replace(model.config, noise_scale=noise))
+    noisy.load_state_dict(model.state_dict())
+    return noisy.eval()
+
+
+def _mean(x: np.ndarray) -> str:
+    x = np.asarray(x, float)
+    if x.size == 0:
+        return "-"
+    se = x.std(ddof=1) / np.sqrt(x.size) if x.size > 1 else float("nan")
+    return f"{x.mean():.3f} +- {se:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    names = args.names or [None] * len(args.checkpoints)
+    if len(names) != len(args.checkpoints):
+        print("error: give one --names entry per checkpoint", file=sys.stderr)
+        return 2
+    try:
+        models = [checkpoint.load(p) for p in args.checkpoints]
+    except checkpoint.CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    tasks = {m.config.task for m in models}
+    if len(tasks) != 1:
+        print(f"error: the checkpoints solve different tasks ({', '.join(sorted(tasks))})", file=sys.stderr)
+        return 2
+    task = get_task(tasks.pop())
+    depths = [int(d) for d in args.depths.split(",")]
+    puzzles = task.generate(max(args.n_puzzles, args.n_depth), seed=args.seed + 4242, difficulty=args.difficulty)
+    labels = [n or f"{m.config.family.upper()} ({os.path.basename(p)})"
+              for n, m, p in zip(names, models, args.checkpoints, strict=True)]
+    rows = {"restarts at a stable fixed point": [], "distinct attractors per puzzle": [],
+            "correct attractor found": [], "basin stability of the correct attractor": [],
+            "spectral radius, correct attractors": [], "spectral radius, spurious attractors": []}
+    curves: dict[str, np.ndarray] = {}
+    for label, model in zip(labels, models, strict=True):
+        land = landscape(model, puzzles[:args.n_puzzles], args)
+        for key, value in zip(rows, (land.at_stable, land.attractors, land.correct_found, land.correct_basin,
+                                     land.radius_correct, land.radius_spurious), strict=True):
+            rows[key].append(_mean(value))
+        curves[label] = accuracy_by_depth(model, puzzles[:args.n_depth], depths, args.seed)
+        if model.config.initial_state == "fixed" and args.test_noise > 0:
+            curves[f"{label} + test-time noise {args.test_noise}"] = accuracy_by_depth(
+                with_noise(model, args.test_noise), puzzles[:args.n_depth], depths, args.seed)
+    width = max(len(k) for k in rows) + 2
+    print(f"{args.n_puzzles} {args.difficulty} puzzles, {args.restarts} restarts, {args.samples} basin samples "
+          "(mean +- standard error over puzzles; spectral radii pooled over attractors)")
+    print(" " * width + "".join(f"{lab[:28]:>30}" for lab in labels))
+    for key, values in rows.items():
+        print(f"{key:<{width}}" + "".join(f"{v:>30}" for v in values))
+    train_depth = {lab: m.config.halt_max_steps for lab, m in zip(labels, models, strict=True)}
+    print(f"\naccuracy against depth ({args.n_depth} puzzles, breadth 1; training depth "
+          f"{', '.join(f'{k}: {v}' for k, v in train_depth.items())})")
+    print(f"{'':<{width}}" + "".join(f"{'D' + str(d):>8}" for d in depths))
+    for label, acc in curves.items():
+        print(f"{label[:width - 1]:<{width}}" + "".join(f"{a:>8.3f}" for a in acc))
+    fig = go.Figure([go.Scatter(x=depths, y=acc, mode="lines+markers", name=label) for label, acc in curves.items()])
+    fig.update_layout(title="Accuracy against depth", xaxis=dict(title="outer steps", type="log"),
+                      yaxis=dict(title="exact accuracy", range=[0, 1]))
+    os.makedirs(args.out_dir, exist_ok=True)
+    out = os.path.join(args.out_dir, "trm_vs_eqr_attractors.html")
+    fig.write_html(out, include_plotlyjs=True)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
