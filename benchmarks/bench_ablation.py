@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 import time
 from dataclasses import dataclass, field
@@ -67,15 +68,19 @@ def _done(results: str) -> set[tuple[str, int]]:
 
 
 def _append(results: str, rows: list[dict]) -> None:
-    new = not os.path.exists(results)
+    """Append rows with one write to a file opened for appending (two processes may share the results file)."""
     os.makedirs(os.path.dirname(results) or ".", exist_ok=True)
-    with open(results, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-        fh.flush()
-        os.fsync(fh.fileno())
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=FIELDS)
+    writer.writerows(rows)
+    fd = os.open(results, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if os.fstat(fd).st_size == 0:
+            os.write(fd, (",".join(FIELDS) + "\r\n").encode())
+        os.write(fd, text.getvalue().encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _evaluate(model, puzzles, rung: Rung, breadth: int, depths: list[int], args) -> list[dict]:

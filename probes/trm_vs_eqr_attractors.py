@@ -24,7 +24,7 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from attractorlab import analyze, checkpoint, dynamics
+from attractorlab import analyze, checkpoint, dynamics, recording
 from attractorlab.model import EquilibriumReasoner
 from attractorlab.rollout import RolloutConfig, rollout
 from attractorlab.tasks import PuzzleSet, get_task
@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", nargs="+", required=True, help="models to compare (same task)")
     p.add_argument("--names", nargs="+", help="a label per checkpoint (default: its family and file name)")
     p.add_argument("--out-dir", default=".", help="folder for the figure (trm_vs_eqr_attractors.html)")
-    p.add_argument("--n-puzzles", type=int, default=12, help="generated puzzles, the same for every model")
+    p.add_argument("--run", help="take the puzzles from this run file (default: generate them)")
+    p.add_argument("--n-puzzles", type=int, default=12, help="puzzles for the landscape, the same for every model")
     p.add_argument("--difficulty", default="singles", help="generator difficulty of the puzzles")
     p.add_argument("--restarts", type=int, default=8, help="rollout ends per puzzle used to find attractors")
     p.add_argument("--samples", type=int, default=32, help="initial states per puzzle for basin stability")
@@ -134,7 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     task = get_task(tasks.pop())
     depths = [int(d) for d in args.depths.split(",")]
-    puzzles = task.generate(max(args.n_puzzles, args.n_depth), seed=args.seed + 4242, difficulty=args.difficulty)
+    if args.run:
+        with recording.open_run(args.run) as run:
+            t = run.puzzles
+            puzzles = PuzzleSet(t.tokens[:], t.solution[:], t.source[:], t.rating[:])
+    else:
+        puzzles = task.generate(max(args.n_puzzles, args.n_depth), seed=args.seed + 4242, difficulty=args.difficulty)
     labels = [n or f"{m.config.family.upper()} ({os.path.basename(p)})"
               for n, m, p in zip(names, models, args.checkpoints, strict=True)]
     rows = {"restarts at a stable fixed point": [], "distinct attractors per puzzle": [],
@@ -151,13 +157,14 @@ def main(argv: list[str] | None = None) -> int:
             curves[f"{label} + test-time noise {args.test_noise}"] = accuracy_by_depth(
                 with_noise(model, args.test_noise), puzzles[:args.n_depth], depths, args.seed)
     width = max(len(k) for k in rows) + 2
-    print(f"{args.n_puzzles} {args.difficulty} puzzles, {args.restarts} restarts, {args.samples} basin samples "
-          "(mean +- standard error over puzzles; spectral radii pooled over attractors)")
+    source = args.run or f"generated {args.difficulty}"
+    print(f"{min(args.n_puzzles, len(puzzles))} puzzles ({source}), {args.restarts} restarts, {args.samples} basin "
+          "samples (mean +- standard error over puzzles; spectral radii pooled over attractors)")
     print(" " * width + "".join(f"{lab[:28]:>30}" for lab in labels))
     for key, values in rows.items():
         print(f"{key:<{width}}" + "".join(f"{v:>30}" for v in values))
     train_depth = {lab: m.config.halt_max_steps for lab, m in zip(labels, models, strict=True)}
-    print(f"\naccuracy against depth ({args.n_depth} puzzles, breadth 1; training depth "
+    print(f"\naccuracy against depth ({min(args.n_depth, len(puzzles))} puzzles, breadth 1; training depth "
           f"{', '.join(f'{k}: {v}' for k, v in train_depth.items())})")
     print(f"{'':<{width}}" + "".join(f"{'D' + str(d):>8}" for d in depths))
     for label, acc in curves.items():
@@ -168,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out_dir, exist_ok=True)
     out = os.path.join(args.out_dir, "trm_vs_eqr_attractors.html")
     fig.write_html(out, include_plotlyjs=True)
-    print(f"wrote {out}")
+    print(f"figure: {out}")
     return 0
 
 

@@ -22,7 +22,8 @@ from attractorlab.solve import solve_puzzles as solve
 
 PROBES = Path(__file__).resolve().parents[1] / "probes"
 DEPTH = 12
-SCRIPTS = ("when_decodable", "residual_vs_halting", "basin_size_vs_difficulty", "breadth_finds_basins")
+SCRIPTS = ("when_decodable", "residual_vs_halting", "basin_size_vs_difficulty", "breadth_finds_basins",
+           "trm_vs_eqr_attractors")
 
 
 def tiny_model() -> EquilibriumReasoner:
@@ -126,3 +127,27 @@ def test_breadth_finds_basins(files, tmp_path, capsys) -> None:
     assert [row[0] for row in rows] == ["1", "2", "3"]
     assert float(rows[0][1]) == 1.0  # one restart reaches one answer
     check_output(out, tmp_path / "breadth_finds_basins.html")
+
+
+def test_trm_vs_eqr_attractors_on_a_contraction(files, tmp_path, capsys) -> None:
+    """The tiny model contracts: one attractor per puzzle that every restart and basin sample reaches; it is the
+    correct one exactly for the half of the puzzles labelled with the model's own answer."""
+    from attractorlab.model import trm_config
+
+    eqr = checkpoint.load(files["checkpoint"])
+    trm = EquilibriumReasoner(trm_config(**{k: v for k, v in eqr.config.to_dict().items()
+                                            if k not in ("lambda_", "noise_scale", "initial_state")}))
+    trm.load_state_dict({**eqr.state_dict(), "H_init": trm.H_init, "L_init": trm.L_init})
+    checkpoint.save(trm, tmp_path / "trm.pt")
+    argv = ["--checkpoints", str(tmp_path / "trm.pt"), files["checkpoint"], "--names", "trm", "eqr",
+            "--run", files["run"], "--n-puzzles", "4", "--restarts", "2", "--samples", "4", "--max-steps", "24",
+            "--depths", "1,4", "--n-depth", "8", "--out-dir", str(tmp_path)]
+    assert script("trm_vs_eqr_attractors")["main"](argv) == 0
+    out = capsys.readouterr().out
+    rows = {line[:45].strip(): line[45:].split() for line in out.splitlines() if "+-" in line}
+    assert rows["restarts at a stable fixed point"][3:] == ["1.000", "+-", "0.000"]  # eqr column
+    assert rows["distinct attractors per puzzle"][3:6] == ["1.000", "+-", "0.000"]
+    assert rows["correct attractor found"][3] == "0.500"
+    assert rows["basin stability of the correct attractor"][3] == "0.500"
+    assert "trm + test-time noise 0.01" in out and "eqr + test-time" not in out
+    check_output(out, tmp_path / "trm_vs_eqr_attractors.html")
