@@ -52,12 +52,15 @@ class AnalyzeOptions:
     max_embed: int = 100  # puzzles drawn in the embedding
     tol: float = 1e-4  # relative residual at which a state counts as a fixed point
     seed: int = 0
-    restart_std: float = 1.0  # fixed-start models (TRM): restarts and basin samples from a truncated normal of this std
+    restart_std: float | None = None  # fixed-start models (TRM): restarts and basin samples from a truncated normal
+    # of this std (None: the run's --restart-std)
 
     def __post_init__(self) -> None:
         for name in ("n_puzzles", "n_polish", "restarts", "basin_samples", "grid", "max_steps", "max_embed"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.restart_std is not None and not self.restart_std > 0:
+            raise InputError(f"restart_std must be > 0, got {self.restart_std!r}")
         if self.embed_method not in ("pca", "umap"):
             raise InputError(f"embedding method must be pca or umap, got {self.embed_method!r}")
 
@@ -255,9 +258,10 @@ def _label_states(model: EquilibriumReasoner, z: torch.Tensor, tokens: np.ndarra
 
 
 def _ends(model: EquilibriumReasoner, tokens: np.ndarray, solution: np.ndarray, restarts: int, depth: int,
-          seed: int) -> torch.Tensor:
-    res = rollout(model, torch.as_tensor(tokens[None], dtype=torch.long), torch.as_tensor(solution[None]),
-                  RolloutConfig(depth=depth, breadth=restarts, seed=seed, noise=False), states="final",
+          seed: int, restart_std: float) -> torch.Tensor:
+    cfg = RolloutConfig(depth=depth, breadth=restarts, seed=seed, noise=False, restart_std=restart_std)
+    res = rollout(model, torch.as_tensor(tokens[None], dtype=torch.long), torch.as_tensor(solution[None]), cfg,
+                  states="final",
                   state_fn=lambda s: s.flatten())
     return torch.as_tensor(res.states[0, :, 0])  # [restarts, d]
 
@@ -281,11 +285,13 @@ class PuzzleAttractors:
 
 
 def puzzle_attractors(model: EquilibriumReasoner, tokens: np.ndarray, solution: np.ndarray, *, restarts: int = 8,
-                      max_steps: int = 48, seed: int = 0, tol: float | None = None, k: int = 6) -> PuzzleAttractors:
+                      max_steps: int = 48, seed: int = 0, tol: float | None = None, k: int = 6,
+                      restart_std: float = 1.0) -> PuzzleAttractors:
     """Noise-free rollouts of one puzzle (``tokens, solution [L]``) from ``restarts`` random initial states ->
-    fixed points from their ends (with the top ``k`` Jacobian eigenvalues) -> labels by read-out."""
+    fixed points from their ends (with the top ``k`` Jacobian eigenvalues) -> labels by read-out. A fixed-start
+    model (TRM) draws its restarts from a truncated normal of std ``restart_std``."""
     f = model.as_map(torch.as_tensor(tokens[None], dtype=torch.long))
-    z0 = _ends(model, tokens, solution, restarts, max_steps, seed)
+    z0 = _ends(model, tokens, solution, restarts, max_steps, seed, restart_std)
     fps = dynamics.find_fixed_points(f, z0.to(model.device), k=k, tol=tol)
     label, answers = _label_states(model, torch.as_tensor(fps.z), tokens, solution)
     return PuzzleAttractors(fps, label, answers, len(z0))
@@ -295,7 +301,8 @@ def fixed_point_arrays(model: EquilibriumReasoner, run: recording.Run, opts: Ana
                        puzzle: int, k: int) -> dict:
     tokens, solution = run.puzzles.tokens[puzzle], run.puzzles.solution[puzzle]
     found = puzzle_attractors(model, tokens, solution, restarts=opts.restarts, max_steps=opts.max_steps,
-                              seed=stream(opts.seed, "analyze.fixed_points", k), tol=opts.tol)
+                              seed=stream(opts.seed, "analyze.fixed_points", k), tol=opts.tol,
+                              restart_std=opts.restart_std or RolloutConfig.restart_std)
     fps = found.fixed
     arrays = {"z": _np(fps.z).astype(np.float32), "eigvals": _np(fps.eigvals),
               "spectral_radius": _np(fps.spectral_radius), "stable": _np(fps.stable), "residual": _np(fps.residual),
@@ -332,7 +339,7 @@ def basin_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOp
     gen = torch.Generator(device=model.device).manual_seed(stream(opts.seed, "analyze.basins", k))
     with torch.no_grad():
         samples = model.init_state(tok.expand(opts.basin_samples, -1), generator=gen,
-                                   restart_std=opts.restart_std).flatten()
+                                   restart_std=opts.restart_std or RolloutConfig.restart_std).flatten()
     stable = np.asarray(fixed["stable"], bool)
     attractors = torch.as_tensor(np.asarray(fixed["z"])[stable]).to(model.device)
     att_label, att_grid = np.asarray(fixed["label"])[stable], np.asarray(fixed["grid"])[stable]
@@ -400,6 +407,9 @@ def analyze(run_path: str, *, checkpoint: str | None = None, only: list[str] | N
             raise InputError(f"{run_path} holds no finished puzzles yet")
         ckpt_path = resolve_checkpoint(run, checkpoint)
         cached = set(run.analysis_keys())
+        if opts.restart_std is None:
+            recorded = run.config.get("rollout", {}).get("restart_std", RolloutConfig.restart_std)
+            opts = dataclasses.replace(opts, restart_std=float(recorded))
     statuses: list[AnalysisStatus] = []
 
     def store(name: str, result: dict) -> None:

@@ -348,6 +348,9 @@ def add_analyze(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embed", default="pca", choices=["pca", "umap"], help="embedding of the trajectories")
     p.add_argument("--max-embed", type=int, default=100, help="puzzles drawn in the embedding")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--restart-std", type=float, dest="restart_std",
+                   help="fixed-start models (TRM): std of the truncated normal that restarts and basin samples start "
+                   "from (default: the run's --restart-std)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -359,7 +362,8 @@ def run_analyze(args: argparse.Namespace) -> int:
 
     opts = analyze.AnalyzeOptions(n_puzzles=args.n_puzzles, n_polish=args.n_polish, restarts=args.restarts,
                                   basin_samples=args.basin_samples, grid=args.grid, max_steps=args.max_steps,
-                                  embed_method=args.embed, max_embed=args.max_embed, seed=args.seed)
+                                  embed_method=args.embed, max_embed=args.max_embed, seed=args.seed,
+                                  restart_std=args.restart_std)
     only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
     print(f"analyzing {args.run}")
     analyze.analyze(args.run, checkpoint=args.checkpoint, only=only, force=args.force, options=opts,

@@ -69,7 +69,7 @@ def landscape(model: EquilibriumReasoner, puzzles: PuzzleSet, args: argparse.Nam
     for i in range(len(puzzles)):
         tokens, solution = puzzles.tokens[i], puzzles.solution[i]
         att = analyze.puzzle_attractors(model, tokens, solution, restarts=args.restarts, max_steps=args.max_steps,
-                                        seed=args.seed + i)
+                                        seed=args.seed + i, restart_std=args.restart_std)
         stable = att.stable
         fps = att.fixed
         landed = np.asarray(fps.count)[stable].sum()

@@ -174,3 +174,32 @@ def test_cli_train_trm_and_solve_say_what_starts_the_restarts(tmp_path, capsys):
     assert main(["solve", str(tmp_path / "t.pt"), "--generate", "2", "--depth", "2", "--breadth", "3",
                  "--restart-std", "0.5", "--out", str(tmp_path / "r.h5"), "--no-progress"]) == 0
     assert "truncated normal of std 0.5" in capsys.readouterr().out
+
+
+def test_analyze_draws_a_fixed_start_models_restarts_with_the_runs_std(tmp_path, monkeypatch):
+    from attractorlab import analyze, recording
+    from attractorlab.solve import solve_puzzles
+
+    torch.manual_seed(0)
+    model = EquilibriumReasoner(trm_config(hidden_size=8, expansion=1.0, H_cycles=1, L_cycles=1, L_layers=1))
+    with torch.no_grad():  # a contraction: fixed points are found in a few iterations
+        for p in model.layers.parameters():
+            p.mul_(0.3)
+        model.embed_tokens.weight.mul_(30.0)
+    ckpt = tmp_path / "trm.pt"
+    checkpoint.save(model, ckpt)
+    attrs = {"checkpoint_path": str(ckpt), "checkpoint_sha256": checkpoint.file_sha256(ckpt),
+             "config_json": '{"rollout": {"restart_std": 0.5}}'}
+    run = tmp_path / "run.h5"
+    solve_puzzles(model, sudoku.generate(2, seed=1, difficulty="singles"),
+                  RolloutConfig(depth=4, breadth=2, restart_std=0.5), str(run), attrs=attrs, progress=False)
+    seen = []
+    ends = analyze._ends
+    monkeypatch.setattr(analyze, "_ends", lambda *a: seen.append(a[-1]) or ends(*a))
+    analyze.analyze(str(run), only=["fixed_points"], options=analyze.AnalyzeOptions(n_puzzles=1, restarts=2,
+                    max_steps=8), progress=False, log=lambda _: None)
+    assert seen == [0.5]
+    with recording.open_run(run) as r:
+        assert "fixed_points" in " ".join(r.analysis_keys())
+    with pytest.raises(ValueError, match="restart_std"):
+        analyze.AnalyzeOptions(restart_std=-1.0)
