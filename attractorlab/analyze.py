@@ -297,6 +297,44 @@ def puzzle_attractors(model: EquilibriumReasoner, tokens: np.ndarray, solution: 
     return PuzzleAttractors(fps, label, answers, len(z0))
 
 
+@dataclass
+class Landscape:
+    """One puzzle's attractor landscape: ``at_stable`` the share of restarts whose noise-free end converged to a
+    stable fixed point, ``attractors`` how many distinct ones, ``correct_basin`` the basin stability of the correct
+    attractor (0 when none was found), spectral radii ``[K]`` of the correct and of the other attractors."""
+
+    at_stable: float
+    attractors: int
+    correct_found: bool
+    correct_basin: float
+    radius_correct: np.ndarray
+    radius_spurious: np.ndarray
+
+
+def attractor_landscape(model: EquilibriumReasoner, tokens: np.ndarray, solution: np.ndarray, *, restarts: int = 8,
+                        samples: int = 32, max_steps: int = 48, seed: int = 0, restart_std: float = 1.0,
+                        tol: float = 1e-4) -> Landscape:
+    """:func:`puzzle_attractors` of one puzzle (``tokens, solution [L]``), then the basin stability of its
+    attractors from ``samples`` fresh initial states (the model's own distribution; a fixed-start model's
+    restarts: a truncated normal of std ``restart_std``) iterated noise-free for up to ``max_steps``."""
+    att = puzzle_attractors(model, tokens, solution, restarts=restarts, max_steps=max_steps, seed=seed,
+                            restart_std=restart_std)
+    stable, radius = att.stable, _np(att.fixed.spectral_radius)
+    correct = stable & (att.label == 0)
+    basin = 0.0
+    if correct.any():
+        tok = torch.as_tensor(tokens[None], dtype=torch.long)
+        gen = torch.Generator(device=model.device).manual_seed(stream(seed, "analyze.basins"))
+        with torch.no_grad():
+            starts = model.init_state(tok.expand(samples, -1), generator=gen, restart_std=restart_std).flatten()
+        stats = dynamics.basin_stability(model.as_map(tok), att.fixed.z[torch.as_tensor(stable)].to(model.device),
+                                         starts, max_steps=max_steps, tol=tol, collect_new=False)
+        basin = float(_np(stats.fraction)[correct[stable]].sum())
+    return Landscape(at_stable=float(_np(att.fixed.count)[stable].sum() / att.starts), attractors=int(stable.sum()),
+                     correct_found=bool(correct.any()), correct_basin=basin, radius_correct=radius[correct],
+                     radius_spurious=radius[stable & ~correct])
+
+
 def fixed_point_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOptions,
                        puzzle: int, k: int) -> dict:
     tokens, solution = run.puzzles.tokens[puzzle], run.puzzles.solution[puzzle]

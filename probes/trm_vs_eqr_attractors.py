@@ -24,7 +24,7 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from attractorlab import analyze, checkpoint, dynamics, recording
+from attractorlab import analyze, checkpoint, recording
 from attractorlab.model import EquilibriumReasoner
 from attractorlab.rollout import RolloutConfig, rollout
 from attractorlab.tasks import PuzzleSet, get_task
@@ -50,50 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@dataclasses.dataclass
-class Landscape:
-    """Per puzzle ``[n]``: share of restarts at a stable fixed point, distinct attractors, whether a correct one
-    was found and its basin stability (0 when none); spectral radii at correct / spurious attractors (pooled)."""
-
-    at_stable: np.ndarray
-    attractors: np.ndarray
-    correct_found: np.ndarray
-    correct_basin: np.ndarray
-    radius_correct: np.ndarray
-    radius_spurious: np.ndarray
-
-
-def landscape(model: EquilibriumReasoner, puzzles: PuzzleSet, args: argparse.Namespace) -> Landscape:
-    at_stable, count, found, basin, r_ok, r_bad = [], [], [], [], [], []
-    gen = torch.Generator().manual_seed(args.seed)
-    for i in range(len(puzzles)):
-        tokens, solution = puzzles.tokens[i], puzzles.solution[i]
-        att = analyze.puzzle_attractors(model, tokens, solution, restarts=args.restarts, max_steps=args.max_steps,
-                                        seed=args.seed + i, restart_std=args.restart_std)
-        stable = att.stable
-        fps = att.fixed
-        landed = np.asarray(fps.count)[stable].sum()
-        at_stable.append(landed / att.starts)
-        count.append(int(stable.sum()))
-        radius = np.asarray(fps.spectral_radius)
-        r_ok += list(radius[stable & (att.label == 0)])
-        r_bad += list(radius[stable & (att.label != 0)])
-        correct = np.flatnonzero(stable & (att.label == 0))
-        found.append(correct.size > 0)
-        if correct.size == 0:
-            basin.append(0.0)
-            continue
-        tok = torch.as_tensor(tokens[None], dtype=torch.long)
-        with torch.no_grad():
-            samples = model.init_state(tok.expand(args.samples, -1), generator=gen,
-                                       restart_std=args.restart_std).flatten()
-        attractors = torch.as_tensor(np.asarray(fps.z))[stable]
-        stats = dynamics.basin_stability(model.as_map(tok), attractors, samples, max_steps=args.max_steps,
-                                         tol=1e-4, collect_new=False)
-        order = np.flatnonzero(stable)
-        basin.append(float(np.asarray(stats.fraction)[np.searchsorted(order, correct)].sum()))
-    return Landscape(np.array(at_stable), np.array(count), np.array(found), np.array(basin), np.array(r_ok),
-                     np.array(r_bad))
+def landscape(model: EquilibriumReasoner, puzzles: PuzzleSet, args: argparse.Namespace) -> dict[str, np.ndarray]:
+    """Per-puzzle :func:`attractorlab.analyze.attractor_landscape` values (radii pooled over puzzles)."""
+    lands = [analyze.attractor_landscape(model, puzzles.tokens[i], puzzles.solution[i], restarts=args.restarts,
+                                         samples=args.samples, max_steps=args.max_steps, seed=args.seed + i,
+                                         restart_std=args.restart_std) for i in range(len(puzzles))]
+    return {"restarts at a stable fixed point": np.array([x.at_stable for x in lands]),
+            "distinct attractors per puzzle": np.array([x.attractors for x in lands]),
+            "correct attractor found": np.array([x.correct_found for x in lands]),
+            "basin stability of the correct attractor": np.array([x.correct_basin for x in lands]),
+            "spectral radius, correct attractors": np.concatenate([x.radius_correct for x in lands]),
+            "spectral radius, spurious attractors": np.concatenate([x.radius_spurious for x in lands])}
 
 
 def accuracy_by_depth(model: EquilibriumReasoner, puzzles: PuzzleSet, depths: list[int], seed: int) -> np.ndarray:
@@ -143,15 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         puzzles = task.generate(max(args.n_puzzles, args.n_depth), seed=args.seed + 4242, difficulty=args.difficulty)
     labels = [n or f"{m.config.family.upper()} ({os.path.basename(p)})"
               for n, m, p in zip(names, models, args.checkpoints, strict=True)]
-    rows = {"restarts at a stable fixed point": [], "distinct attractors per puzzle": [],
-            "correct attractor found": [], "basin stability of the correct attractor": [],
-            "spectral radius, correct attractors": [], "spectral radius, spurious attractors": []}
+    rows: dict[str, list[str]] = {}
     curves: dict[str, np.ndarray] = {}
     for label, model in zip(labels, models, strict=True):
-        land = landscape(model, puzzles[:args.n_puzzles], args)
-        for key, value in zip(rows, (land.at_stable, land.attractors, land.correct_found, land.correct_basin,
-                                     land.radius_correct, land.radius_spurious), strict=True):
-            rows[key].append(_mean(value))
+        for key, value in landscape(model, puzzles[:args.n_puzzles], args).items():
+            rows.setdefault(key, []).append(_mean(value))
         curves[label] = accuracy_by_depth(model, puzzles[:args.n_depth], depths, args.seed)
         if model.config.initial_state == "fixed" and args.test_noise > 0:
             curves[f"{label} + test-time noise {args.test_noise}"] = accuracy_by_depth(

@@ -16,7 +16,7 @@ import torch
 from nbclient import NotebookClient
 
 from attractorlab import checkpoint
-from attractorlab.model import EquilibriumReasoner, ReasonerConfig
+from attractorlab.model import EquilibriumReasoner, ReasonerConfig, trm_config
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
@@ -33,12 +33,16 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
         model.embed_tokens.weight.mul_(30.0)
     path = tmp_path_factory.mktemp("nb") / "tiny.pt"
     checkpoint.save(model, path)
+    trm = EquilibriumReasoner(trm_config(hidden_size=8, expansion=1.0, H_cycles=1, L_cycles=1, L_layers=1))
+    trm.load_state_dict({**model.state_dict(), "H_init": trm.H_init, "L_init": trm.L_init})  # its TRM twin
+    checkpoint.save(trm, path.with_name("tiny_trm.pt"))
     return path
 
 
-def test_the_four_notebooks_exist() -> None:
+def test_the_notebooks_exist() -> None:
     assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_fixed_points_and_spectra.ipynb",
-                                           "03_basins.ipynb", "04_convergence_vs_correctness.ipynb"]
+                                           "03_basins.ipynb", "04_convergence_vs_correctness.ipynb",
+                                           "07_trm_vs_eqr_attractors.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -57,6 +61,7 @@ def test_notebook_is_stored_without_outputs(path: Path) -> None:
 def test_notebook_runs_at_tiny_size(path: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("ATTRACTORLAB_NB_SIZE", "tiny")
     monkeypatch.setenv("ATTRACTORLAB_NB_CHECKPOINT", str(tiny_checkpoint))
+    monkeypatch.setenv("ATTRACTORLAB_NB_TRM_CHECKPOINT", str(tiny_checkpoint.with_name("tiny_trm.pt")))
     monkeypatch.setenv("ATTRACTORLAB_NB_OUT_DIR", str(tmp_path / "out"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = nbformat.read(path, as_version=4)
