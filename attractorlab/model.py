@@ -180,11 +180,11 @@ def trunc_normal_(tensor: torch.Tensor, std: float = 1.0, generator: torch.Gener
         return tensor.clip_(lo * comp_std, hi * comp_std)
 
 
-def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMS normalisation over the last axis, computed in float32 (no learned scale)."""
+def rms_norm(x: torch.Tensor, eps: float, dim: int = -1) -> torch.Tensor:
+    """RMS normalisation over axis ``dim``, computed in float32 (no learned scale)."""
     dtype = x.dtype
     x = x.float()
-    return (x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)).to(dtype)
+    return (x * torch.rsqrt(x.square().mean(dim, keepdim=True) + eps)).to(dtype)
 
 
 class Linear(nn.Module):
@@ -215,6 +215,13 @@ class SwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
+
+    def along_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The same map applied along axis -2: ``x [B, L, D] -> [B, L, D]`` equals ``forward(x.mT).mT``, computed
+        as ``W @ x`` per board (one batched matmul), without the two transposes and their copies."""
+        b = x.shape[0]
+        gate, up = torch.bmm(self.gate_up_proj.weight.to(x.dtype).expand(b, -1, -1), x).chunk(2, dim=-2)
+        return torch.bmm(self.down_proj.weight.to(x.dtype).expand(b, -1, -1), F.silu(gate) * up)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -294,9 +301,8 @@ class Block(nn.Module):
         self.mlp = SwiGLU(config.hidden_size, config.expansion)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if hasattr(self, "mlp_t"):
-            xt = x.transpose(1, 2)
-            x = rms_norm(xt + self.mlp_t(xt), self.eps).transpose(1, 2)
+        if hasattr(self, "mlp_t"):  # mixing across cells, normalised over cells (the reference's transposed block)
+            x = rms_norm(x + self.mlp_t.along_rows(x), self.eps, dim=-2)
         else:
             x = rms_norm(x + self.self_attn(x), self.eps)
         return rms_norm(x + self.mlp(x), self.eps)

@@ -1,0 +1,205 @@
+"""Throughput of the outer step against the hardware's matmul rate and a reference-style forward, in one process.
+
+    .venv/bin/python benchmarks/bench_throughput.py                      # shipped sizes, CPU
+    .venv/bin/python benchmarks/bench_throughput.py --sizes shipped,paper --device cuda
+
+Prints, side by side: the dense matmul rate (fp32 on CPU, bf16 on CUDA), then for each model size and token-mixing
+variant the rollout forward (one outer step, inference, path noise on) and the training step (forward with the
+gradient through the last H-cycle, stable-max loss, backward, AdamW, EMA), in puzzle-steps/s and in GFLOP/s
+(matmul FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode``) with their fraction of the matmul rate, and
+the same forward written in the reference's block order (``reference_step``: the ``mlp_t`` block on transposed
+``[B, D, L]`` boards, weights cast at every call) on the same weights, as a ratio. Timings alternate between the
+two forwards and report medians, so background load hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from attractorlab.model import EquilibriumReasoner, LatentState, ReasonerConfig, pick_device, rotate_half
+from attractorlab.tasks import get_task
+from attractorlab.train import TrainConfig, Trainer
+
+SIZES = {
+    "shipped": {
+        "mlp_t": dict(task="sudoku", mlp_t=True, hidden_size=128, expansion=2.0, L_layers=2, H_cycles=2, L_cycles=3),
+        "attention": dict(task="maze11", mlp_t=False, pos_encodings="rope2d", hidden_size=128, num_heads=8,
+                          expansion=2.0, L_layers=2, H_cycles=2, L_cycles=3),
+    },
+    "paper": {
+        "mlp_t": dict(task="sudoku", mlp_t=True, hidden_size=512, expansion=4.0, L_layers=2, H_cycles=3, L_cycles=6),
+        "attention": dict(task="maze", mlp_t=False, pos_encodings="rope", hidden_size=128, num_heads=8,
+                          expansion=4.0, L_layers=1, H_cycles=3, L_cycles=4),
+    },
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(device: torch.device, n: int, repeats: int = 5) -> float:
+    """Dense ``n^3`` matmul rate in GFLOP/s (fp32 on CPU, bf16 on CUDA), best of ``repeats``."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+# --- the reference's block order, restated on attractorlab's weights -------------------------------------------
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))  # CastedLinear
+
+
+def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    x = x.float()
+    return (x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)).to(dtype)
+
+
+def _swiglu(x: torch.Tensor, mlp) -> torch.Tensor:
+    gate, up = _linear(x, mlp.gate_up_proj.weight).chunk(2, dim=-1)
+    return _linear(F.silu(gate) * up, mlp.down_proj.weight)
+
+
+def _attention(x: torch.Tensor, attn) -> torch.Tensor:
+    b, n, _ = x.shape
+    qkv = _linear(x, attn.qkv_proj.weight).view(b, n, 3 * attn.num_heads, attn.head_dim)
+    q, k, v = qkv.split(attn.num_heads, dim=2)
+    if attn.cos is not None:
+        cos, sin = attn.cos[:, None, :], attn.sin[:, None, :]
+        if attn.two_d:  # each half of a head is rotated by its own axis
+            half = attn.head_dim // 2
+            q, k = (torch.cat([p[..., :half] * cos[..., :half] + rotate_half(p[..., :half]) * sin[..., :half],
+                               p[..., half:] * cos[..., half:] + rotate_half(p[..., half:]) * sin[..., half:]], -1)
+                    for p in (q.float(), k.float()))
+        else:
+            q, k = (p.float() * cos + rotate_half(p.float()) * sin for p in (q, k))
+        q, k = q.to(v.dtype), k.to(v.dtype)
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return _linear(y.transpose(1, 2).reshape(b, n, -1), attn.o_proj.weight)
+
+
+def reference_step(model: EquilibriumReasoner, state: LatentState, x: torch.Tensor) -> LatentState:
+    """One outer step in the reference's order (``Blocks``/``Block`` of models/eqr.py), noise off."""
+    c = model.config
+
+    def module(z: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
+        h = z + injection
+        for layer in model.layers:
+            if c.mlp_t:
+                h = h.transpose(1, 2)
+                h = _rms(h + _swiglu(h, layer.mlp_t), c.rms_norm_eps).transpose(1, 2)
+            else:
+                h = _rms(h + _attention(h, layer.self_attn), c.rms_norm_eps)
+            h = _rms(h + _swiglu(h, layer.mlp), c.rms_norm_eps)
+        return (1 - c.lambda_) * z + c.lambda_ * h
+
+    z_H, z_L = state.z_H, state.z_L
+    for _ in range(c.H_cycles):
+        for _ in range(c.L_cycles):
+            z_L = module(z_L, z_H + x)
+        z_H = module(z_H, z_L)
+    return LatentState(z_H, z_L)
+
+
+# --- measurements ----------------------------------------------------------------------------------------------
+
+def _flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def _timed(fn, device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def measure(name: str, variant: str, settings: dict, args: argparse.Namespace, device: torch.device,
+            peak: float) -> list[str]:
+    torch.manual_seed(args.seed)
+    task = get_task(settings["task"])
+    batch = args.batch if name == "shipped" else args.paper_batch
+    cfg = ReasonerConfig(**settings)
+    model = EquilibriumReasoner(cfg).to(device).eval()
+    pool = task.generate(batch, seed=args.seed)
+    tokens = torch.as_tensor(pool.tokens, dtype=torch.long, device=device)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    lines = []
+    with torch.inference_mode():
+        state = model.init_state(tokens, generator=gen)
+        x = model.embed(tokens)
+        torch.testing.assert_close(reference_step(model, state, x).z_H, model.step(state, tokens, noise=False, x=x).z_H)
+        ours = lambda: model.step(state, tokens, generator=gen, x=x)  # noqa: E731
+        ref = lambda: reference_step(model, state, x)  # noqa: E731
+        flops = _flops(ours) / batch
+        for fn in (ours, ref):
+            fn()
+        times = {"ours": [], "ref": []}
+        for _ in range(args.repeats):
+            times["ours"].append(_timed(ours, device))
+            times["ref"].append(_timed(ref, device))
+    t_ours, t_ref = statistics.median(times["ours"]), statistics.median(times["ref"])
+    rate = batch / t_ours
+    lines.append(f"{name:<8} {variant:<10} {'forward':<9} {batch:>5} {rate:>10.1f} {flops / 1e9:>8.3f} "
+                 f"{rate * flops / 1e9:>9.1f} {rate * flops / 1e9 / peak:>6.2f} {t_ref / t_ours:>9.2f}x")
+    train_cfg = TrainConfig(model=cfg, batch_size=batch, n_train=batch, augment=False, warmup_steps=0)
+    trainer = Trainer(train_cfg, device, pool=pool)
+    trainer.train_step()
+    step_flops = _flops(trainer.train_step) / batch
+    step_times = [_timed(trainer.train_step, device) for _ in range(args.repeats)]
+    t_step = statistics.median(step_times)
+    rate = batch / t_step
+    lines.append(f"{name:<8} {variant:<10} {'train':<9} {batch:>5} {rate:>10.1f} {step_flops / 1e9:>8.3f} "
+                 f"{rate * step_flops / 1e9:>9.1f} {rate * step_flops / 1e9 / peak:>6.2f} {'':>10}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="shipped", help="comma-separated: shipped (the CPU models), paper")
+    p.add_argument("--variants", default="mlp_t,attention", help="comma-separated token-mixing variants")
+    p.add_argument("--batch", type=int, default=64, help="puzzles per step at the shipped sizes")
+    p.add_argument("--paper-batch", type=int, default=8, help="puzzles per step at the paper's sizes")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats (medians are reported)")
+    p.add_argument("--matmul-n", type=int, help="size of the dense matmul (default: 2048 on CPU, 8192 on CUDA)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, auto, ...")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    n = args.matmul_n or (8192 if device.type == "cuda" else 2048)
+    peak = matmul_rate(device, n)
+    dtype = "bf16" if device.type == "cuda" else "fp32"
+    print(f"{device}, {torch.get_num_threads()} threads: dense {n}^3 {dtype} matmul {peak:.1f} GFLOP/s")
+    print(f"{'size':<8} {'variant':<10} {'step':<9} {'batch':>5} {'puzzle-st/s':>10} {'GFLOP/pz':>8} "
+          f"{'GFLOP/s':>9} {'/peak':>6} {'vs ref':>10}")
+    for name in args.sizes.split(","):
+        for variant in args.variants.split(","):
+            for line in measure(name, variant, SIZES[name][variant], args, device, peak):
+                print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
