@@ -134,3 +134,17 @@ def test_ablation_ladder_appends_outcomes_and_continues_in_parts(capsys, tmp_pat
     table = out.split("rung ")[-1]
     assert re.search(r"^trm .* 84\.8$", table, flags=re.M) and re.search(r"^eqr .* 86\.4$", table, flags=re.M)
     assert "weight-tied" not in table
+
+
+def test_throughput_benchmark_prints_rates_beside_the_matmul_peak_and_the_reference_order(capsys):
+    bench = _load("bench_throughput")
+    bench.main(["--batch", "2", "--repeats", "1", "--matmul-n", "128", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert re.search(r"dense 128\^3 fp32 matmul [\d.]+ GFLOP/s", out)
+    rows = re.findall(r"^shipped\s+(mlp_t|attention)\s+(forward|train)\s+2\s+([\d.]+)\s+([\d.]+)", out, flags=re.M)
+    assert [(v, s) for v, s, _, _ in rows] == [("mlp_t", "forward"), ("mlp_t", "train"), ("attention", "forward"),
+                                               ("attention", "train")]
+    assert all(float(rate) > 0 and float(gflop) > 0 for _, _, rate, gflop in rows)
+    # by hand: 16 blocks per outer step, each 2 SwiGLUs of 2 x (81 x 512 x 128 + 81 x 256 x 128) FLOPs per puzzle
+    assert rows[0][3] == f"{16 * 2 * 2 * (81 * 512 * 128 + 81 * 256 * 128) / 1e9:.3f}"
+    assert len(re.findall(r"[\d.]+x$", out, flags=re.M)) == 2  # the reference-order ratio of both forwards
