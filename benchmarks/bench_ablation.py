@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> None:
     for rung in RUNGS:
         if rung.name not in wanted:
             continue
-        cfg = train.TrainConfig.from_preset(args.preset, seed=args.seed, eval_depths=(1, 16), n_eval=50,
+        cfg = train.TrainConfig.from_preset(args.preset, seed=args.seed, eval_depths=(1, min(16, max(depths))),
+                                            n_eval=min(50, args.n_eval),
                                             **{k: v for k, v in (("steps", args.steps), ("n_train", args.n_train))
                                                if v}, **rung.overrides)
         out = os.path.join(args.dir, f"{rung.name}.pt")

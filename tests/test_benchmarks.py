@@ -118,7 +118,7 @@ def test_rollout_benchmark_offset_splits_one_order_into_parts():
         assert (pick(1, 2) == whole[1:3]).all() and (pick(3, 2) == whole[3:]).all()
 
 
-def test_ablation_ladder_appends_outcomes_and_continues_in_parts(capsys, tmp_path):
+def test_ablation_ladder_runs_every_rung_appends_outcomes_and_continues_in_parts(capsys, tmp_path):
     bench = _load("bench_ablation")
     common = ["--steps", "2", "--n-train", "16", "--n-eval", "5", "--depths", "1,2", "--breadth", "2",
               "--dir", str(tmp_path / "rungs"), "--results", str(tmp_path / "out.csv"), "--no-progress",
@@ -126,14 +126,17 @@ def test_ablation_ladder_appends_outcomes_and_continues_in_parts(capsys, tmp_pat
     bench.main(["run", "--rungs", "trm", *common])
     first = (tmp_path / "out.csv").read_text().splitlines()
     assert len(first) == 1 + 5 * 2  # header + 5 puzzles x 2 depths at breadth 1 (a fixed start: no breadth run)
-    bench.main(["run", "--rungs", "trm,eqr", *common])  # trm is done: only eqr is trained and evaluated
+    bench.main(["run", *common])  # trm is done: the other five rungs are trained and evaluated
     out = capsys.readouterr().out
-    assert out.count("[trm] training") == 1 and out.count("[eqr] training") == 1
+    assert out.count("[trm] training") == 1 and all(out.count(f"[{r.name}] training") == 1 for r in bench.RUNGS)
     lines = (tmp_path / "out.csv").read_text().splitlines()
-    assert lines[:len(first)] == first and len(lines) == len(first) + 5 * 2 + 5
+    assert lines[:len(first)] == first and len(lines) == len(first) + 5 * 5 * 2 + 2 * 5  # + breadth 2 of 2 rungs
     table = out.split("rung ")[-1]
-    assert re.search(r"^trm .* 84\.8$", table, flags=re.M) and re.search(r"^eqr .* 86\.4$", table, flags=re.M)
-    assert "weight-tied" not in table
+    for rung in bench.RUNGS:
+        assert re.search(rf"^{rung.name} .* {rung.paper}$", table, flags=re.M), rung.name
+    checkpoints = {p.stem: bench.checkpoint.load(p).config for p in (tmp_path / "rungs").glob("*.pt")}
+    assert checkpoints["weight-tied"].hierarchical is False and checkpoints["trm"].family == "trm"
+    assert checkpoints["eqr"].family == "eqr" and checkpoints["random-init"].noise_scale == 0.0
 
 
 def test_throughput_benchmark_prints_rates_beside_the_matmul_peak_and_the_reference_order(capsys):
