@@ -31,7 +31,8 @@ from attractorlab.seeds import stream
 from attractorlab.solve import summarize_run
 from attractorlab.tasks import get_task
 
-ANALYSES = ("summary", "scaling", "convergence", "embedding", "probes", "end_states", "fixed_points", "basins")
+ANALYSES = ("summary", "scaling", "convergence", "embedding", "probes", "end_states", "lyapunov", "fixed_points",
+            "basins")
 LABELS = ("correct", "valid, not the solution", "invalid")
 END_STATES = ("attractor: correct", "attractor: valid, not the solution", "attractor: invalid", "unstable fixed point",
               "no fixed point")
@@ -44,6 +45,8 @@ class AnalyzeOptions:
 
     n_puzzles: int = 3  # puzzles sampled for fixed points and basins
     n_polish: int = 20  # puzzles whose recorded end states are polished to their fixed points
+    n_lyapunov: int = 8  # puzzles whose recorded end states get their largest Lyapunov exponent
+    lyapunov_steps: int = 100  # noise-free outer steps averaged per exponent (after 10 transient steps)
     restarts: int = 8  # trajectory ends used as fixed-point starts per puzzle
     basin_samples: int = 64  # initial states per puzzle for basin stability
     grid: int | None = None  # basin map resolution (grid x grid); None: 48 on a GPU, 12 on a CPU
@@ -56,7 +59,8 @@ class AnalyzeOptions:
     # of this std (None: the run's --restart-std)
 
     def __post_init__(self) -> None:
-        for name in ("n_puzzles", "n_polish", "restarts", "basin_samples", "grid", "max_steps", "max_embed"):
+        for name in ("n_puzzles", "n_polish", "n_lyapunov", "lyapunov_steps", "restarts", "basin_samples", "grid",
+                     "max_steps", "max_embed"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.restart_std is not None and not self.restart_std > 0:
@@ -370,6 +374,28 @@ def end_state_arrays(model: EquilibriumReasoner, run: recording.Run, opts: Analy
     return {"arrays": arrays, "attrs": {"puzzles": n}}
 
 
+def lyapunov_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOptions) -> dict:
+    """The largest Lyapunov exponent of the noise-free outer step along the orbit from each recorded end state
+    of the first ``n_lyapunov`` puzzles (:func:`attractorlab.dynamics.lyapunov_exponents`), and its regime
+    (:data:`attractorlab.dynamics.REGIMES`): what the rollouts that did not converge are doing (chaos, a neutral
+    drift, or a slow approach to a fixed point or a stable cycle)."""
+    n = min(run.n, opts.n_lyapunov)
+    exponent, stderr = np.zeros((n, run.breadth)), np.zeros((n, run.breadth))
+    for i in range(n):
+        ends = torch.as_tensor(np.asarray(run.states.data[i][:, -1], np.float32)).flatten(1).to(model.device)
+        f = model.as_map(torch.as_tensor(run.puzzles.tokens[i][None], dtype=torch.long))
+        gen = torch.Generator().manual_seed(stream(opts.seed, "analyze.lyapunov", i))
+        spec = dynamics.lyapunov_exponents(f, ends, k=1, steps=opts.lyapunov_steps, transient=10,
+                                           blocks=min(10, opts.lyapunov_steps), generator=gen)
+        exponent[i], stderr[i] = _np(spec.largest), _np(spec.stderr[:, 0])
+    regime = dynamics.classify_exponents(exponent, stderr)
+    correct = np.asarray(run.rollout.correct[:n, :, -1], bool)
+    arrays = {"puzzle_index": np.arange(n), "exponent": exponent, "stderr": stderr, "regime": regime,
+              "correct": correct, "regime_names": np.array(dynamics.REGIMES, dtype=str),
+              "regime_counts": np.bincount(regime.ravel(), minlength=len(dynamics.REGIMES))}
+    return {"arrays": arrays, "attrs": {"puzzles": n, "steps": opts.lyapunov_steps}}
+
+
 def basin_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOptions, puzzle: int,
                  fixed: dict, k: int, progress: bool) -> dict:
     tok = torch.as_tensor(run.puzzles.tokens[puzzle][None], dtype=torch.long)
@@ -476,10 +502,10 @@ def analyze(run_path: str, *, checkpoint: str | None = None, only: list[str] | N
             if name == "probes" and (run.states.mode != "all"):
                 skip(name, "probes need states at every recorded step (solve with --states all)")
                 continue
-            if name == "end_states" and not (run.has_states and run.states.projection is None):
+            if name in ("end_states", "lyapunov") and not (run.has_states and run.states.projection is None):
                 skip(name, "needs full recorded end states (solve with --states final|all, without --project)")
                 continue
-            if name in ("end_states", "fixed_points", "basins") and ckpt_path is None:
+            if name in ("end_states", "lyapunov", "fixed_points", "basins") and ckpt_path is None:
                 skip(name, "no checkpoint available (pass --checkpoint)")
                 continue
             log(f"  {name:<13} computing ...")
@@ -497,6 +523,8 @@ def analyze(run_path: str, *, checkpoint: str | None = None, only: list[str] | N
                 model = model or ckpt.load(ckpt_path, device).requires_grad_(False)
                 if name == "end_states":
                     store(name, end_state_arrays(model, run, opts))
+                elif name == "lyapunov":
+                    store(name, lyapunov_arrays(model, run, opts))
                 else:
                     _model_analysis(name, model, run, run_path, opts, progress, store)
         statuses.append(AnalysisStatus(name, "computed"))

@@ -29,7 +29,8 @@ CORRECT, INCORRECT, GREY = "#2ca02c", "#d62728", "#9e9e9e"
 LABELS = {0: ("correct", CORRECT), 1: ("spurious (valid answer)", "#ff7f0e"), 2: ("invalid answer", "#9467bd")}
 CORRECT_SHADES = ("#2ca02c", "#1b6e1b", "#74c476")
 SPURIOUS_COLOURS = ("#ff7f0e", "#d62728", "#9467bd", "#1f77b4", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
-ANALYSES = ("summary", "scaling", "convergence", "probes", "embedding", "end_states", "fixed_points", "basins")
+ANALYSES = ("summary", "scaling", "convergence", "probes", "embedding", "end_states", "lyapunov", "fixed_points",
+            "basins")
 TEMPLATE = "plotly_white"
 MONO = {"font": {"family": "DejaVu Sans Mono, Menlo, Consolas, monospace", "size": 12}, "align": "left"}
 
@@ -84,6 +85,11 @@ FIGURES = {
     "end_states": FigureInfo("Fixed points", "Recorded end states, polished",
                              "Each recorded end state after a few noise-free steps and a fixed-point solve: an "
                              "attractor (by its read-out), an unstable fixed point, or none."),
+    "lyapunov": FigureInfo("Fixed points", "Largest Lyapunov exponent of each end state",
+                           "Average log stretch rate per noise-free outer step along the orbit from each recorded "
+                           "end state (± standard error): below zero the orbit contracts onto a fixed point or a "
+                           "stable cycle, near zero it drifts along a neutral direction, above zero it is "
+                           "chaotic. Green: the restart's answer was correct."),
     "probes": FigureInfo("Probes", "Probe accuracy vs step",
                          "Cell accuracy of linear label probes per outer step (band: ±1 std over folds)."),
     "trajectories": FigureInfo("Trajectories", "Trajectories",
@@ -284,6 +290,25 @@ def _endings(res: AnalysisResult, title: str = "How rollouts ended") -> go.Figur
                            textposition="outside", hovertemplate="%{x}: %{y}<extra></extra>"))
     fig.update_yaxes(title="restarts")
     return _layout(fig, title, 380)
+
+
+def _lyapunov(res: AnalysisResult) -> go.Figure:
+    exponent, stderr, correct = _get(res, "exponent"), _get(res, "stderr"), _get(res, "correct").astype(bool)
+    names, regime = _get(res, "regime_names"), _get(res, "regime")
+    rows = np.arange(exponent.size)
+    fig = go.Figure()
+    for ok, label, colour in ((True, "correct", CORRECT), (False, "not correct", INCORRECT)):
+        m = correct.ravel() == ok
+        fig.add_trace(go.Scatter(
+            x=rows[m], y=exponent.ravel()[m], mode="markers", name=label, marker=dict(color=colour, size=7),
+            error_y=dict(type="data", array=stderr.ravel()[m], thickness=1, width=0),
+            text=[str(names[r]) for r in regime.ravel()[m]],
+            hovertemplate="end state %{x}: %{y:.4f} per step (%{text})<extra></extra>"))
+    fig.add_hline(y=0, line_dash="dash", line_color=GREY)
+    counts = ", ".join(f"{n} {c}" for n, c in zip(names, _get(res, "regime_counts"), strict=True))
+    fig.update_xaxes(title="end state (puzzle x restart)")
+    fig.update_yaxes(title="largest Lyapunov exponent")
+    return _layout(fig, f"Largest Lyapunov exponents ({counts})", 380)
 
 
 def _probes(res: AnalysisResult) -> go.Figure:
@@ -542,6 +567,7 @@ def _collect(run: Run) -> tuple[dict[str, go.Figure], list[tuple[str, str]]]:
         "endings": ("convergence", lambda: _endings(results["convergence"])),
         "halting": ("convergence", lambda: _halting(results["convergence"])),
         "end_states": ("end_states", lambda: _endings(results["end_states"], "End states after a noise-free polish")),
+        "lyapunov": ("lyapunov", lambda: _lyapunov(results["lyapunov"])),
         "probes": ("probes", lambda: _probes(results["probes"])),
         "trajectories": ("embedding", lambda: _trajectories(results["embedding"])),
         "spectra": ("fixed_points", lambda: _spectra(groups["fixed_points"])),

@@ -15,6 +15,7 @@ STREAMS: dict[str, tuple[int, int]] = {
     "train.held_out": (1, 1_000_003),  # the generated held-out set
     "analyze.fixed_points": (1, 0),  # rollout ends of puzzle `index` for fixed points
     "analyze.basins": (1, 1000),  # initial states of puzzle `index` for basin stability and maps
+    "analyze.lyapunov": (1, 2000),  # initial tangent frame for the end states of puzzle `index`
     "demo.puzzles": (1, 777),  # the demo's generated puzzles
 }
 

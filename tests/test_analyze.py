@@ -10,7 +10,8 @@ from attractorlab.model import EquilibriumReasoner, ReasonerConfig
 from attractorlab.rollout import RolloutConfig
 from attractorlab.solve import solve_puzzles as solve
 
-SMALL = analyze.AnalyzeOptions(n_puzzles=2, restarts=3, basin_samples=6, grid=3, max_steps=30, max_embed=10)
+SMALL = analyze.AnalyzeOptions(n_puzzles=2, restarts=3, basin_samples=6, grid=3, max_steps=30, max_embed=10,
+                               n_lyapunov=2, lyapunov_steps=10)
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +57,8 @@ def test_every_analysis_is_computed_stored_and_cached(ckpt, tmp_path):
         assert basins["map_label"].shape == (3, 3)
         ends = r.read_analysis("end_states")
         assert ends["end_state"].shape == (6, 2) and ends["ending_counts"].sum() == 12
+        lyap = r.read_analysis("lyapunov")
+        assert lyap["exponent"].shape == (2, 2) and lyap["regime_counts"].sum() == 4
         assert basins["fraction"].sum() == pytest.approx(1.0)
     again = analyze.analyze(str(run), options=SMALL, progress=False, log=lambda s: None)
     assert {s.status for s in again} == {"cached"}
@@ -135,8 +138,9 @@ def test_noisy_run_ends_are_classified_against_the_noise_floor(tmp_path):
     attrs.update(checkpoint_path=DEFAULT_CHECKPOINT, checkpoint_sha256=checkpoint.file_sha256(DEFAULT_CHECKPOINT))
     solve(model, sudoku.generate(12, seed=3, difficulty="singles"), RolloutConfig(depth=16, breadth=2, seed=1), run,
           states="final", attrs=attrs, progress=False)
-    analyze.analyze(run, only=["convergence", "end_states"], options=analyze.AnalyzeOptions(n_polish=3),
-                    progress=False, log=lambda _: None)
+    analyze.analyze(run, only=["convergence", "end_states", "lyapunov"],
+                    options=analyze.AnalyzeOptions(n_polish=3, n_lyapunov=3, lyapunov_steps=40), progress=False,
+                    log=lambda _: None)
     with recording.open_run(run) as r:
         res = r.read_analysis("convergence")
         correct_end = int(r.rollout.correct[:, :, -1].sum())
@@ -151,6 +155,11 @@ def test_noisy_run_ends_are_classified_against_the_noise_floor(tmp_path):
         right = r.rollout.correct[:3, :, -1]
     # a noisy end state on the answer polishes to a stable fixed point that reads out the answer
     assert (ends["end_state"][right] == 0).mean() >= 0.8 and (ends["spectral_radius"][right] < 1).all()
+    with recording.open_run(run) as r:
+        lyap = r.read_analysis("lyapunov")
+    # from there the noise-free orbit contracts: the largest exponent is the log of the spectral radius
+    assert (lyap["exponent"][right] < 0).all()
+    np.testing.assert_allclose(lyap["exponent"][right], np.log(ends["spectral_radius"][right]), atol=0.12)
 
 
 def test_basin_puzzles_with_more_than_one_ending_come_first():

@@ -19,8 +19,8 @@ from attractorlab import report
 
 N, B, T = 6, 2, 5
 ALL_FIGURES = ["summary", "scaling_depth", "scaling_breadth", "residual_curves", "roc", "steps_vs_rating",
-               "endings", "halting", "end_states", "probes", "trajectories", "spectra", "spectral_radius", "basin_maps",
-               "basin_stability"]
+               "endings", "halting", "end_states", "lyapunov", "probes", "trajectories", "spectra", "spectral_radius",
+               "basin_maps", "basin_stability"]
 PLOTLY_HEADER = re.compile(r"\* plotly\.js v\d")
 
 
@@ -79,6 +79,10 @@ def write_all(path: str, seed: int = 0) -> None:
         "halt_never_accuracy": np.linspace(0.2, 0.7, T), "halt_stable_values": np.array([1.0, 2.0]),
         "halt_stable_mean_steps": np.array([3.0, 4.5]), "halt_stable_accuracy": np.array([0.6, 0.7])},
         {"spearman_rho": 0.42, "spearman_p": 0.03})
+    rec.write_analysis(path, "lyapunov", {
+        "exponent": r.normal(size=(N, B)) * 0.1, "stderr": np.full((N, B), 0.01), "regime": np.ones((N, B), np.int64),
+        "correct": r.random((N, B)) > 0.5, "regime_names": np.array(["contracting", "neutral", "chaotic"]),
+        "regime_counts": np.array([0, N * B, 0])})
     rec.write_analysis(path, "end_states", {
         "end_state": np.zeros((N, B), np.int64), "ending_names": np.array(["attractor: correct", "no fixed point"]),
         "ending_counts": np.array([N * B, 0])})

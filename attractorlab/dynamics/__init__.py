@@ -32,6 +32,7 @@ from .jacobian import (
     spectral_radius,
     top_singular_values,
 )
+from .lyapunov import REGIMES, LyapunovSpectrum, classify_exponents, lyapunov_exponents
 from .noise import (
     NoiseFloor,
     RecordedFloor,
@@ -56,6 +57,7 @@ __all__ = [
     "ENDING_NAMES",
     "HALT_RULES",
     "KIND_NAMES",
+    "REGIMES",
     "AurocResult",
     "BasinEntropy",
     "BasinMap",
@@ -67,6 +69,7 @@ __all__ = [
     "HaltingCurve",
     "HaltingCurves",
     "Linearization",
+    "LyapunovSpectrum",
     "NoiseFloor",
     "PCAEmbedder",
     "Polished",
@@ -83,6 +86,7 @@ __all__ = [
     "basin_stability",
     "boundary_fraction",
     "classify_endings",
+    "classify_exponents",
     "embed",
     "final_values",
     "find_fixed_points",
@@ -90,6 +94,7 @@ __all__ = [
     "halting_curves",
     "jacobian_matrix",
     "jacobian_spectrum",
+    "lyapunov_exponents",
     "measure_noise_floor",
     "noise_floor",
     "outer_step_sigma",
