@@ -31,8 +31,8 @@ from attractorlab.seeds import stream
 from attractorlab.solve import summarize_run
 from attractorlab.tasks import get_task
 
-ANALYSES = ("summary", "scaling", "convergence", "embedding", "probes", "end_states", "lyapunov", "fixed_points",
-            "basins")
+ANALYSES = ("summary", "scaling", "convergence", "embedding", "probes", "end_states", "lyapunov", "selection",
+            "fixed_points", "basins")
 LABELS = ("correct", "valid, not the solution", "invalid")
 END_STATES = ("attractor: correct", "attractor: valid, not the solution", "attractor: invalid", "unstable fixed point",
               "no fixed point")
@@ -47,6 +47,7 @@ class AnalyzeOptions:
     n_polish: int = 20  # puzzles whose recorded end states are polished to their fixed points
     n_lyapunov: int = 8  # puzzles whose recorded end states get their largest Lyapunov exponent
     lyapunov_steps: int = 100  # noise-free outer steps averaged per exponent (after 10 transient steps)
+    n_selection: int = 10  # puzzles whose restarts are chosen by their attractors at each recorded depth
     restarts: int = 8  # trajectory ends used as fixed-point starts per puzzle
     basin_samples: int = 64  # initial states per puzzle for basin stability
     grid: int | None = None  # basin map resolution (grid x grid); None: 48 on a GPU, 12 on a CPU
@@ -59,8 +60,8 @@ class AnalyzeOptions:
     # of this std (None: the run's --restart-std)
 
     def __post_init__(self) -> None:
-        for name in ("n_puzzles", "n_polish", "n_lyapunov", "lyapunov_steps", "restarts", "basin_samples", "grid",
-                     "max_steps", "max_embed"):
+        for name in ("n_puzzles", "n_polish", "n_lyapunov", "lyapunov_steps", "n_selection", "restarts",
+                     "basin_samples", "grid", "max_steps", "max_embed"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.restart_std is not None and not self.restart_std > 0:
@@ -396,6 +397,42 @@ def lyapunov_arrays(model: EquilibriumReasoner, run: recording.Run, opts: Analyz
     return {"arrays": arrays, "attrs": {"puzzles": n, "steps": opts.lyapunov_steps}}
 
 
+def _selection_depths(steps: np.ndarray, most: int = 6) -> np.ndarray:
+    """Indices into the snapshot steps: at most ``most`` depths >= 1, spread on a log scale, the last included."""
+    positive = np.flatnonzero(steps > 0)
+    if len(positive) <= most:
+        return positive
+    targets = np.geomspace(steps[positive[0]], steps[positive[-1]], most)
+    return np.unique([positive[np.argmin(np.abs(np.log(steps[positive]) - np.log(t)))] for t in targets])
+
+
+def selection_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOptions) -> dict:
+    """Restart selection by depth for the first ``n_selection`` puzzles: the attractor-aware choice
+    (:func:`attractorlab.dynamics.select_attractor` on the restarts' states polished noise-free at that depth,
+    the convergence score as fallback) against the convergence-score choice and the oracle (any restart right)."""
+    n, r = min(run.n, opts.n_selection), run.rollout
+    snaps = _selection_depths(np.asarray(run.states.steps))
+    depths = np.asarray(run.states.steps)[snaps].astype(np.int64)
+    correct = np.asarray(r.correct[:n], bool)  # [n, B, T]
+    scores = scores_by_depth(r.logit_change[:n], r.steps[:n])  # [n, B, T]
+    attractor, convergence = np.zeros((n, len(depths)), bool), np.zeros((n, len(depths)), bool)
+    at_attractor = np.zeros((n, len(depths)), np.int64)
+    for i in range(n):
+        f = model.as_map(torch.as_tensor(run.puzzles.tokens[i][None], dtype=torch.long))
+        for j, (snap, d) in enumerate(zip(snaps, depths, strict=True)):
+            states = torch.as_tensor(np.asarray(run.states.data[i][:, snap], np.float32)).flatten(1)
+            polished = dynamics.polish(f, states.to(model.device), tol=opts.tol)
+            fallback = np.nan_to_num(scores[i, :, d - 1], nan=np.inf)
+            attractor[i, j] = correct[i, dynamics.select_attractor(polished, fallback), d - 1]
+            convergence[i, j] = correct[i, int(np.argmin(fallback)), d - 1]
+            at_attractor[i, j] = int(_np(polished.stable).sum())
+    arrays = {"depths": depths, "attractor_correct": attractor, "convergence_correct": convergence,
+              "oracle_correct": correct[:, :, depths - 1].any(axis=1), "restarts_at_attractor": at_attractor,
+              "attractor_accuracy": attractor.mean(0), "convergence_accuracy": convergence.mean(0),
+              "oracle_accuracy": correct[:, :, depths - 1].any(axis=1).mean(0)}
+    return {"arrays": arrays, "attrs": {"puzzles": n}}
+
+
 def basin_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOptions, puzzle: int,
                  fixed: dict, k: int, progress: bool) -> dict:
     tok = torch.as_tensor(run.puzzles.tokens[puzzle][None], dtype=torch.long)
@@ -505,7 +542,11 @@ def analyze(run_path: str, *, checkpoint: str | None = None, only: list[str] | N
             if name in ("end_states", "lyapunov") and not (run.has_states and run.states.projection is None):
                 skip(name, "needs full recorded end states (solve with --states final|all, without --project)")
                 continue
-            if name in ("end_states", "lyapunov", "fixed_points", "basins") and ckpt_path is None:
+            if name == "selection" and not (run.has_states and run.states.mode == "all"
+                                            and run.states.projection is None):
+                skip(name, "needs full recorded states at every depth (solve with --states all, without --project)")
+                continue
+            if name in ("end_states", "lyapunov", "selection", "fixed_points", "basins") and ckpt_path is None:
                 skip(name, "no checkpoint available (pass --checkpoint)")
                 continue
             log(f"  {name:<13} computing ...")
@@ -525,6 +566,8 @@ def analyze(run_path: str, *, checkpoint: str | None = None, only: list[str] | N
                     store(name, end_state_arrays(model, run, opts))
                 elif name == "lyapunov":
                     store(name, lyapunov_arrays(model, run, opts))
+                elif name == "selection":
+                    store(name, selection_arrays(model, run, opts))
                 else:
                     _model_analysis(name, model, run, run_path, opts, progress, store)
         statuses.append(AnalysisStatus(name, "computed"))

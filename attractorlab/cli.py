@@ -333,7 +333,7 @@ def add_analyze(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="model checkpoint (default: the one recorded in the run; sha256 must match)")
     p.add_argument("--out", help="HTML report to write (default: RUN_report.html beside the run)")
     p.add_argument("--only", help="comma-separated analyses to run: summary, scaling, convergence, embedding, "
-                   "probes, end_states, lyapunov, fixed_points, basins")
+                   "probes, end_states, lyapunov, selection, fixed_points, basins")
     p.add_argument("--force", action="store_true", help="recompute analyses already stored in the run file")
     p.add_argument("--no-report", dest="report", action="store_false", help="store the results, write no HTML")
     p.add_argument("--n-puzzles", type=int, default=3, help="puzzles for fixed points and basins")
@@ -344,6 +344,9 @@ def add_analyze(p: argparse.ArgumentParser) -> None:
                    help="puzzles whose recorded end states get their largest Lyapunov exponent (same needs)")
     p.add_argument("--lyapunov-steps", type=int, default=100, dest="lyapunov_steps",
                    help="noise-free outer steps averaged per Lyapunov exponent")
+    p.add_argument("--n-selection", type=int, default=10, dest="n_selection",
+                   help="puzzles whose restarts are chosen by their attractors at each recorded depth (needs "
+                   "--states all without --project)")
     p.add_argument("--restarts", type=int, default=8, help="trajectory ends used as fixed-point starts per puzzle")
     p.add_argument("--basin-samples", type=int, default=64, help="initial states per puzzle for basin stability")
     p.add_argument("--grid", type=int, help="basin map resolution (GRID x GRID initial states; default 48 on a GPU, "
@@ -365,7 +368,8 @@ def run_analyze(args: argparse.Namespace) -> int:
     from attractorlab.model import pick_device
 
     opts = analyze.AnalyzeOptions(n_puzzles=args.n_puzzles, n_polish=args.n_polish, n_lyapunov=args.n_lyapunov,
-                                  lyapunov_steps=args.lyapunov_steps, restarts=args.restarts,
+                                  lyapunov_steps=args.lyapunov_steps, n_selection=args.n_selection,
+                                  restarts=args.restarts,
                                   basin_samples=args.basin_samples, grid=args.grid, max_steps=args.max_steps,
                                   embed_method=args.embed, max_embed=args.max_embed, seed=args.seed,
                                   restart_std=args.restart_std)

@@ -29,8 +29,8 @@ CORRECT, INCORRECT, GREY = "#2ca02c", "#d62728", "#9e9e9e"
 LABELS = {0: ("correct", CORRECT), 1: ("spurious (valid answer)", "#ff7f0e"), 2: ("invalid answer", "#9467bd")}
 CORRECT_SHADES = ("#2ca02c", "#1b6e1b", "#74c476")
 SPURIOUS_COLOURS = ("#ff7f0e", "#d62728", "#9467bd", "#1f77b4", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
-ANALYSES = ("summary", "scaling", "convergence", "probes", "embedding", "end_states", "lyapunov", "fixed_points",
-            "basins")
+ANALYSES = ("summary", "scaling", "convergence", "probes", "embedding", "end_states", "lyapunov", "selection",
+            "fixed_points", "basins")
 TEMPLATE = "plotly_white"
 MONO = {"font": {"family": "DejaVu Sans Mono, Menlo, Consolas, monospace", "size": 12}, "align": "left"}
 
@@ -68,6 +68,10 @@ FIGURES = {
                                 "Accuracy after t outer steps: selected restart vs any restart (oracle)."),
     "scaling_breadth": FigureInfo("Test-time scaling", "Accuracy vs breadth",
                                   "Accuracy with B random restarts: selected restart vs any restart (oracle)."),
+    "selection": FigureInfo("Test-time scaling", "Choosing a restart by its attractor",
+                            "Accuracy against depth when the restart is chosen by where it ended (the attractor "
+                            "most restarts sit at, after a noise-free polish), by the convergence score, or by an "
+                            "oracle that knows the answer."),
     "residual_curves": FigureInfo("Convergence vs correctness", "Residual by outcome",
                                   "Relative state change per outer step; lines are medians, bands the "
                                   "inter-quartile range, split by final correctness."),
@@ -216,6 +220,19 @@ def _scaling(res: AnalysisResult, axis: str) -> go.Figure:
 
 
 # ---------------------------------------------------------------- convergence and probes
+
+def _selection(res: AnalysisResult) -> go.Figure:
+    depths = _get(res, "depths")
+    fig = go.Figure()
+    for key, label, colour in (("attractor_accuracy", "attractor-aware", "#1f77b4"),
+                               ("convergence_accuracy", "convergence score", "#ff7f0e"),
+                               ("oracle_accuracy", "oracle (any restart)", GREY)):
+        fig.add_trace(go.Scatter(x=depths, y=_get(res, key), mode="lines+markers", name=label,
+                                 line=dict(color=colour, dash="dot" if key.startswith("oracle") else "solid")))
+    fig.update_xaxes(title="depth (outer steps)", type="log")
+    fig.update_yaxes(title="accuracy", range=[0, 1.02])
+    return _layout(fig, f"Restart selection by depth ({int(res.attrs.get('puzzles', 0))} puzzles)", 380)
+
 
 def _residual_curves(res: AnalysisResult) -> go.Figure:
     steps = _get(res, "steps_axis")
@@ -561,6 +578,7 @@ def _collect(run: Run) -> tuple[dict[str, go.Figure], list[tuple[str, str]]]:
         "summary": ("summary", lambda: _summary(results["summary"], results.get("convergence"))),
         "scaling_depth": ("scaling", lambda: _scaling(results["scaling"], "depth")),
         "scaling_breadth": ("scaling", lambda: _scaling(results["scaling"], "breadth")),
+        "selection": ("selection", lambda: _selection(results["selection"])),
         "residual_curves": ("convergence", lambda: _residual_curves(results["convergence"])),
         "roc": ("convergence", lambda: _roc(results["convergence"])),
         "steps_vs_rating": ("convergence", lambda: _steps_vs_rating(results["convergence"])),

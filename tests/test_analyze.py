@@ -11,7 +11,7 @@ from attractorlab.rollout import RolloutConfig
 from attractorlab.solve import solve_puzzles as solve
 
 SMALL = analyze.AnalyzeOptions(n_puzzles=2, restarts=3, basin_samples=6, grid=3, max_steps=30, max_embed=10,
-                               n_lyapunov=2, lyapunov_steps=10)
+                               n_polish=2, n_lyapunov=2, lyapunov_steps=10, n_selection=2)
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +56,15 @@ def test_every_analysis_is_computed_stored_and_cached(ckpt, tmp_path):
         basins = r.read_analysis("basins/p0")
         assert basins["map_label"].shape == (3, 3)
         ends = r.read_analysis("end_states")
-        assert ends["end_state"].shape == (6, 2) and ends["ending_counts"].sum() == 12
+        assert ends["end_state"].shape == (2, 2) and ends["ending_counts"].sum() == 4
         lyap = r.read_analysis("lyapunov")
         assert lyap["exponent"].shape == (2, 2) and lyap["regime_counts"].sum() == 4
+        sel = r.read_analysis("selection")
+        depths = sel["depths"]
+        assert list(depths) == [1, 2, 3, 4] and sel["attractor_correct"].shape == (2, 4)
+        oracle = r.rollout.correct[:2, :, depths - 1].any(axis=1)
+        np.testing.assert_array_equal(sel["oracle_correct"], oracle)
+        assert (sel["attractor_correct"] <= oracle).all() and (sel["convergence_correct"] <= oracle).all()
         assert basins["fraction"].sum() == pytest.approx(1.0)
     again = analyze.analyze(str(run), options=SMALL, progress=False, log=lambda s: None)
     assert {s.status for s in again} == {"cached"}

@@ -14,6 +14,7 @@ from attractorlab.dynamics import (
     noise_floor,
     outer_step_sigma,
     polish,
+    select_attractor,
 )
 
 VALID, INVALID, CYCLE, DRIFT = range(len(ENDING_NAMES))
@@ -201,6 +202,22 @@ def test_polish_finds_the_attractor_under_each_noisy_end_state():
     assert arrays["z"].shape == (3, 2) and "points/z" in arrays
     with pytest.raises(ValueError):
         polish(cubic(), ends, steps=-1)
+
+
+def test_attractor_selection_takes_the_most_visited_attractor_where_the_convergence_score_disagrees():
+    gen = torch.Generator().manual_seed(1)
+    ends = torch.tensor([[1.0, 1.0]] * 3 + [[-1.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
+    ends[:3] += torch.tensor([0.05, 0.01, 0.03], dtype=torch.float64)[:, None] * torch.randn(3, 2, generator=gen,
+                                                                                            dtype=torch.float64)
+    ends[3] += 1e-4  # the lone restart at (-1, 1) moves least: the convergence score prefers it
+    polished = polish(cubic(), ends)
+    assert polished.stable.tolist() == [True, True, True, True, False]  # the last sits on a saddle
+    fallback = np.array([0.5, 0.4, 0.6, 0.01, 0.02])
+    assert int(np.argmin(fallback)) == 3
+    assert select_attractor(polished, fallback) == 1  # on (1, 1), the attractor three restarts reached; closest
+    at_saddle = polish(cubic(), torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=torch.float64))
+    assert not at_saddle.stable.any()
+    assert select_attractor(at_saddle, np.array([0.3, 0.1])) == 1 and select_attractor(at_saddle) == 0
 
 
 @pytest.mark.parametrize("kwargs", [dict(floor=-0.1), dict(floor=np.ones(5)), dict(floor=np.nan),

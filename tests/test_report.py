@@ -18,7 +18,7 @@ from attractorlab import recording as rec
 from attractorlab import report
 
 N, B, T = 6, 2, 5
-ALL_FIGURES = ["summary", "scaling_depth", "scaling_breadth", "residual_curves", "roc", "steps_vs_rating",
+ALL_FIGURES = ["summary", "scaling_depth", "scaling_breadth", "selection", "residual_curves", "roc", "steps_vs_rating",
                "endings", "halting", "end_states", "lyapunov", "probes", "trajectories", "spectra", "spectral_radius",
                "basin_maps", "basin_stability"]
 PLOTLY_HEADER = re.compile(r"\* plotly\.js v\d")
@@ -79,6 +79,10 @@ def write_all(path: str, seed: int = 0) -> None:
         "halt_never_accuracy": np.linspace(0.2, 0.7, T), "halt_stable_values": np.array([1.0, 2.0]),
         "halt_stable_mean_steps": np.array([3.0, 4.5]), "halt_stable_accuracy": np.array([0.6, 0.7])},
         {"spearman_rho": 0.42, "spearman_p": 0.03})
+    rec.write_analysis(path, "selection", {
+        "depths": np.array([1, 2, 5]), "attractor_accuracy": np.array([0.2, 0.5, 0.7]),
+        "convergence_accuracy": np.array([0.2, 0.4, 0.6]), "oracle_accuracy": np.array([0.5, 0.8, 0.9])},
+        {"puzzles": N})
     rec.write_analysis(path, "lyapunov", {
         "exponent": r.normal(size=(N, B)) * 0.1, "stderr": np.full((N, B), 0.01), "regime": np.ones((N, B), np.int64),
         "correct": r.random((N, B)) > 0.5, "regime_names": np.array(["contracting", "neutral", "chaotic"]),

@@ -41,7 +41,7 @@ from .noise import (
     noise_floor,
     outer_step_sigma,
 )
-from .polishing import Polished, polish
+from .polishing import Polished, polish, select_attractor
 from .settling import (
     HALT_RULES,
     HaltingCurve,
@@ -102,6 +102,7 @@ __all__ = [
     "replay_halting",
     "residual_curves",
     "sample_ball",
+    "select_attractor",
     "spectral_radius",
     "steps_to_settle",
     "steps_vs_difficulty",

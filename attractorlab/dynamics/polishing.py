@@ -75,3 +75,27 @@ def polish(f: BatchedMap, states: Tensor, *, steps: int = 5, **find_kwargs) -> P
     distance = (z_out.double() - states.double()).norm(dim=1)
     return Polished(fixed=fixed, point=point, z=z_out, residual=residual, spectral_radius=rho,
                     stable=fixed & (rho < 1), distance=distance, points=fps)
+
+
+def select_attractor(polished: Polished, fallback: np.ndarray | None = None) -> int:
+    """Attractor-aware choice among the restarts of one puzzle, from their polished end states (``polished`` of
+    the ``B`` restarts together, so restarts on the same point share ``point``).
+
+    Among the restarts that sit at a stable fixed point, take the attractor reached by the most restarts (ties:
+    the smaller spectral radius), and on it the restart whose end state was closest to it. With no restart at an
+    attractor, the restart with the lowest ``fallback [B]`` score (e.g. the convergence score), else restart 0.
+    """
+    stable = _numpy(polished.stable).astype(bool)
+    if not stable.any():
+        if fallback is None:
+            return 0
+        score = np.where(np.isfinite(fallback), fallback, np.inf)
+        return int(np.argmin(score))
+    point, rho = _numpy(polished.point), _numpy(polished.spectral_radius)
+    distance = _numpy(polished.distance)
+    candidates = np.unique(point[stable])
+    votes = np.array([(point[stable] == c).sum() for c in candidates])
+    radius = np.array([rho[point == c].min() for c in candidates])
+    best = candidates[np.lexsort((radius, -votes))[0]]
+    on_best = np.flatnonzero(stable & (point == best))
+    return int(on_best[np.argmin(distance[on_best])])
