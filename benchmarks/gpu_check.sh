@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One prepared GPU session: the CUDA tests, rollout throughput and the full test-time scaling table.
+# One prepared GPU session: the CUDA tests, rollout throughput, outer-step rates against the bf16 matmul rate
+# (bench_throughput.py) and the full test-time scaling table.
 #
 #   bash benchmarks/gpu_check.sh HARD.csv.gz [RESULTS_DIR]
 #
@@ -27,6 +28,7 @@ step() {  # step NAME COMMAND...: run, show and keep the output and the wall tim
 step gpu nvidia-smi
 step tests "$PY" -m pytest tests/test_gpu.py tests/test_dynamics_fixed_points.py -p no:cacheprovider -rs
 step throughput "$PY" benchmarks/bench_rollout.py throughput --device cuda --n 1024 --depth 16 --batch-size 1024
+step step_rates "$PY" benchmarks/bench_throughput.py --device cuda --sizes shipped,paper --batch 1024 --paper-batch 256
 step scaling_hard "$PY" benchmarks/bench_rollout.py scaling --device cuda --data "$HARD" --n 48 \
     --depths 1,4,16,64,256,1024 --breadths 1,8,64 --batch-size 48 --results "$RESULTS/scaling_hard.csv"
 step scaling_easy "$PY" benchmarks/bench_rollout.py scaling --device cuda --difficulty 1-5 --n 48 \
