@@ -85,6 +85,9 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-depths", type=lambda s: tuple(int(v) for v in s.split(",")), dest="eval_depths",
                    help="comma-separated depths for held-out accuracy, e.g. 1,16,64")
     p.add_argument("--checkpoint-every", type=int, dest="checkpoint_every", help="steps between checkpoints")
+    p.add_argument("--snapshot-every", type=int, dest="snapshot_every",
+                   help="also keep the EMA weights every N steps as OUT.stepNNNNNNN.pt (for the attractor landscape "
+                   "across training; default 0: off)")
     p.add_argument("--seed", type=int, help="random seed (data, init, noise)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")

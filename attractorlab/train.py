@@ -90,6 +90,7 @@ class TrainConfig:
     optimizer: str = "adamw"
     act: bool = True  # the halting head learns when to stop (ACT); False: every row runs halt_max_steps segments
     full_backprop: bool = False  # gradients through every H-cycle of the step (default: only the last, as reference)
+    snapshot_every: int = 0  # keep the EMA weights every N steps as OUT.stepNNNNNNN.pt (0 = off)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "steps", "n_train", "n_eval", "eval_every", "checkpoint_every"):
@@ -97,6 +98,8 @@ class TrainConfig:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0 or self.warmup_steps < 0 or self.weight_decay < 0 or not 0 <= self.ema_decay < 1:
             raise InputError("need lr > 0, warmup_steps >= 0, weight_decay >= 0 and 0 <= ema_decay < 1")
+        if self.snapshot_every < 0:
+            raise InputError(f"snapshot_every must be >= 0, got {self.snapshot_every}")
         if not 0 < self.lr_min_ratio <= 1:
             raise InputError(f"lr_min_ratio must be in (0, 1], got {self.lr_min_ratio!r}")
         if self.decay_start is not None and self.decay_start < 0:
@@ -417,6 +420,12 @@ def _np_state_from(d: dict) -> dict:
             "has_uint32": d["has_uint32"], "uinteger": d["uinteger"]}
 
 
+def snapshot_path(out: str | os.PathLike, step: int) -> Path:
+    """Where ``--snapshot-every`` keeps the EMA weights of step ``step``: ``OUT.stepNNNNNNN.pt`` beside ``out``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.step{step:07d}{out.suffix or '.pt'}")
+
+
 def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", resume: bool = False,
           steps: int | None = None, progress: bool = True, compile_model: bool = False,
           schedule: dict | None = None) -> dict:
@@ -474,5 +483,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", res
             elapsed = float(payload["meta"].get("train_seconds", 0.0)) if payload else 0.0
             trainer.save(out, meta={**meta, "evals": evals, "step": step,
                                     "train_seconds": elapsed + time.time() - t0})
+        if cfg.snapshot_every and step % cfg.snapshot_every == 0 and dist_info.main:
+            checkpoint.save(trainer.ema_model(), snapshot_path(out, step),
+                            meta={**meta, "step": step, "evals": {k: v for k, v in evals.items() if int(k) <= step}})
     bar.close()
     return {"metrics": metrics, "evals": evals, "step": trainer.step_count}

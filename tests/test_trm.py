@@ -203,3 +203,19 @@ def test_analyze_draws_a_fixed_start_models_restarts_with_the_runs_std(tmp_path,
         assert "fixed_points" in " ".join(r.analysis_keys())
     with pytest.raises(ValueError, match="restart_std"):
         analyze.AnalyzeOptions(restart_std=-1.0)
+
+
+def test_snapshot_every_keeps_the_ema_weights_of_each_step(tmp_path):
+    out = tmp_path / "run.pt"
+    cfg = train.TrainConfig.from_preset("tiny", **{**TINY, "steps": 4, "snapshot_every": 2, "n_eval": 2})
+    train.train(cfg, out, device="cpu", progress=False)
+    snaps = sorted(p.name for p in tmp_path.glob("run.step*.pt"))
+    assert snaps == ["run.step0000002.pt", "run.step0000004.pt"]
+    last = checkpoint.load(tmp_path / snaps[-1])
+    final = checkpoint.load(out)
+    for name, value in final.state_dict().items():
+        assert torch.equal(value, last.state_dict()[name]), name
+    assert checkpoint.read(tmp_path / snaps[0])["meta"]["step"] == 2 and "train_state" not in checkpoint.read(
+        tmp_path / snaps[0])
+    with pytest.raises(ValueError, match="snapshot_every"):
+        train.TrainConfig(snapshot_every=-1)
