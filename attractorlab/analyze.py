@@ -306,7 +306,10 @@ def puzzle_attractors(model: EquilibriumReasoner, tokens: np.ndarray, solution: 
 class Landscape:
     """One puzzle's attractor landscape: ``at_stable`` the share of restarts whose noise-free end converged to a
     stable fixed point, ``attractors`` how many distinct ones, ``correct_basin`` the basin stability of the correct
-    attractor (0 when none was found), spectral radii ``[K]`` of the correct and of the other attractors."""
+    attractor (0 when none was found), spectral radii ``[K]`` of the correct and of the other attractors; per
+    attractor ``[A]``: its read-out ``answers``, ``labels`` (:data:`LABELS` order), ``radius`` and ``basin``
+    (share of the basin samples that reach it; all 0 when no correct attractor was found, as basins are then not
+    sampled)."""
 
     at_stable: float
     attractors: int
@@ -314,30 +317,37 @@ class Landscape:
     correct_basin: float
     radius_correct: np.ndarray
     radius_spurious: np.ndarray
+    answers: np.ndarray
+    labels: np.ndarray
+    radius: np.ndarray
+    basin: np.ndarray
 
 
 def attractor_landscape(model: EquilibriumReasoner, tokens: np.ndarray, solution: np.ndarray, *, restarts: int = 8,
                         samples: int = 32, max_steps: int = 48, seed: int = 0, restart_std: float = 1.0,
-                        tol: float = 1e-4) -> Landscape:
+                        tol: float = 1e-4, all_basins: bool = False) -> Landscape:
     """:func:`puzzle_attractors` of one puzzle (``tokens, solution [L]``), then the basin stability of its
     attractors from ``samples`` fresh initial states (the model's own distribution; a fixed-start model's
-    restarts: a truncated normal of std ``restart_std``) iterated noise-free for up to ``max_steps``."""
+    restarts: a truncated normal of std ``restart_std``) iterated noise-free for up to ``max_steps``; basins are
+    sampled only when a correct attractor exists unless ``all_basins``."""
     att = puzzle_attractors(model, tokens, solution, restarts=restarts, max_steps=max_steps, seed=seed,
                             restart_std=restart_std)
     stable, radius = att.stable, _np(att.fixed.spectral_radius)
     correct = stable & (att.label == 0)
-    basin = 0.0
-    if correct.any():
+    basin = np.zeros(int(stable.sum()))
+    if correct.any() or (all_basins and stable.any()):
         tok = torch.as_tensor(tokens[None], dtype=torch.long)
         gen = torch.Generator(device=model.device).manual_seed(stream(seed, "analyze.basins"))
         with torch.no_grad():
             starts = model.init_state(tok.expand(samples, -1), generator=gen, restart_std=restart_std).flatten()
         stats = dynamics.basin_stability(model.as_map(tok), att.fixed.z[torch.as_tensor(stable)].to(model.device),
                                          starts, max_steps=max_steps, tol=tol, collect_new=False)
-        basin = float(_np(stats.fraction)[correct[stable]].sum())
+        basin = _np(stats.fraction).astype(np.float64)
     return Landscape(at_stable=float(_np(att.fixed.count)[stable].sum() / att.starts), attractors=int(stable.sum()),
-                     correct_found=bool(correct.any()), correct_basin=basin, radius_correct=radius[correct],
-                     radius_spurious=radius[stable & ~correct])
+                     correct_found=bool(correct.any()), correct_basin=float(basin[correct[stable]].sum()),
+                     radius_correct=radius[correct], radius_spurious=radius[stable & ~correct],
+                     answers=np.asarray(att.answers)[stable], labels=att.label[stable], radius=radius[stable],
+                     basin=basin)
 
 
 def fixed_point_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOptions,

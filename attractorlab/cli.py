@@ -468,6 +468,50 @@ def run_export_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_landscape(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoints", nargs="+", help="checkpoints of one run, e.g. the OUT.step*.pt that "
+                   "`train --snapshot-every N` keeps (ordered by their recorded step)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--data", help="instances of the checkpoints' task")
+    src.add_argument("--generate", type=int, metavar="N", help="generate N instances (default: 8)")
+    p.add_argument("--difficulty", default="mixed", help="difficulty of generated instances")
+    p.add_argument("--limit", type=int, help="use only the first N instances of --data")
+    p.add_argument("--restarts", type=int, default=8, help="noise-free restarts per puzzle whose ends seed the "
+                   "fixed-point search")
+    p.add_argument("--samples", type=int, default=32, help="initial states per puzzle for basin stability")
+    p.add_argument("--max-steps", type=int, default=48, dest="max_steps", help="outer steps to reach an attractor")
+    p.add_argument("--depth", type=int, default=16, help="depth of the accuracy column")
+    p.add_argument("--no-noise", dest="noise", action="store_false", help="the accuracy column without path noise")
+    p.add_argument("--seed", type=int, default=0, help="seed of the instances, restarts and samples")
+    p.add_argument("--out", help="HTML figure to write (default: landscape.html beside the first checkpoint)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def run_landscape(args: argparse.Namespace) -> int:
+    from attractorlab import checkpoint, landscape
+    from attractorlab.model import pick_device
+    from attractorlab.tasks import get_task
+
+    task = get_task(checkpoint.load(args.checkpoints[0]).config.task)
+    if args.generate is None and args.data is None:
+        args.generate = 8
+    puzzles = load_puzzles(args, task)
+    result = landscape.track(args.checkpoints, puzzles, restarts=args.restarts, samples=args.samples,
+                             max_steps=args.max_steps, depth=args.depth, seed=args.seed, noise=args.noise,
+                             device=str(pick_device(args.device)))
+    print(f"{len(puzzles)} {task.name} instances, {len(result.steps)} checkpoints")
+    print(result.table())
+    born = result.correct_birth[result.correct_birth >= 0]
+    print(f"correct attractor first found at step: {', '.join(map(str, born)) or 'never'} "
+          f"({len(born)} of {len(puzzles)} puzzles)")
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoints[0])), "landscape.html")
+    landscape.figure(result).write_html(out, include_plotlyjs=True)
+    print(f"figure: {out}")
+    return 0
+
+
 COMMANDS = {
     "train": ("train a reasoner (segmented online training; CPU, CUDA, torchrun for many GPUs)", add_train,
               run_train),
@@ -481,6 +525,8 @@ COMMANDS = {
                    "checkpoint", add_import_eqr, run_import_eqr),
     "export-dataset": ("write instances (a file or generated) as a reference dataset split directory",
                        add_export_dataset, run_export_dataset),
+    "landscape": ("the attractors of the same puzzles in every checkpoint of a training run: births, deaths, "
+                  "stability and basins against the step", add_landscape, run_landscape),
 }
 
 
