@@ -10,7 +10,7 @@ from attractorlab.cli import build_parser, main
 def test_every_subcommand_and_flag_has_help():
     parser = build_parser()
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(subs.choices) == {"train", "solve", "analyze", "demo", "import-eqr", "export-dataset"}
+    assert set(subs.choices) == {"train", "solve", "analyze", "demo", "import-eqr", "export-dataset", "landscape"}
     for name, sub in subs.choices.items():
         for action in sub._actions:
             if action.dest != "help":
