@@ -71,7 +71,8 @@ def track(paths: list[str | os.PathLike], puzzles: PuzzleSet, *, restarts: int =
     runs ``depth`` outer steps with path noise unless ``noise=False``."""
     if not paths:
         raise InputError("give at least one checkpoint")
-    ordered = sorted(paths, key=checkpoint_step)
+    step_of = {path: checkpoint_step(path) for path in paths}  # each file's meta read once
+    ordered = sorted(paths, key=step_of.__getitem__)
     tasks = set()
     n = len(puzzles)
     rows = {k: [] for k in ("attractors", "found", "basin", "radius", "accuracy")}
@@ -92,7 +93,7 @@ def track(paths: list[str | os.PathLike], puzzles: PuzzleSet, *, restarts: int =
         res = rollout(model, torch.as_tensor(puzzles.tokens, dtype=torch.long), torch.as_tensor(puzzles.solution),
                       RolloutConfig(depth=depth, breadth=1, seed=seed, noise=noise))
         rows["accuracy"].append(float(res.correct[:, 0, -1].mean()))
-    steps = np.array([checkpoint_step(p) for p in ordered])
+    steps = np.array([step_of[p] for p in ordered])
     births = np.array([sum(len(a - (answers[c - 1][i] if c else set())) for i, a in enumerate(answers[c]))
                        for c in range(len(ordered))])
     deaths = np.array([0] + [sum(len(answers[c - 1][i] - a) for i, a in enumerate(answers[c]))

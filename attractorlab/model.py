@@ -123,7 +123,8 @@ class ReasonerConfig:
 
     @property
     def family(self) -> str:
-        """``"trm"`` for the TRM configuration (no damping, no path noise, fixed initial state), else ``"eqr"``."""
+        """``"eqr"`` (random initial states, two streams), ``"trm"`` (:data:`TRM_SETTINGS`, two streams) or
+        ``"variant"`` (anything else, e.g. an ablation rung)."""
         if not self.hierarchical:
             return "variant"
         if self.initial_state == "random":

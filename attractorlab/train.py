@@ -485,6 +485,6 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", res
                                     "train_seconds": elapsed + time.time() - t0})
         if cfg.snapshot_every and step % cfg.snapshot_every == 0 and dist_info.main:
             checkpoint.save(trainer.ema_model(), snapshot_path(out, step),
-                            meta={**meta, "step": step, "evals": {k: v for k, v in evals.items() if int(k) <= step}})
+                            meta={**meta, "step": step, "evals": dict(evals)})
     bar.close()
     return {"metrics": metrics, "evals": evals, "step": trainer.step_count}
