@@ -263,8 +263,8 @@ def _label_states(model: EquilibriumReasoner, z: torch.Tensor, tokens: np.ndarra
 
 
 def _ends(model: EquilibriumReasoner, tokens: np.ndarray, solution: np.ndarray, restarts: int, depth: int,
-          seed: int, restart_std: float) -> torch.Tensor:
-    cfg = RolloutConfig(depth=depth, breadth=restarts, seed=seed, noise=False, restart_std=restart_std)
+          seed: int, restart_std: float, noise: bool = False) -> torch.Tensor:
+    cfg = RolloutConfig(depth=depth, breadth=restarts, seed=seed, noise=noise, restart_std=restart_std)
     res = rollout(model, torch.as_tensor(tokens[None], dtype=torch.long), torch.as_tensor(solution[None]), cfg,
                   states="final",
                   state_fn=lambda s: s.flatten())
@@ -291,12 +291,13 @@ class PuzzleAttractors:
 
 def puzzle_attractors(model: EquilibriumReasoner, tokens: np.ndarray, solution: np.ndarray, *, restarts: int = 8,
                       max_steps: int = 48, seed: int = 0, tol: float | None = None, k: int = 6,
-                      restart_std: float = 1.0) -> PuzzleAttractors:
-    """Noise-free rollouts of one puzzle (``tokens, solution [L]``) from ``restarts`` random initial states ->
-    fixed points from their ends (with the top ``k`` Jacobian eigenvalues) -> labels by read-out. A fixed-start
-    model (TRM) draws its restarts from a truncated normal of std ``restart_std``."""
+                      restart_std: float = 1.0, noise: bool = False) -> PuzzleAttractors:
+    """Rollouts of one puzzle (``tokens, solution [L]``) from ``restarts`` random initial states, noise-free unless
+    ``noise`` (then with the model's path noise) -> the fixed points of the noise-free map polished from their
+    ends (with the top ``k`` Jacobian eigenvalues) -> labels by read-out. A fixed-start model (TRM) draws its
+    restarts from a truncated normal of std ``restart_std``."""
     f = model.as_map(torch.as_tensor(tokens[None], dtype=torch.long))
-    z0 = _ends(model, tokens, solution, restarts, max_steps, seed, restart_std)
+    z0 = _ends(model, tokens, solution, restarts, max_steps, seed, restart_std, noise)
     fps = dynamics.find_fixed_points(f, z0.to(model.device), k=k, tol=tol)
     label, answers = _label_states(model, torch.as_tensor(fps.z), tokens, solution)
     return PuzzleAttractors(fps, label, answers, len(z0))
@@ -325,21 +326,29 @@ class Landscape:
 
 def attractor_landscape(model: EquilibriumReasoner, tokens: np.ndarray, solution: np.ndarray, *, restarts: int = 8,
                         samples: int = 32, max_steps: int = 48, seed: int = 0, restart_std: float = 1.0,
-                        tol: float = 1e-4, all_basins: bool = False) -> Landscape:
+                        tol: float = 1e-4, all_basins: bool = False, noise: bool = False) -> Landscape:
     """:func:`puzzle_attractors` of one puzzle (``tokens, solution [L]``), then the basin stability of its
     attractors from ``samples`` fresh initial states (the model's own distribution; a fixed-start model's
     restarts: a truncated normal of std ``restart_std``) iterated noise-free for up to ``max_steps``; basins are
-    sampled only when a correct attractor exists unless ``all_basins``."""
+    sampled only when a correct attractor exists unless ``all_basins``.
+
+    ``noise``: the restarts and the basin samples first run ``max_steps`` outer steps with the model's path noise
+    (e.g. TRM given test-time noise); the attractor a noisy orbit belongs to is then the one its noise-free
+    continuation reaches, so ``at_stable`` and the basins say where the noisy dynamics end."""
     att = puzzle_attractors(model, tokens, solution, restarts=restarts, max_steps=max_steps, seed=seed,
-                            restart_std=restart_std)
+                            restart_std=restart_std, noise=noise)
     stable, radius = att.stable, _np(att.fixed.spectral_radius)
     correct = stable & (att.label == 0)
     basin = np.zeros(int(stable.sum()))
     if correct.any() or (all_basins and stable.any()):
         tok = torch.as_tensor(tokens[None], dtype=torch.long)
-        gen = torch.Generator(device=model.device).manual_seed(stream(seed, "analyze.basins"))
-        with torch.no_grad():
-            starts = model.init_state(tok.expand(samples, -1), generator=gen, restart_std=restart_std).flatten()
+        if noise:
+            starts = _ends(model, tokens, solution, samples, max_steps, stream(seed, "analyze.basins"), restart_std,
+                           noise=True).to(model.device)
+        else:
+            gen = torch.Generator(device=model.device).manual_seed(stream(seed, "analyze.basins"))
+            with torch.no_grad():
+                starts = model.init_state(tok.expand(samples, -1), generator=gen, restart_std=restart_std).flatten()
         stats = dynamics.basin_stability(model.as_map(tok), att.fixed.z[torch.as_tensor(stable)].to(model.device),
                                          starts, max_steps=max_steps, tol=tol, collect_new=False)
         basin = _np(stats.fraction).astype(np.float64)

@@ -6,8 +6,9 @@ puzzles: noise-free rollouts from ``--restarts`` random initial states end near 
 restarts that end at a stable fixed point, the number of distinct attractors per puzzle, the basin stability of
 the correct attractor (``--samples`` fresh initial states iterated to their attractor) and the spectral radius at
 correct and at spurious attractors. Then accuracy against depth, past the training depth (does a model degrade
-when it thinks longer than it was trained to?), and the same for every fixed-start model with path noise of
-``--test-noise`` added at test time. Restarts of a fixed-start model (TRM) are drawn as the reference evaluation
+when it thinks longer than it was trained to?). Every fixed-start model is measured twice, the second time with
+path noise of ``--test-noise`` added at test time: its restarts and basin samples then run ``--max-steps`` noisy
+outer steps, and the attractor each belongs to is the one its noise-free continuation reaches. Restarts of a fixed-start model (TRM) are drawn as the reference evaluation
 draws them: a zero-mean truncated normal of std ``--restart-std``.
 
     python probes/trm_vs_eqr_attractors.py --checkpoints runs/ablation/trm.pt runs/ablation/eqr.pt --out-dir probes/out
@@ -50,11 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def landscape(model: EquilibriumReasoner, puzzles: PuzzleSet, args: argparse.Namespace) -> dict[str, np.ndarray]:
-    """Per-puzzle :func:`attractorlab.analyze.attractor_landscape` values (radii pooled over puzzles)."""
+def landscape(model: EquilibriumReasoner, puzzles: PuzzleSet, args: argparse.Namespace,
+              noise: bool = False) -> dict[str, np.ndarray]:
+    """Per-puzzle :func:`attractorlab.analyze.attractor_landscape` values (radii pooled over puzzles); ``noise``:
+    restarts and basin samples run with the model's path noise before their noise-free continuation."""
     lands = [analyze.attractor_landscape(model, puzzles.tokens[i], puzzles.solution[i], restarts=args.restarts,
                                          samples=args.samples, max_steps=args.max_steps, seed=args.seed + i,
-                                         restart_std=args.restart_std) for i in range(len(puzzles))]
+                                         restart_std=args.restart_std, noise=noise) for i in range(len(puzzles))]
     return {"restarts at a stable fixed point": np.array([x.at_stable for x in lands]),
             "distinct attractors per puzzle": np.array([x.attractors for x in lands]),
             "correct attractor found": np.array([x.correct_found for x in lands]),
@@ -112,18 +115,22 @@ def main(argv: list[str] | None = None) -> int:
               for n, m, p in zip(names, models, args.checkpoints, strict=True)]
     rows: dict[str, list[str]] = {}
     curves: dict[str, np.ndarray] = {}
+    columns = []
     for label, model in zip(labels, models, strict=True):
-        for key, value in landscape(model, puzzles[:args.n_puzzles], args).items():
-            rows.setdefault(key, []).append(_mean(value))
-        curves[label] = accuracy_by_depth(model, puzzles[:args.n_depth], depths, args.seed)
+        variants = [(label, model, False)]
         if model.config.initial_state == "fixed" and args.test_noise > 0:
-            curves[f"{label} + test-time noise {args.test_noise}"] = accuracy_by_depth(
-                with_noise(model, args.test_noise), puzzles[:args.n_depth], depths, args.seed)
+            variants.append((f"{label} + test-time noise {args.test_noise}", with_noise(model, args.test_noise), True))
+        for name, variant, noisy in variants:
+            columns.append(name)
+            for key, value in landscape(variant, puzzles[:args.n_puzzles], args, noise=noisy).items():
+                rows.setdefault(key, []).append(_mean(value))
+            curves[name] = accuracy_by_depth(variant, puzzles[:args.n_depth], depths, args.seed)
     width = max(len(k) for k in rows) + 2
     source = args.run or f"generated {args.difficulty}"
     print(f"{min(args.n_puzzles, len(puzzles))} puzzles ({source}), {args.restarts} restarts, {args.samples} basin "
-          "samples (mean +- standard error over puzzles; spectral radii pooled over attractors)")
-    print(" " * width + "".join(f"{lab[:28]:>30}" for lab in labels))
+          "samples (mean +- standard error over puzzles; spectral radii pooled over attractors; a test-time noise "
+          "column: restarts and basin samples run with that path noise, then continue noise-free)")
+    print(" " * width + "".join(f"{lab[:28]:>30}" for lab in columns))
     for key, values in rows.items():
         print(f"{key:<{width}}" + "".join(f"{v:>30}" for v in values))
     train_depth = {lab: m.config.halt_max_steps for lab, m in zip(labels, models, strict=True)}
