@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,13 +26,13 @@ import torch
 from attractorlab import checkpoint as ckpt
 from attractorlab import dynamics, probing, recording
 from attractorlab.errors import InputError
-from attractorlab.model import EquilibriumReasoner, LatentState
+from attractorlab.model import EquilibriumReasoner, LatentState, update_names
 from attractorlab.rollout import RolloutConfig, convergence_score, rollout, scores_by_depth, select_lowest_score
 from attractorlab.seeds import stream
 from attractorlab.solve import summarize_run
 from attractorlab.tasks import get_task
 
-ANALYSES = ("summary", "scaling", "convergence", "embedding", "probes", "end_states", "lyapunov", "selection",
+ANALYSES = ("summary", "scaling", "convergence", "embedding", "probes", "inner", "end_states", "lyapunov", "selection",
             "fixed_points", "basins")
 LABELS = ("correct", "valid, not the solution", "invalid")
 END_STATES = ("attractor: correct", "attractor: valid, not the solution", "attractor: invalid", "unstable fixed point",
@@ -200,6 +201,66 @@ def embedding_arrays(run: recording.Run, opts: AnalyzeOptions) -> dict:
     if ev is not None:
         arrays["explained_variance"] = np.asarray(ev, np.float64)
     return {"arrays": arrays, "attrs": attrs}
+
+
+def _inner_predecessors(steps: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """For a ``cycles`` layout (``steps [S]``, every update in ``names`` kept): the snapshots that follow a z_L
+    update, ``[K, H, L]`` indices (K recorded outer steps), and the snapshot each one's z_L comes from,
+    ``[K, H, L]`` (-1 where that state is not stored: the first update of a step whose previous step was not
+    recorded)."""
+    is_l = np.array([".L" in name for name in names])
+    n_h = sum(name.endswith(".H") for name in names)
+    per = len(names)
+    k = (len(steps) - 1) // per
+    at = 1 + np.arange(k * per).reshape(k, per)  # snapshot of each (recorded step, update)
+    prev = at - 1
+    first = steps[at[:, 0]] - 1  # the outer step the first update starts from
+    ok_first = np.r_[first[:1] == 0, first[1:] == steps[at[:-1, -1]]]
+    prev[:, 0] = np.where(ok_first, prev[:, 0], -1)
+    shape = (k, n_h, -1)
+    return at[:, is_l].reshape(shape), prev[:, is_l].reshape(shape)
+
+
+def _all_updates(run: recording.Run) -> bool:
+    """Whether a ``cycles`` run kept every inner update of its model's outer step."""
+    m = run.config.get("model", {})
+    return run.states.update_names == update_names(m.get("H_cycles", 0), m.get("L_cycles", 0))
+
+
+def _ends_stored(run: recording.Run) -> bool:
+    """Whether each restart's last snapshot is its end state (a ``cycles`` run must have kept the closing update)."""
+    if run.states.mode != "cycles":
+        return True
+    return run.states.update_names[-1] == f"H{run.config.get('model', {}).get('H_cycles')}.H"
+
+
+def inner_arrays(run: recording.Run, opts: AnalyzeOptions) -> dict:
+    """Does z_L settle inside each H-cycle? From a ``--states cycles`` run that kept every inner update: the
+    relative change of z_L at each of its updates, ``||z_L^(l) - z_L^(l-1)|| / ||z_L^(l)||`` (l = 1..L_cycles of
+    H-cycle h; z_L^(0) the z_L the cycle starts from; NaN where that state is not stored or the restart had
+    halted), ``change [n, B, K, H, L]`` for the K recorded outer steps, and its contraction across the cycle,
+    ``contraction [n, B, K, H]``: the geometric mean ratio of successive changes (< 1: z_L settles while z_H is
+    held)."""
+    n = min(run.n, 300)
+    steps, names = np.asarray(run.states.steps), run.states.update_names
+    at, prev = _inner_predecessors(steps, names)
+    k, n_h, n_l = at.shape
+    change = np.full((n, run.breadth, k, n_h, n_l), np.nan)
+    halted = np.asarray(run.rollout.steps[:n])[:, :, None] < steps[at[:, 0, 0]][None, None, :]  # [n, B, K]
+    for i in range(n):
+        z_L = np.asarray(run.states.data[i][:, :, 1], np.float32).reshape(run.breadth, len(steps), -1)
+        now, before = z_L[:, at], z_L[:, np.maximum(prev, 0)]
+        rel = np.linalg.norm(now - before, axis=-1) / np.maximum(np.linalg.norm(now, axis=-1), 1e-30)
+        change[i] = np.where((prev >= 0)[None] & ~halted[i][:, :, None, None], rel, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices (halted rows, unstored predecessors)
+        contraction = np.exp(np.nanmean(np.diff(np.log(change), axis=-1), axis=-1)) if n_l > 1 else \
+            np.full(change.shape[:-1], np.nan)
+        median = np.nanmedian(change.reshape(-1, k, n_h, n_l), axis=0)
+        settling = np.nanmean(np.where(np.isnan(contraction), np.nan, contraction < 1).reshape(-1, k, n_h), axis=0)
+    arrays = {"steps": steps[at[:, 0, 0]], "update_names": np.array(names, dtype=str), "change": change,
+              "contraction": contraction, "median_change": median, "settling_fraction": settling}
+    return {"arrays": arrays, "attrs": {"puzzles": n, "H_cycles": n_h, "L_cycles": n_l}}
 
 
 def probe_arrays(run: recording.Run, opts: AnalyzeOptions) -> dict:
@@ -558,8 +619,14 @@ def analyze(run_path: str, *, checkpoint: str | None = None, only: list[str] | N
             if name == "probes" and (run.states.mode != "all"):
                 skip(name, "probes need states at every recorded step (solve with --states all)")
                 continue
-            if name in ("end_states", "lyapunov") and not (run.has_states and run.states.projection is None):
+            if name in ("end_states", "lyapunov") and not (run.has_states and run.states.projection is None
+                                                           and _ends_stored(run)):
                 skip(name, "needs full recorded end states (solve with --states final|all, without --project)")
+                continue
+            if name == "inner" and not (run.has_states and run.states.mode == "cycles"
+                                        and run.states.projection is None and _all_updates(run)):
+                skip(name, "needs the state after every inner update (solve with --states cycles, no --capture, "
+                     "without --project)")
                 continue
             if name == "selection" and not (run.has_states and run.states.mode == "all"
                                             and run.states.projection is None):
@@ -579,6 +646,8 @@ def analyze(run_path: str, *, checkpoint: str | None = None, only: list[str] | N
                 store(name, embedding_arrays(run, opts))
             elif name == "probes":
                 store(name, probe_arrays(run, opts))
+            elif name == "inner":
+                store(name, inner_arrays(run, opts))
             else:
                 model = model or ckpt.load(ckpt_path, device).requires_grad_(False)
                 if name == "end_states":

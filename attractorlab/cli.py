@@ -197,7 +197,9 @@ def add_solve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--select", default=d.select, choices=SELECT_RULES,
                    help="how to choose among restarts without a verifier: convergence (lowest change of all logits "
                    "over the last --window steps), reference (the reference evaluation's score: per-cell logit "
-                   "change averaged over cells and the last --window steps) or majority (most common final answer)")
+                   "change averaged over cells and the last --window steps), majority (most common final answer) or "
+                   "attractor (each restart's end polished noise-free to its fixed point; the attractor most restarts "
+                   "reached; a fixed-point solve per puzzle whose restarts disagree, seconds each on a CPU)")
     p.add_argument("--window", type=int, default=d.window, help="steps averaged by the convergence scores")
     p.add_argument("--full-vocab", action="store_true",
                    help="read answers out by an argmax over the full vocabulary, as the reference evaluation does "
@@ -209,11 +211,17 @@ def add_solve(p: argparse.ArgumentParser) -> None:
                    "argmax over the full vocabulary); overrides --halt, --select, --no-noise and --full-vocab")
     p.add_argument("--batch-size", type=int, default=64, help="puzzles per batch (rows = batch x breadth)")
     p.add_argument("--seed", type=int, default=0, help="random seed (initial states, noise, generated puzzles)")
-    p.add_argument("--out", default="trajectories/run.h5", help="run file to write (HDF5, schema 1)")
+    p.add_argument("--out", default="trajectories/run.h5", help="run file to write (HDF5, schema 2)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run file")
-    p.add_argument("--states", default="none", choices=["none", "final", "all"], help="latent states to record")
-    p.add_argument("--state-stride", type=int, default=1, help="with --states all: keep every K-th outer step")
+    p.add_argument("--states", default="none", choices=["none", "final", "all", "cycles"],
+                   help="latent states to record: none, final (at halting), all (every --state-stride-th outer "
+                   "step) or cycles (inside those steps, the state after every inner update kept by --capture)")
+    p.add_argument("--state-stride", type=int, default=1,
+                   help="with --states all|cycles: keep every K-th outer step")
+    p.add_argument("--capture", type=lambda v: [x for x in v.split(",") if x], metavar="PATTERNS",
+                   help="with --states cycles: comma-separated names or shell patterns of the inner updates to keep "
+                   "(H1.L1 ... H{H_cycles}.H; e.g. 'H*.L*' for z_L only; default all)")
     p.add_argument("--state-dtype", default="float16", choices=["float16", "float32"], help="stored state precision")
     p.add_argument("--project", type=int, default=0, metavar="K",
                    help="store each cell's [z_H, z_L] projected on a fixed random orthonormal basis of K dims "
@@ -263,6 +271,8 @@ def run_solve(args: argparse.Namespace) -> int:
                                 seed=args.seed, full_vocab=args.full_vocab, restart_std=args.restart_std)
     if args.state_stride < 1 or args.project < 0:
         raise InputError("--state-stride must be >= 1 and --project >= 0")
+    if args.capture is not None and args.states != "cycles":
+        raise InputError("--capture needs --states cycles")
     if args.resume and args.overwrite:
         raise InputError("--resume and --overwrite exclude each other")
     if os.path.exists(args.out) and not (args.resume or args.overwrite):
@@ -274,8 +284,9 @@ def run_solve(args: argparse.Namespace) -> int:
     if args.project > 2 * d.hidden_size:
         raise InputError(f"--project must be at most 2 x hidden_size = {2 * d.hidden_size}")
     shape = (d.seq_len, args.project) if args.project else (2, d.seq_len, d.hidden_size)
+    updates = rollout.inner_updates(model, args.capture) if args.states == "cycles" else ()
     spec = recording.StateSpec(mode=args.states, stride=args.state_stride, dtype=args.state_dtype,
-                               shape=shape if args.states != "none" else ())
+                               shape=shape if args.states != "none" else (), updates=updates)
     size = recording.estimate_size(len(puzzles), args.breadth, args.depth, spec, seq_len=d.seq_len)
     recording.check_disk_space(args.out, size)
     if dist_info.main:
@@ -284,7 +295,7 @@ def run_solve(args: argparse.Namespace) -> int:
         print(f"{d.family.upper()} model, initial state {_starts(d, cfg)}")
     config = {"model": d.to_dict(), "rollout": dataclasses.asdict(cfg),
               "states": {"mode": args.states, "stride": args.state_stride, "dtype": args.state_dtype,
-                         "project": args.project},
+                         "project": args.project, "updates": list(updates)},
               "data": args.data or f"generated:{args.difficulty}:{len(puzzles)}:seed{args.seed}",
               "protocol": args.protocol or "attractorlab"}
     attrs = {"config_json": json.dumps(config, sort_keys=True), "checkpoint_path": os.path.abspath(args.checkpoint),
@@ -294,7 +305,7 @@ def run_solve(args: argparse.Namespace) -> int:
     try:
         summary = solve.solve_puzzles(model, puzzles, cfg, out, batch_size=args.batch_size, states=args.states,
                                 state_stride=args.state_stride, state_dtype=args.state_dtype, project=args.project,
-                                resume=args.resume, overwrite=args.overwrite, attrs=attrs,
+                                updates=updates or None, resume=args.resume, overwrite=args.overwrite, attrs=attrs,
                                 progress=args.progress and dist_info.main, rank=dist_info.rank,
                                 world=dist_info.world)
     except BaseException:

@@ -379,34 +379,49 @@ class EquilibriumReasoner(nn.Module):
             out = out + self.config.noise_scale * eps
         return out
 
+    def update_names(self) -> list[str]:
+        """:func:`update_names` of this model's cycles."""
+        return update_names(self.config.H_cycles, self.config.L_cycles)
+
     def _cycle(self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor, noise: bool,
-               generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.config.hierarchical:  # one stream, the same number of module applications
-            for _ in range(self.config.L_cycles + 1):
-                z_H = self.module(z_H, x, noise, generator)
-            return z_H, z_H
-        for _ in range(self.config.L_cycles):
-            z_L = self.module(z_L, z_H + x, noise, generator)
-        z_H = self.module(z_H, z_L, noise, generator)
+               generator: torch.Generator | None, on_update: Callable | None = None,
+               h: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        def report(name: str) -> None:
+            if on_update is not None:
+                on_update(f"H{h}.{name}", LatentState(z_H, z_L))
+
+        single = not self.config.hierarchical  # one stream, the same number of module applications
+        for l in range(1, self.config.L_cycles + 1):
+            if single:
+                z_H = z_L = self.module(z_H, x, noise, generator)
+            else:
+                z_L = self.module(z_L, z_H + x, noise, generator)
+            report(f"L{l}")
+        z_H = self.module(z_H, x if single else z_L, noise, generator)
+        if single:
+            z_L = z_H
+        report("H")
         return z_H, z_L
 
     def step(self, state: LatentState, tokens: torch.Tensor, *, noise: bool = True,
              generator: torch.Generator | None = None, x: torch.Tensor | None = None,
-             grad_last_only: bool | None = None) -> LatentState:
+             grad_last_only: bool | None = None, on_update: Callable | None = None) -> LatentState:
         """One outer step: H_cycles x (L_cycles updates of z_L, then one of z_H).
 
         In training mode the first ``H_cycles - 1`` cycles run without gradients (as in the reference), so
         gradients flow only through the last cycle. ``noise=False`` makes the step a deterministic map.
         ``x`` may pass a precomputed ``embed(tokens)`` to save work in long rollouts; ``grad_last_only``
         overrides the training-mode gradient truncation (``False`` always keeps the full graph).
+        ``on_update(name, state)`` is called after every inner update with its name (:meth:`update_names`) and the
+        LatentState at that moment (a ``run_with_cache``-style capture inside the outer step).
         """
         x = self.embed(tokens) if x is None else x
         z_H, z_L = state.z_H, state.z_L
         truncate = self.training if grad_last_only is None else grad_last_only
         with torch.set_grad_enabled(torch.is_grad_enabled() and not truncate):
-            for _ in range(self.config.H_cycles - 1):
-                z_H, z_L = self._cycle(z_H, z_L, x, noise, generator)
-        z_H, z_L = self._cycle(z_H, z_L, x, noise, generator)
+            for h in range(1, self.config.H_cycles):
+                z_H, z_L = self._cycle(z_H, z_L, x, noise, generator, on_update, h)
+        z_H, z_L = self._cycle(z_H, z_L, x, noise, generator, on_update, self.config.H_cycles)
         return LatentState(z_H, z_L)
 
     def forward(self, state: LatentState, tokens: torch.Tensor, **kwargs) -> LatentState:
@@ -441,6 +456,14 @@ class EquilibriumReasoner(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def update_names(H_cycles: int, L_cycles: int) -> list[str]:
+    """Names of the inner updates of one outer step, in order: ``H{h}.L{l}`` (the l-th update of z_L in H-cycle h)
+    and ``H{h}.H`` (the update of z_H closing it), 1-based. A single-stream model applies its module under the same
+    names (z_L is z_H there)."""
+    cycle = [*(f"L{l}" for l in range(1, L_cycles + 1)), "H"]
+    return [f"H{h}.{u}" for h in range(1, H_cycles + 1) for u in cycle]
 
 
 def pick_device(name: str = "auto") -> torch.device:

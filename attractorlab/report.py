@@ -29,7 +29,7 @@ CORRECT, INCORRECT, GREY = "#2ca02c", "#d62728", "#9e9e9e"
 LABELS = {0: ("correct", CORRECT), 1: ("spurious (valid answer)", "#ff7f0e"), 2: ("invalid answer", "#9467bd")}
 CORRECT_SHADES = ("#2ca02c", "#1b6e1b", "#74c476")
 SPURIOUS_COLOURS = ("#ff7f0e", "#d62728", "#9467bd", "#1f77b4", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
-ANALYSES = ("summary", "scaling", "convergence", "probes", "embedding", "end_states", "lyapunov", "selection",
+ANALYSES = ("summary", "scaling", "convergence", "probes", "inner", "embedding", "end_states", "lyapunov", "selection",
             "fixed_points", "basins")
 TEMPLATE = "plotly_white"
 MONO = {"font": {"family": "DejaVu Sans Mono, Menlo, Consolas, monospace", "size": 12}, "align": "left"}
@@ -94,6 +94,10 @@ FIGURES = {
                            "end state (± standard error): below zero the orbit contracts onto a fixed point or a "
                            "stable cycle, near zero it drifts along a neutral direction, above zero it is "
                            "chaotic. Green: the restart's answer was correct."),
+    "inner": FigureInfo("Convergence vs correctness", "Inside the outer step",
+                        "Median relative change of z_L at each of its updates inside the outer step (x: H-cycle "
+                        "and L update), for the first, middle and last recorded outer step: falling along each "
+                        "H-cycle, z_L settles while z_H is held."),
     "probes": FigureInfo("Probes", "Probe accuracy vs step",
                          "Cell accuracy of linear label probes per outer step (band: ±1 std over folds)."),
     "trajectories": FigureInfo("Trajectories", "Trajectories",
@@ -232,6 +236,20 @@ def _selection(res: AnalysisResult) -> go.Figure:
     fig.update_xaxes(title="depth (outer steps)", type="log")
     fig.update_yaxes(title="accuracy", range=[0, 1.02])
     return _layout(fig, f"Restart selection by depth ({int(res.attrs.get('puzzles', 0))} puzzles)", 380)
+
+
+def _inner(res: AnalysisResult) -> go.Figure:
+    median = _get(res, "median_change")  # [K, H, L]
+    steps, n_h, n_l = _get(res, "steps"), median.shape[1], median.shape[2]
+    fig = go.Figure()
+    x = [f"H{h + 1}.L{l + 1}" for h in range(n_h) for l in range(n_l)]
+    shown = sorted({0, len(steps) // 2, len(steps) - 1})
+    for j, k in enumerate(shown):
+        fig.add_trace(go.Scatter(x=x, y=median[k].ravel(), mode="lines+markers", name=f"outer step {int(steps[k])}",
+                                 line=dict(color=SPURIOUS_COLOURS[j % len(SPURIOUS_COLOURS)])))
+    fig.update_xaxes(title="inner update of z_L")
+    fig.update_yaxes(title="median relative change of z_L", type="log")
+    return _layout(fig, f"Inside the outer step: does z_L settle? ({int(res.attrs.get('puzzles', 0))} puzzles)", 380)
 
 
 def _residual_curves(res: AnalysisResult) -> go.Figure:
@@ -579,6 +597,7 @@ def _collect(run: Run) -> tuple[dict[str, go.Figure], list[tuple[str, str]]]:
         "scaling_depth": ("scaling", lambda: _scaling(results["scaling"], "depth")),
         "scaling_breadth": ("scaling", lambda: _scaling(results["scaling"], "breadth")),
         "selection": ("selection", lambda: _selection(results["selection"])),
+        "inner": ("inner", lambda: _inner(results["inner"])),
         "residual_curves": ("convergence", lambda: _residual_curves(results["convergence"])),
         "roc": ("convergence", lambda: _roc(results["convergence"])),
         "steps_vs_rating": ("convergence", lambda: _steps_vs_rating(results["convergence"])),

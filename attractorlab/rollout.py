@@ -9,17 +9,20 @@ The task of the model (``model.config.task``) reads answers out of the logits an
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import fnmatch
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from attractorlab import dynamics
 from attractorlab.errors import InputError
 from attractorlab.model import EquilibriumReasoner, LatentState, autocast
 from attractorlab.tasks import Task, get_task
 
-SELECT_RULES = ("convergence", "reference", "majority")
+SELECT_RULES = ("convergence", "reference", "majority", "attractor")
+ATTRACTOR_TOL = 1e-4  # relative residual at which a polished end state counts as a fixed point (select="attractor")
 
 
 # --- halting rules: (q, residual, answer, previous answer, settled counter, config) -> (done, counter) ----------
@@ -58,7 +61,9 @@ class RolloutConfig:
 
     ``select``: ``convergence`` (lowest mean norm of the change of all logits over the last ``window`` steps),
     ``reference`` (the reference evaluation's score: the per-cell L2 change of the logits averaged over cells,
-    then over the last ``window`` steps) or ``majority`` (the most common final answer). ``full_vocab`` reads
+    then over the last ``window`` steps), ``majority`` (the most common final answer) or ``attractor`` (each
+    restart's end state polished noise-free to the fixed point it sits at; the attractor most restarts reached, see
+    :func:`select_by_attractor`; costs a fixed-point solve per instance whose restarts disagree). ``full_vocab`` reads
     answers out with an argmax over the full vocabulary, as the reference evaluation does. ``restart_std``: for a
     model with a fixed initial state (TRM), breadth > 1 starts every restart from a zero-mean truncated normal of
     this std, as the reference evaluation does (``different_init_reset_std``); breadth 1 starts from the stored
@@ -196,23 +201,61 @@ def _select(res: dict[str, np.ndarray], cfg: RolloutConfig) -> tuple[np.ndarray,
     return (majority if cfg.select == "majority" else select_lowest_score(score)), majority
 
 
+def select_by_attractor(model: EquilibriumReasoner, tokens: torch.Tensor, ends: torch.Tensor, answers: np.ndarray,
+                        score: np.ndarray, tol: float = ATTRACTOR_TOL) -> np.ndarray:
+    """Attractor-aware restart choice, ``[n]`` int32: for each instance (``tokens [n, L]``), the restarts' end states
+    (``ends [n, B, d]``, flat latent states) are polished noise-free to the fixed point each sits at
+    (:func:`attractorlab.dynamics.polish`) and :func:`attractorlab.dynamics.select_attractor` takes the attractor
+    most restarts reached, falling back to the lowest ``score [n, B]`` (the convergence score) where no restart
+    sits at one. Instances whose restarts all end with the same answer (``answers [n, B, L]``) keep the score's
+    choice without a solve: every choice gives that answer."""
+    chosen = select_lowest_score(score)
+    agree = (answers == answers[:, :1]).all(axis=(1, 2))
+    fallback = np.where(np.isfinite(score), score, np.inf)
+    for i in np.flatnonzero(~agree):
+        f = model.as_map(tokens[i : i + 1])
+        polished = dynamics.polish(f, ends[i].to(model.device), tol=tol)
+        chosen[i] = dynamics.select_attractor(polished, fallback[i])
+    return chosen
+
+
 # --- state snapshots -----------------------------------------------------------------------------------------
 
 class _Snapshots:
-    """Records ``state_fn(state)`` per row: ``none``, ``final`` (at halting) or ``all`` (step 0, every
-    ``stride``-th step and the last; halted rows repeat their frozen state)."""
+    """Records ``state_fn(state)`` per row: ``none``, ``final`` (at halting), ``all`` (step 0, every
+    ``stride``-th step and the last; halted rows repeat their frozen state) or ``cycles`` (step 0, then inside each
+    step ``all`` keeps, the state after each inner update named in ``updates``)."""
 
-    def __init__(self, mode: str, stride: int, depth: int, state_fn: Callable[[LatentState], torch.Tensor]):
-        self.mode, self.state_fn = mode, state_fn
+    def __init__(self, mode: str, stride: int, depth: int, state_fn: Callable[[LatentState], torch.Tensor],
+                 updates: tuple[str, ...] = ()):
+        self.mode, self.state_fn, self.updates = mode, state_fn, set(updates)
         self.at = [0, *range(stride, depth + 1, stride)] + ([depth] if depth % stride else [])
         self.due = set(self.at)
         self.frames: list[torch.Tensor] = []
         self.current: torch.Tensor | None = None
+        self.per_step = len(updates) if mode == "cycles" else 1
+
+    def inside(self, t: int, active: torch.Tensor) -> Callable[[str, LatentState], None] | None:
+        """The ``on_update`` hook for outer step ``t`` (None unless mode ``cycles`` keeps that step)."""
+        if self.mode != "cycles" or t not in self.due:
+            return None
+        rows = active.cpu()
+
+        def keep(name: str, state: LatentState) -> None:
+            if name in self.updates:
+                self.current[rows] = self.state_fn(state).float().cpu()
+                self.frames.append(self.current.clone())
+
+        return keep
+
+    def halted(self, state: LatentState, active: torch.Tensor, done: torch.Tensor) -> None:
+        if self.mode in ("final", "cycles"):
+            self.current[active[done].cpu()] = self.state_fn(_rows(state, done)).float().cpu()
 
     def start(self, state: LatentState) -> None:
         if self.mode != "none":
             self.current = self.state_fn(state).float().cpu()
-        if self.mode == "all":
+        if self.mode in ("all", "cycles"):
             self.frames.append(self.current.clone())
 
     def after_step(self, t: int, state: LatentState, active: torch.Tensor) -> None:
@@ -220,23 +263,33 @@ class _Snapshots:
             self.current[active.cpu()] = self.state_fn(state).float().cpu()
             self.frames.append(self.current.clone())
 
-    def halted(self, state: LatentState, active: torch.Tensor, done: torch.Tensor) -> None:
-        if self.mode == "final":
-            self.current[active[done].cpu()] = self.state_fn(_rows(state, done)).float().cpu()
-
     def arrays(self, n: int, b: int, depth: int) -> tuple[np.ndarray | None, np.ndarray | None]:
         """``states [n, B, S, *shape]`` and ``state_steps [S]`` (None, None without states)."""
         if self.mode == "none":
             return None, None
         if self.mode == "final":
             return self.current.view(n, b, 1, *self.current.shape[1:]).numpy(), np.asarray([depth], np.int32)
-        self.frames += [self.current.clone() for _ in self.at[len(self.frames):]]  # all rows halted early
+        steps = np.asarray([0, *np.repeat(self.at[1:], self.per_step)], np.int32)
+        self.frames += [self.current.clone() for _ in steps[len(self.frames):]]  # all rows halted early
         data = torch.stack(self.frames, dim=1)
-        return data.view(n, b, len(self.frames), *data.shape[2:]).numpy(), np.asarray(self.at, np.int32)
+        return data.view(n, b, len(self.frames), *data.shape[2:]).numpy(), steps
 
 
 def _rows(state: LatentState, keep: torch.Tensor) -> LatentState:
     return LatentState(state.z_H[keep], state.z_L[keep])
+
+
+def inner_updates(model: EquilibriumReasoner, updates: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The inner updates ``states="cycles"`` keeps, in the order they happen: ``updates`` (names of
+    ``model.update_names()`` or shell-style patterns such as ``H*.L*``), default all."""
+    names = model.update_names()
+    if updates is None:
+        return tuple(names)
+    unknown = [u for u in updates if not fnmatch.filter(names, u)]
+    if unknown or not updates:
+        raise InputError(f"no inner update matches {', '.join(unknown) or 'an empty list'}; this model's updates "
+                         f"are {', '.join(names)}")
+    return tuple(n for n in names if any(fnmatch.fnmatchcase(n, u) for u in updates))
 
 
 # --- the rollout -----------------------------------------------------------------------------------------------
@@ -279,12 +332,15 @@ def _grade(task: Task, answer: torch.Tensor, tok: torch.Tensor, sol: torch.Tenso
 
 def rollout(model: EquilibriumReasoner, tokens: torch.Tensor, solution: torch.Tensor | None, config: RolloutConfig,
             *, state_fn: Callable[[LatentState], torch.Tensor] | None = None, state_stride: int = 1,
-            states: str = "none", on_step: Callable[[int, int], None] | None = None) -> RolloutResult:
+            states: str = "none", updates: tuple[str, ...] | None = None,
+            on_step: Callable[[int, int], None] | None = None) -> RolloutResult:
     """Run ``n`` instances x ``B`` restarts for up to ``config.depth`` outer steps.
 
     tokens: ``[n, L]`` token encoding; solution: ``[n, L]`` labels in the task's answer encoding (0 = unknown) or
-    None. states: ``none`` | ``final`` | ``all`` (every ``state_stride``-th step, plus the initial state);
-    ``state_fn`` maps a LatentState to the stored per-row snapshot ``[rows, *shape]`` (default: stack of z_H, z_L).
+    None. states: ``none`` | ``final`` | ``all`` (every ``state_stride``-th step, plus the initial state) |
+    ``cycles`` (inside those steps, the state after each inner update in ``updates``, default all of
+    ``model.update_names()``); ``state_fn`` maps a LatentState to the stored per-row snapshot ``[rows, *shape]``
+    (default: stack of z_H, z_L).
     on_step(t, active_rows) is called after every outer step (progress reporting).
     """
     device, cfg, task = model.device, config, get_task(model.config.task)
@@ -292,8 +348,11 @@ def rollout(model: EquilibriumReasoner, tokens: torch.Tensor, solution: torch.Te
     tok = tokens.to(device).repeat_interleave(b, dim=0)  # [rows, L]
     sol = None if solution is None else solution.to(device).repeat_interleave(b, dim=0)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    snaps = _Snapshots(states, state_stride, T, state_fn or (lambda s: torch.stack([s.z_H, s.z_L], dim=1)))
+    snaps = _Snapshots(states, state_stride, T, state_fn or (lambda s: torch.stack([s.z_H, s.z_L], dim=1)),
+                       inner_updates(model, updates) if states == "cycles" else ())
     rec = _Records(n * b, T, model.config.seq_len, device)
+    by_attractor = cfg.select == "attractor" and b > 1
+    ends = _Snapshots("final" if by_attractor else "none", 1, T, lambda s: s.flatten())
     halting = HALTING[cfg.halt]
     with torch.inference_mode(), autocast(device):
         state = model.init_state(tok, generator=gen, restart_std=cfg.restart_std if b > 1 else None)
@@ -303,10 +362,12 @@ def rollout(model: EquilibriumReasoner, tokens: torch.Tensor, solution: torch.Te
         active = torch.arange(n * b, device=device)
         below = torch.zeros(n * b, dtype=torch.int32, device=device)
         snaps.start(state)
+        ends.start(state)
         compute = 0
         for t in range(T):
             flat_prev = state.flatten()
-            state = model.step(state, tok[active], noise=cfg.noise, generator=gen, x=x)
+            state = model.step(state, tok[active], noise=cfg.noise, generator=gen, x=x,
+                               on_update=snaps.inside(t + 1, active))
             compute += int(active.numel())
             flat = state.flatten()
             res = (flat - flat_prev).float().norm(dim=1) / flat.float().norm(dim=1).clamp_min(1e-30)
@@ -325,6 +386,7 @@ def rollout(model: EquilibriumReasoner, tokens: torch.Tensor, solution: torch.Te
             if done.any():
                 rec.steps[active[done]] = t + 1
                 snaps.halted(state, active, done)
+                ends.halted(state, active, done)
                 keep = ~done
                 active, state, x = active[keep], _rows(state, keep), x[keep]
                 prev_logits, prev_answer = prev_logits[keep], prev_answer[keep]
@@ -334,6 +396,10 @@ def rollout(model: EquilibriumReasoner, tokens: torch.Tensor, solution: torch.Te
                 break
     out = rec.frozen(n, b)
     out["selected"], out["selected_majority"] = _select(out, cfg)
+    if by_attractor:
+        final_pred = out["pred"][np.arange(n)[:, None], np.arange(b)[None, :], out["steps"] - 1]
+        score = convergence_score(out["logit_change"], out["steps"], cfg.window)
+        out["selected"] = select_by_attractor(model, tokens, ends.current.clone().view(n, b, -1), final_pred, score)
     states_np, state_steps = snaps.arrays(n, b, T)
     return RolloutResult(**out, states=states_np, state_steps=state_steps, compute_steps=compute)
 

@@ -17,7 +17,7 @@ import torch
 from attractorlab import reference
 from attractorlab.errors import InputError
 from attractorlab.model import EquilibriumReasoner, LatentState
-from attractorlab.rollout import RolloutConfig, RolloutResult, reference_score, rollout
+from attractorlab.rollout import RolloutConfig, RolloutResult, inner_updates, reference_score, rollout
 from attractorlab.tasks import PuzzleSet, Task, get_task
 
 
@@ -130,9 +130,13 @@ def _state_layout(model: EquilibriumReasoner, project: int, seed: int):
 
 def solve_puzzles(model: EquilibriumReasoner, puzzles: PuzzleSet, config: RolloutConfig, out: str | None, *,
                   batch_size: int = 64, states: str = "none", state_stride: int = 1, state_dtype: str = "float16",
-                  project: int = 0, resume: bool = False, overwrite: bool = False, attrs: dict | None = None,
+                  project: int = 0, updates: tuple[str, ...] | None = None, resume: bool = False,
+                  overwrite: bool = False, attrs: dict | None = None,
                   progress: bool = True, rank: int = 0, world: int = 1) -> SolveSummary:
-    """Roll out every instance (batch by batch) and append each finished batch to the run file ``out``."""
+    """Roll out every instance (batch by batch) and append each finished batch to the run file ``out``.
+
+    ``states``, ``state_stride``, ``state_dtype``, ``project`` and ``updates`` (the inner updates ``states="cycles"``
+    keeps: names or patterns, default all) say which latent states the run file stores."""
     from tqdm import tqdm
 
     from attractorlab import recording  # h5py only when a run is actually solved
@@ -144,8 +148,9 @@ def solve_puzzles(model: EquilibriumReasoner, puzzles: PuzzleSet, config: Rollou
     task = get_task(model.config.task)
     task.check(puzzles)
     state_fn, shape, basis = _state_layout(model, project, config.seed)
+    updates = inner_updates(model, updates) if states == "cycles" else ()
     spec = recording.StateSpec(mode=states, stride=state_stride, dtype=state_dtype,
-                               shape=shape if states != "none" else (), projection=basis)
+                               shape=shape if states != "none" else (), projection=basis, updates=updates)
     batches = [(i, i * batch_size) for i in range(-(-len(puzzles) // batch_size))][rank::world]
     writer = None
     if out is not None:
@@ -168,7 +173,7 @@ def solve_puzzles(model: EquilibriumReasoner, puzzles: PuzzleSet, config: Rollou
                 continue
             cfg = dataclasses.replace(config, seed=config.seed + index)
             res = rollout(model, torch.tensor(chunk.tokens, dtype=torch.long), torch.tensor(chunk.solution),
-                          cfg, state_fn=state_fn, state_stride=state_stride, states=states)
+                          cfg, state_fn=state_fn, state_stride=state_stride, states=states, updates=updates or None)
             if writer is not None:
                 states_np = None if res.states is None else res.states.astype(state_dtype)
                 writer.append(chunk, res.as_dict(), states_np)

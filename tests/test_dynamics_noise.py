@@ -204,6 +204,21 @@ def test_polish_finds_the_attractor_under_each_noisy_end_state():
         polish(cubic(), ends, steps=-1)
 
 
+def test_polish_decides_in_the_working_dtype_unless_asked_to_refine():
+    def f(z):  # attractors at the corners of {-sqrt 2, sqrt 2}^2: no float32 number is one
+        return z + 0.5 * (z - z**3 / 2)
+
+    gen = torch.Generator().manual_seed(2)
+    corners = math.sqrt(2) * torch.tensor([[1.0, 1.0], [-1.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    ends = (corners + 0.05 * torch.randn(3, 2, generator=gen, dtype=torch.float64)).float()
+    plain, refined = polish(f, ends), polish(f, ends, refine=True)
+    assert plain.z.dtype == torch.float32 and refined.z.dtype == torch.float64
+    assert plain.point.tolist() == refined.point.tolist() and plain.point[0] == plain.point[2] != plain.point[1]
+    assert plain.stable.all() and refined.stable.all() and len(plain.points) == 2
+    assert float((refined.z - corners).abs().max()) < 1e-12
+    assert float((plain.z.double() - corners).abs().max()) < 1e-5
+
+
 def test_attractor_selection_takes_the_most_visited_attractor_where_the_convergence_score_disagrees():
     gen = torch.Generator().manual_seed(1)
     ends = torch.tensor([[1.0, 1.0]] * 3 + [[-1.0, 1.0], [0.0, 1.0]], dtype=torch.float64)

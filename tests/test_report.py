@@ -18,9 +18,9 @@ from attractorlab import recording as rec
 from attractorlab import report
 
 N, B, T = 6, 2, 5
-ALL_FIGURES = ["summary", "scaling_depth", "scaling_breadth", "selection", "residual_curves", "roc", "steps_vs_rating",
-               "endings", "halting", "end_states", "lyapunov", "probes", "trajectories", "spectra", "spectral_radius",
-               "basin_maps", "basin_stability"]
+ALL_FIGURES = ["summary", "scaling_depth", "scaling_breadth", "selection", "inner", "residual_curves", "roc",
+               "steps_vs_rating", "endings", "halting", "end_states", "lyapunov", "probes", "trajectories", "spectra",
+               "spectral_radius", "basin_maps", "basin_stability"]
 PLOTLY_HEADER = re.compile(r"\* plotly\.js v\d")
 
 
@@ -82,6 +82,9 @@ def write_all(path: str, seed: int = 0) -> None:
     rec.write_analysis(path, "selection", {
         "depths": np.array([1, 2, 5]), "attractor_accuracy": np.array([0.2, 0.5, 0.7]),
         "convergence_accuracy": np.array([0.2, 0.4, 0.6]), "oracle_accuracy": np.array([0.5, 0.8, 0.9])},
+        {"puzzles": N})
+    rec.write_analysis(path, "inner", {
+        "steps": np.array([1, 4]), "median_change": np.geomspace(1e-1, 1e-3, 2 * 2 * 3).reshape(2, 2, 3)},
         {"puzzles": N})
     rec.write_analysis(path, "lyapunov", {
         "exponent": r.normal(size=(N, B)) * 0.1, "stderr": np.full((N, B), 0.01), "regime": np.ones((N, B), np.int64),

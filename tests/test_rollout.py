@@ -11,6 +11,7 @@ from attractorlab.rollout import (
     RolloutConfig,
     convergence_score,
     rollout,
+    select_by_attractor,
     select_lowest_score,
     select_majority,
 )
@@ -47,6 +48,43 @@ def test_select_majority_counts_votes_and_breaks_ties_by_score():
     sel = select_majority(pred, score)
     assert pred[0, sel[0], 0] == 2  # b has two votes
     assert sel[1] == 0  # a has two votes (restarts 0 and 3); restart 0 has the lower score
+
+
+class CubicModel:
+    """Stands in for a reasoner: instance i's outer step is a map of 2-D states with attractors at the corners of
+    {-1, 1}^2 and saddles on the axes, shifted by the instance's token."""
+
+    device = torch.device("cpu")
+
+    def as_map(self, tokens):
+        shift = float(tokens[0, 0])
+        return lambda z: z + 0.5 * ((z - shift) - (z - shift) ** 3)
+
+
+def test_attractor_selection_polishes_only_where_restarts_disagree():
+    tokens = torch.tensor([[0], [3]])
+    ends = torch.tensor([[[1.02, 0.99], [1.01, 1.03], [-0.999, 1.0], [0.0, 1.0]],  # 2 restarts on (1, 1)
+                         [[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]], dtype=torch.float64)
+    ends[1] += 3.0
+    answers = np.array([[[1], [1], [2], [3]], [[7], [7], [7], [7]]])
+    score = np.array([[0.5, 0.4, 0.01, 0.02], [0.3, 0.2, 0.1, 0.4]])  # the score prefers restart 2 and 2
+    chosen = select_by_attractor(CubicModel(), tokens, ends, answers, score)
+    assert chosen.tolist() == [0, 2]  # instance 0: on (1, 1), closest; instance 1: one answer, the score's choice
+    assert select_lowest_score(score).tolist() == [2, 2]
+
+
+def test_rollout_with_attractor_selection_chooses_from_the_polished_ends(puzzles):
+    model = tiny_model(seed=3)
+    tok, sol = as_tensors(puzzles[:2])
+    cfg = RolloutConfig(depth=6, breadth=3, seed=2, select="attractor")
+    res = rollout(model, tok, sol, cfg, states="final", state_fn=lambda s: s.flatten())
+    final_pred = res.pred[:, :, -1]
+    assert not (final_pred == final_pred[:, :1]).all()  # some restarts disagree: a polish ran
+    expect = select_by_attractor(model, tok, torch.as_tensor(res.states[:, :, 0]), final_pred,
+                                 convergence_score(res.logit_change, res.steps, cfg.window))
+    assert res.selected.tolist() == expect.tolist()
+    plain = rollout(model, tok, sol, RolloutConfig(depth=6, breadth=3, seed=2))
+    np.testing.assert_array_equal(plain.pred, res.pred)  # the rule changes only the choice
 
 
 def test_halting_freezes_rows_and_saves_compute(puzzles):

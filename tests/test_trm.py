@@ -195,7 +195,7 @@ def test_analyze_draws_a_fixed_start_models_restarts_with_the_runs_std(tmp_path,
                   RolloutConfig(depth=4, breadth=2, restart_std=0.5), str(run), attrs=attrs, progress=False)
     seen = []
     ends = analyze._ends
-    monkeypatch.setattr(analyze, "_ends", lambda *a: seen.append(a[-1]) or ends(*a))
+    monkeypatch.setattr(analyze, "_ends", lambda *a: seen.append(a[6]) or ends(*a))  # restart_std
     analyze.analyze(str(run), only=["fixed_points"], options=analyze.AnalyzeOptions(n_puzzles=1, restarts=2,
                     max_steps=8), progress=False, log=lambda _: None)
     assert seen == [0.5]

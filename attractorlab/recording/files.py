@@ -119,4 +119,5 @@ def _state_spec(f: h5py.File) -> StateSpec:
     return StateSpec(mode=str(_decode(g.attrs["mode"])), stride=int(g.attrs["stride"]),
                      dtype=str(_decode(g.attrs["dtype"])), shape=tuple(int(s) for s in g.attrs["shape"]),
                      projection=g["projection"][()] if "projection" in g else None,
-                     description=str(_decode(g.attrs.get("description", ""))))
+                     description=str(_decode(g.attrs.get("description", ""))),
+                     updates=tuple(_decode(u) for u in g["update_names"][()]) if "update_names" in g else ())

@@ -126,7 +126,8 @@ class _Table:
 
 @dataclass
 class StatesView:
-    """Stored latent states: ``data [N, B, S, *shape]`` (lazy), ``steps [S]``, optional ``projection``."""
+    """Stored latent states: ``data [N, B, S, *shape]`` (lazy), ``steps [S]``, optional ``projection``; with mode
+    ``cycles`` also ``updates [S]`` (index into ``update_names``, -1 = initial state) and ``update_names [U]``."""
 
     data: LazyArray
     steps: np.ndarray
@@ -134,6 +135,11 @@ class StatesView:
 
     mode = property(lambda self: self.spec.mode)
     projection = property(lambda self: self.spec.projection)
+    update_names = property(lambda self: list(self.spec.updates))
+
+    @property
+    def updates(self) -> np.ndarray:
+        return self.spec.update_index(int(self.steps[-1])) if self.spec.mode == "cycles" else np.zeros(0, np.int32)
 
 
 class Run:

@@ -13,7 +13,7 @@ SCHEMA = "attractorlab.run"
 DEFAULT_TASK = "sudoku"  # the task of schema-1 files (which record none), and of writers that name none
 SCHEMA_VERSION = 2  # 2: the root attribute ``task``, /puzzles [N, L] for the task's L, more /rollout arrays
 LIBVER = ("v110", "v110")  # SWMR needs >= 1.10; "latest" (the 2.0 format) is unreadable by 1.10 tools
-STATE_MODES = ("none", "final", "all")
+STATE_MODES = ("none", "final", "all", "cycles")
 STATE_DTYPES = ("float16", "float32")
 RESERVED_ATTRS = ("schema", "schema_version", "n_done", "breadth", "depth", "writer", "merged")
 PUZZLE_FIELDS = {"tokens": ("u1", ("L",)), "solution": ("u1", ("L",)), "source": ("str", ()),
@@ -40,6 +40,10 @@ DESCRIPTIONS = {  # dataset -> (axes, description), written as attributes for re
     "rollout/selected_majority": ("N", "restart chosen by majority vote"),
     "states/data": ("N,B,S,...", "latent state snapshots after the outer steps in /states/steps"),
     "states/steps": ("S", "outer step of each snapshot (0 = initial state)"),
+    "states/updates": ("S", "with mode cycles: index into /states/update_names of the inner update each snapshot "
+                       "follows (-1 = the initial state)"),
+    "states/update_names": ("U", "with mode cycles: the inner updates kept per recorded outer step, in order "
+                            "(H{h}.L{l}: l-th update of z_L in H-cycle h; H{h}.H: the z_H update closing it)"),
     "states/projection": ("D,k", "basis applied to each stored vector (e.g. each cell's [z_H, z_L]) before storing"),
     "n_done": ("", "puzzles fully written (commit point; rows beyond it are unfinished)"),
 }
@@ -58,9 +62,10 @@ class StateSpec:
     """Which latent states a run stores under ``/states``.
 
     mode: ``none`` | ``final`` (state after step T, frozen at halting) | ``all`` (initial state, every
-    ``stride``-th outer step and step T). ``shape`` is one snapshot's shape, e.g. ``(2, L, D)`` for
-    stacked (z_H, z_L) or ``(k,)`` for projected states; ``projection`` an optional ``[D_full, k]`` basis
-    that the caller already applied, stored for reference.
+    ``stride``-th outer step and step T) | ``cycles`` (the initial state, then inside each outer step ``all``
+    keeps, the state after each inner update named in ``updates``). ``shape`` is one snapshot's shape, e.g.
+    ``(2, L, D)`` for stacked (z_H, z_L) or ``(k,)`` for projected states; ``projection`` an optional
+    ``[D_full, k]`` basis that the caller already applied, stored for reference.
     """
 
     mode: str = "none"
@@ -69,6 +74,7 @@ class StateSpec:
     shape: tuple = ()
     projection: np.ndarray | None = None
     description: str = ""
+    updates: tuple = ()
 
     def __post_init__(self) -> None:
         if self.mode not in STATE_MODES:
@@ -80,6 +86,10 @@ class StateSpec:
         self.shape = tuple(int(s) for s in self.shape)
         if self.mode != "none" and (not self.shape or min(self.shape) < 1):
             raise InputError(f"state mode {self.mode!r} needs a non-empty positive shape, got {self.shape}")
+        self.updates = tuple(str(u) for u in self.updates)
+        if (self.mode == "cycles") != bool(self.updates):
+            raise InputError("state mode 'cycles' needs the names of the inner updates to keep (and no other mode "
+                             f"takes them); got mode {self.mode!r} with updates {list(self.updates)}")
         if self.projection is not None:
             self.projection = np.asarray(self.projection)
             if self.projection.ndim != 2 or not self.shape or self.shape[-1] != self.projection.shape[1]:
@@ -92,13 +102,21 @@ class StateSpec:
             return np.zeros(0, np.int32)
         if self.mode == "final":
             return np.array([depth], np.int32)
-        kept = [0, *range(self.stride, depth + 1, self.stride)]
-        return np.array(kept + ([depth] if depth % self.stride else []), np.int32)
+        kept = [*range(self.stride, depth + 1, self.stride)] + ([depth] if depth % self.stride else [])
+        if self.mode == "cycles":
+            return np.array([0, *np.repeat(kept, len(self.updates))], np.int32)
+        return np.array([0, *kept], np.int32)
+
+    def update_index(self, depth: int) -> np.ndarray:
+        """With mode ``cycles``: ``[S]`` int32 index into :attr:`updates` of each snapshot (-1 = initial state)."""
+        n_steps = len(self.steps(depth)) - 1
+        return np.array([-1, *np.tile(np.arange(len(self.updates)), n_steps // max(len(self.updates), 1))],
+                        np.int32)
 
     def key(self) -> tuple:
         """Everything that must match for two runs to share a ``/states`` layout."""
         proj = None if self.projection is None else (self.projection.shape, self.projection.tobytes())
-        return self.mode, self.stride, self.dtype, self.shape, proj
+        return self.mode, self.stride, self.dtype, self.shape, proj, self.updates
 
 
 def _rollout_fields(breadth: int, depth: int, seq_len: int) -> dict[str, tuple[str, tuple]]:

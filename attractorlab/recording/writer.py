@@ -242,6 +242,9 @@ class RunWriter:
             _write_attrs(g, {"mode": spec.mode, "stride": spec.stride, "dtype": spec.dtype,
                              "shape": np.asarray(spec.shape, np.int64), "description": spec.description})
             g.create_dataset("steps", data=spec.steps(self.depth))
+            if spec.mode == "cycles":
+                g.create_dataset("updates", data=spec.update_index(self.depth))
+                g.create_dataset("update_names", data=np.array(spec.updates, dtype=h5py.string_dtype()))
             if spec.projection is not None:
                 g.create_dataset("projection", data=spec.projection)
         for name, (axes, text) in DESCRIPTIONS.items():
