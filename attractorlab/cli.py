@@ -226,6 +226,9 @@ def add_solve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--project", type=int, default=0, metavar="K",
                    help="store each cell's [z_H, z_L] projected on a fixed random orthonormal basis of K dims "
                    "(states [L, K] per snapshot; 0 = full states [2, L, D])")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the outer step: 1.2-1.8x faster rollouts on a CPU after a compile of about "
+                   "half a minute (results agree to float32 rounding; not with --states cycles)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -297,7 +300,7 @@ def run_solve(args: argparse.Namespace) -> int:
               "states": {"mode": args.states, "stride": args.state_stride, "dtype": args.state_dtype,
                          "project": args.project, "updates": list(updates)},
               "data": args.data or f"generated:{args.difficulty}:{len(puzzles)}:seed{args.seed}",
-              "protocol": args.protocol or "attractorlab"}
+              "protocol": args.protocol or "attractorlab", "compile": args.compile}
     attrs = {"config_json": json.dumps(config, sort_keys=True), "checkpoint_path": os.path.abspath(args.checkpoint),
              "checkpoint_sha256": checkpoint.file_sha256(args.checkpoint)}
     out = args.out if dist_info.world == 1 else recording.shard_path(args.out, dist_info.rank, dist_info.world)
@@ -305,7 +308,8 @@ def run_solve(args: argparse.Namespace) -> int:
     try:
         summary = solve.solve_puzzles(model, puzzles, cfg, out, batch_size=args.batch_size, states=args.states,
                                 state_stride=args.state_stride, state_dtype=args.state_dtype, project=args.project,
-                                updates=updates or None, resume=args.resume, overwrite=args.overwrite, attrs=attrs,
+                                updates=updates or None, compile=args.compile, resume=args.resume,
+                                overwrite=args.overwrite, attrs=attrs,
                                 progress=args.progress and dist_info.main, rank=dist_info.rank,
                                 world=dist_info.world)
     except BaseException:

@@ -333,7 +333,7 @@ def _grade(task: Task, answer: torch.Tensor, tok: torch.Tensor, sol: torch.Tenso
 def rollout(model: EquilibriumReasoner, tokens: torch.Tensor, solution: torch.Tensor | None, config: RolloutConfig,
             *, state_fn: Callable[[LatentState], torch.Tensor] | None = None, state_stride: int = 1,
             states: str = "none", updates: tuple[str, ...] | None = None,
-            on_step: Callable[[int, int], None] | None = None) -> RolloutResult:
+            on_step: Callable[[int, int], None] | None = None, compile: bool = False) -> RolloutResult:
     """Run ``n`` instances x ``B`` restarts for up to ``config.depth`` outer steps.
 
     tokens: ``[n, L]`` token encoding; solution: ``[n, L]`` labels in the task's answer encoding (0 = unknown) or
@@ -341,7 +341,9 @@ def rollout(model: EquilibriumReasoner, tokens: torch.Tensor, solution: torch.Te
     ``cycles`` (inside those steps, the state after each inner update in ``updates``, default all of
     ``model.update_names()``); ``state_fn`` maps a LatentState to the stored per-row snapshot ``[rows, *shape]``
     (default: stack of z_H, z_L).
-    on_step(t, active_rows) is called after every outer step (progress reporting).
+    on_step(t, active_rows) is called after every outer step (progress reporting). ``compile`` runs the outer step
+    under ``torch.compile`` (:meth:`EquilibriumReasoner.compiled_step`; not with ``states="cycles"``, whose capture
+    needs the eager step).
     """
     device, cfg, task = model.device, config, get_task(model.config.task)
     n, b, T = tokens.shape[0], cfg.breadth, cfg.depth
@@ -354,6 +356,7 @@ def rollout(model: EquilibriumReasoner, tokens: torch.Tensor, solution: torch.Te
     by_attractor = cfg.select == "attractor" and b > 1
     ends = _Snapshots("final" if by_attractor else "none", 1, T, lambda s: s.flatten())
     halting = HALTING[cfg.halt]
+    step = model.compiled_step() if compile and states != "cycles" else model.step
     with torch.inference_mode(), autocast(device):
         state = model.init_state(tok, generator=gen, restart_std=cfg.restart_std if b > 1 else None)
         x = model.embed(tok)
@@ -366,8 +369,7 @@ def rollout(model: EquilibriumReasoner, tokens: torch.Tensor, solution: torch.Te
         compute = 0
         for t in range(T):
             flat_prev = state.flatten()
-            state = model.step(state, tok[active], noise=cfg.noise, generator=gen, x=x,
-                               on_update=snaps.inside(t + 1, active))
+            state = step(state, tok[active], noise=cfg.noise, generator=gen, x=x, on_update=snaps.inside(t + 1, active))
             compute += int(active.numel())
             flat = state.flatten()
             res = (flat - flat_prev).float().norm(dim=1) / flat.float().norm(dim=1).clamp_min(1e-30)

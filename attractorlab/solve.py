@@ -132,11 +132,12 @@ def solve_puzzles(model: EquilibriumReasoner, puzzles: PuzzleSet, config: Rollou
                   batch_size: int = 64, states: str = "none", state_stride: int = 1, state_dtype: str = "float16",
                   project: int = 0, updates: tuple[str, ...] | None = None, resume: bool = False,
                   overwrite: bool = False, attrs: dict | None = None,
-                  progress: bool = True, rank: int = 0, world: int = 1) -> SolveSummary:
+                  progress: bool = True, rank: int = 0, world: int = 1, compile: bool = False) -> SolveSummary:
     """Roll out every instance (batch by batch) and append each finished batch to the run file ``out``.
 
     ``states``, ``state_stride``, ``state_dtype``, ``project`` and ``updates`` (the inner updates ``states="cycles"``
-    keeps: names or patterns, default all) say which latent states the run file stores."""
+    keeps: names or patterns, default all) say which latent states the run file stores; ``compile`` runs the outer
+    step under ``torch.compile``."""
     from tqdm import tqdm
 
     from attractorlab import recording  # h5py only when a run is actually solved
@@ -173,7 +174,8 @@ def solve_puzzles(model: EquilibriumReasoner, puzzles: PuzzleSet, config: Rollou
                 continue
             cfg = dataclasses.replace(config, seed=config.seed + index)
             res = rollout(model, torch.tensor(chunk.tokens, dtype=torch.long), torch.tensor(chunk.solution),
-                          cfg, state_fn=state_fn, state_stride=state_stride, states=states, updates=updates or None)
+                          cfg, state_fn=state_fn, state_stride=state_stride, states=states, updates=updates or None,
+                          compile=compile)
             if writer is not None:
                 states_np = None if res.states is None else res.states.astype(state_dtype)
                 writer.append(chunk, res.as_dict(), states_np)

@@ -8,8 +8,9 @@ variant the rollout forward (one outer step, inference, path noise on) and the t
 gradient through the last H-cycle, stable-max loss, backward, AdamW, EMA), in puzzle-steps/s and in GFLOP/s
 (matmul FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode``) with their fraction of the matmul rate, and
 the same forward written in the reference's block order (``reference_step``: the ``mlp_t`` block on transposed
-``[B, D, L]`` boards, weights cast at every call) on the same weights, as a ratio. Timings alternate between the
-two forwards and report medians, so background load hits both alike.
+``[B, D, L]`` boards, weights cast at every call) on the same weights, as a ratio. With ``--compile`` the forward
+and the training step are also timed under ``torch.compile`` (rows ``forward+c``, ``train+c``). Timings alternate
+between the forwards and report medians, so background load hits them alike.
 """
 
 from __future__ import annotations
@@ -134,6 +135,13 @@ def _timed(fn, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
+def _row(name: str, variant: str, step: str, batch: int, seconds: float, flops: float, peak: float,
+         ratio: str = "") -> str:
+    rate = batch / seconds
+    return (f"{name:<8} {variant:<10} {step:<9} {batch:>5} {rate:>10.1f} {flops / 1e9:>8.3f} "
+            f"{rate * flops / 1e9:>9.1f} {rate * flops / 1e9 / peak:>6.2f} {ratio:>10}")
+
+
 def measure(name: str, variant: str, settings: dict, args: argparse.Namespace, device: torch.device,
             peak: float) -> list[str]:
     torch.manual_seed(args.seed)
@@ -151,29 +159,29 @@ def measure(name: str, variant: str, settings: dict, args: argparse.Namespace, d
         if x.dtype == torch.float32:  # the two orders compute the same step (bf16 rounding differs more)
             torch.testing.assert_close(reference_step(model, state, x).z_H,
                                        model.step(state, tokens, noise=False, x=x).z_H)
-        ours = lambda: model.step(state, tokens, generator=gen, x=x)  # noqa: E731
-        ref = lambda: reference_step(model, state, x)  # noqa: E731
-        flops = _flops(ours) / batch
-        for fn in (ours, ref):
+        forwards = {"forward": lambda: model.step(state, tokens, generator=gen, x=x),
+                    "ref": lambda: reference_step(model, state, x)}
+        if args.compile:
+            compiled = model.compiled_step()
+            forwards["forward+c"] = lambda: compiled(state, tokens, generator=gen, x=x)
+        flops = _flops(forwards["forward"]) / batch
+        for fn in forwards.values():
             fn()
-        times = {"ours": [], "ref": []}
-        for _ in range(args.repeats):
-            times["ours"].append(_timed(ours, device))
-            times["ref"].append(_timed(ref, device))
-    t_ours, t_ref = statistics.median(times["ours"]), statistics.median(times["ref"])
-    rate = batch / t_ours
-    lines.append(f"{name:<8} {variant:<10} {'forward':<9} {batch:>5} {rate:>10.1f} {flops / 1e9:>8.3f} "
-                 f"{rate * flops / 1e9:>9.1f} {rate * flops / 1e9 / peak:>6.2f} {t_ref / t_ours:>9.2f}x")
-    train_cfg = TrainConfig(model=cfg, batch_size=batch, n_train=batch, augment=False, warmup_steps=0)
-    trainer = Trainer(train_cfg, device, pool=pool)
-    trainer.train_step()
-    step_flops = _flops(trainer.train_step) / batch
-    step_times = [_timed(trainer.train_step, device) for _ in range(args.repeats)]
-    t_step = statistics.median(step_times)
-    rate = batch / t_step
-    lines.append(f"{name:<8} {variant:<10} {'train':<9} {batch:>5} {rate:>10.1f} {step_flops / 1e9:>8.3f} "
-                 f"{rate * step_flops / 1e9:>9.1f} {rate * step_flops / 1e9 / peak:>6.2f} {'':>10}")
-    return lines
+        times = {key: [] for key in forwards}
+        for _ in range(args.repeats):  # interleaved, so background load hits every variant alike
+            for key, fn in forwards.items():
+                times[key].append(_timed(fn, device))
+    t = {key: statistics.median(v) for key, v in times.items()}
+    for key in forwards.keys() - {"ref"}:
+        lines.append(_row(name, variant, key, batch, t[key], flops, peak, f"{t['ref'] / t[key]:.2f}x"))
+    for label, compiled in (("train", False), ("train+c", True))[:1 + args.compile]:
+        train_cfg = TrainConfig(model=cfg, batch_size=batch, n_train=batch, augment=False, warmup_steps=0)
+        trainer = Trainer(train_cfg, device, pool=pool, compile_model=compiled)
+        trainer.train_step()
+        step_flops = _flops(trainer.train_step) / batch
+        t_step = statistics.median([_timed(trainer.train_step, device) for _ in range(args.repeats)])
+        lines.append(_row(name, variant, label, batch, t_step, step_flops, peak))
+    return sorted(lines, key=lambda line: line.split()[2])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -187,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto, ...")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the torch.compile'd forward (forward+c) and training step (train+c)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

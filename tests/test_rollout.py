@@ -87,6 +87,21 @@ def test_rollout_with_attractor_selection_chooses_from_the_polished_ends(puzzles
     np.testing.assert_array_equal(plain.pred, res.pred)  # the rule changes only the choice
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inside inductor
+def test_compiled_rollout_agrees_with_the_eager_one_as_rows_halt(puzzles):
+    model = tiny_model(seed=4)
+    with torch.no_grad():
+        model.q_head.bias.zero_()
+        model.q_head.weight.normal_(0, 3.0)
+    tok, sol = as_tensors(puzzles[:4])
+    cfg = RolloutConfig(depth=6, breadth=2, halt="q", seed=1)
+    eager, compiled = rollout(model, tok, sol, cfg), rollout(model, tok, sol, cfg, compile=True)
+    assert len(set(eager.steps.ravel())) > 1  # rows left the batch at different steps: shapes changed
+    np.testing.assert_array_equal(compiled.steps, eager.steps)
+    np.testing.assert_allclose(compiled.residual, eager.residual, rtol=1e-3, atol=1e-6)
+    assert (compiled.pred == eager.pred).mean() > 0.999
+
+
 def test_halting_freezes_rows_and_saves_compute(puzzles):
     model = tiny_model()
     with torch.no_grad():
