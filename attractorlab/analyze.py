@@ -27,7 +27,14 @@ from attractorlab import checkpoint as ckpt
 from attractorlab import dynamics, probing, recording
 from attractorlab.errors import InputError
 from attractorlab.model import EquilibriumReasoner, LatentState, update_names
-from attractorlab.rollout import RolloutConfig, convergence_score, rollout, scores_by_depth, select_lowest_score
+from attractorlab.rollout import (
+    ATTRACTOR_SOLVE,
+    RolloutConfig,
+    convergence_score,
+    rollout,
+    scores_by_depth,
+    select_lowest_score,
+)
 from attractorlab.seeds import stream
 from attractorlab.solve import summarize_run
 from attractorlab.tasks import get_task
@@ -501,7 +508,7 @@ def selection_arrays(model: EquilibriumReasoner, run: recording.Run, opts: Analy
         f = model.as_map(torch.as_tensor(run.puzzles.tokens[i][None], dtype=torch.long))
         for j, (snap, d) in enumerate(zip(snaps, depths, strict=True)):
             states = torch.as_tensor(np.asarray(run.states.data[i][:, snap], np.float32)).flatten(1)
-            polished = dynamics.polish(f, states.to(model.device), tol=opts.tol)
+            polished = dynamics.polish(f, states.to(model.device), **{**ATTRACTOR_SOLVE, "tol": opts.tol})
             fallback = np.nan_to_num(scores[i, :, d - 1], nan=np.inf)
             attractor[i, j] = correct[i, dynamics.select_attractor(polished, fallback), d - 1]
             convergence[i, j] = correct[i, int(np.argmin(fallback)), d - 1]
