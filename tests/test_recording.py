@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from attractorlab import recording as rec
+from attractorlab.errors import InputError
 
 B, T = 2, 5
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -168,6 +169,7 @@ import os, sys
 sys.path.insert(0, {tests!r})
 import numpy as np
 from attractorlab import recording as rec
+from attractorlab.errors import InputError
 from test_recording import ATTRS, make_batch
 w = rec.RunWriter({path!r}, breadth=2, depth=5, attrs=ATTRS, states=rec.StateSpec(mode="final", shape=(3,)))
 for i in range(2):
@@ -305,6 +307,23 @@ def test_analysis(tmp_path):
     run.close()
 
 
+def test_cycles_states_round_trip_and_merge(tmp_path):
+    spec = rec.StateSpec(mode="cycles", stride=2, shape=(3,), updates=("H1.L1", "H1.H"))
+    assert spec.steps(T).tolist() == [0, 2, 2, 4, 4, 5, 5] and spec.update_index(T).tolist() == [-1, 0, 1, 0, 1, 0, 1]
+    shards = [str(tmp_path / f"run.rank{r}-of-2.h5") for r in range(2)]
+    parts = [write_run(shards[0], [2], spec=spec, seed=0), write_run(shards[1], [1], spec=spec, seed=5)]
+    rec.merge_shards(shards, str(tmp_path / "run.h5"), virtual=False)
+    with rec.open_run(tmp_path / "run.h5") as run:
+        assert run.states.mode == "cycles" and run.states.update_names == ["H1.L1", "H1.H"]
+        assert run.states.steps.tolist() == spec.steps(T).tolist()
+        assert run.states.updates.tolist() == spec.update_index(T).tolist()
+        expect = np.concatenate([b[2] for b in parts[0] + parts[1]]).astype("f2")
+        np.testing.assert_array_equal(run.states.data[:], expect)
+    for bad in (dict(mode="cycles", shape=(3,)), dict(mode="all", shape=(3,), updates=("H1.H",))):
+        with pytest.raises(InputError, match="cycles"):
+            rec.StateSpec(**bad)
+
+
 @pytest.mark.parametrize("virtual", [True, False])
 def test_merge_shards(tmp_path, virtual):
     spec = rec.StateSpec(mode="final", shape=(4,))
@@ -364,6 +383,7 @@ SWMR_WRITER = """
 import sys
 sys.path.insert(0, {tests!r})
 from attractorlab import recording as rec
+from attractorlab.errors import InputError
 from test_recording import ATTRS, make_batch
 with rec.RunWriter({path!r}, breadth=2, depth=5, attrs=ATTRS) as w:
     for i in range(3):

@@ -79,6 +79,6 @@ def merge_shards(shard_paths: list, out_path: str | os.PathLike, *, virtual: boo
                 ds.attrs.update(src.attrs)
             if "states" in first._file:
                 out["states"].attrs.update(first._file["states"].attrs)
-                for name in ("steps", "projection"):
+                for name in ("steps", "projection", "updates", "update_names"):
                     if name in first._file["states"]:
                         first._file.copy(first._file[f"states/{name}"], out["states"], name=name)
