@@ -368,16 +368,25 @@ class EquilibriumReasoner(nn.Module):
         return LatentState(z_H, z_L)
 
     def module(self, z: torch.Tensor, injection: torch.Tensor, noise: bool,
-               generator: torch.Generator | None) -> torch.Tensor:
-        """The damped, noisy update of one stream: (1 - lambda) z + lambda layers(z + injection) + noise."""
+               generator: torch.Generator | None, eps: torch.Tensor | None = None) -> torch.Tensor:
+        """The damped, noisy update of one stream: (1 - lambda) z + lambda layers(z + injection) + noise (drawn
+        from ``generator``, or ``eps`` when it was drawn beforehand)."""
         h = z + injection
         for layer in self.layers:
             h = layer(h)
         out = (1 - self.config.lambda_) * z + self.config.lambda_ * h
         if noise and self.config.noise_scale > 0:
-            eps = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
+            if eps is None:
+                eps = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
             out = out + self.config.noise_scale * eps
         return out
+
+    def draw_noise(self, state: LatentState, generator: torch.Generator | None) -> list[torch.Tensor]:
+        """The path noise of one outer step drawn ahead, one tensor per module application in order: exactly the
+        numbers :meth:`step` would draw from ``generator`` itself (so a compiled step needs no RNG call inside)."""
+        n = self.config.H_cycles * (self.config.L_cycles + 1)
+        z = state.z_H
+        return [torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator) for _ in range(n)]
 
     def update_names(self) -> list[str]:
         """:func:`update_names` of this model's cycles."""
@@ -385,19 +394,21 @@ class EquilibriumReasoner(nn.Module):
 
     def _cycle(self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor, noise: bool,
                generator: torch.Generator | None, on_update: Callable | None = None,
-               h: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+               h: int = 1, eps: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         def report(name: str) -> None:
             if on_update is not None:
                 on_update(f"H{h}.{name}", LatentState(z_H, z_L))
 
+        n_l = self.config.L_cycles
+        drawn = [None] * (n_l + 1) if eps is None else eps[(h - 1) * (n_l + 1) : h * (n_l + 1)]
         single = not self.config.hierarchical  # one stream, the same number of module applications
-        for l in range(1, self.config.L_cycles + 1):
+        for l in range(1, n_l + 1):
             if single:
-                z_H = z_L = self.module(z_H, x, noise, generator)
+                z_H = z_L = self.module(z_H, x, noise, generator, drawn[l - 1])
             else:
-                z_L = self.module(z_L, z_H + x, noise, generator)
+                z_L = self.module(z_L, z_H + x, noise, generator, drawn[l - 1])
             report(f"L{l}")
-        z_H = self.module(z_H, x if single else z_L, noise, generator)
+        z_H = self.module(z_H, x if single else z_L, noise, generator, drawn[n_l])
         if single:
             z_L = z_H
         report("H")
@@ -405,7 +416,8 @@ class EquilibriumReasoner(nn.Module):
 
     def step(self, state: LatentState, tokens: torch.Tensor, *, noise: bool = True,
              generator: torch.Generator | None = None, x: torch.Tensor | None = None,
-             grad_last_only: bool | None = None, on_update: Callable | None = None) -> LatentState:
+             grad_last_only: bool | None = None, on_update: Callable | None = None,
+             eps: list[torch.Tensor] | None = None) -> LatentState:
         """One outer step: H_cycles x (L_cycles updates of z_L, then one of z_H).
 
         In training mode the first ``H_cycles - 1`` cycles run without gradients (as in the reference), so
@@ -413,15 +425,16 @@ class EquilibriumReasoner(nn.Module):
         ``x`` may pass a precomputed ``embed(tokens)`` to save work in long rollouts; ``grad_last_only``
         overrides the training-mode gradient truncation (``False`` always keeps the full graph).
         ``on_update(name, state)`` is called after every inner update with its name (:meth:`update_names`) and the
-        LatentState at that moment (a ``run_with_cache``-style capture inside the outer step).
+        LatentState at that moment (a ``run_with_cache``-style capture inside the outer step). ``eps``: the step's
+        path noise drawn beforehand (:meth:`draw_noise`) instead of from ``generator``.
         """
         x = self.embed(tokens) if x is None else x
         z_H, z_L = state.z_H, state.z_L
         truncate = self.training if grad_last_only is None else grad_last_only
         with torch.set_grad_enabled(torch.is_grad_enabled() and not truncate):
             for h in range(1, self.config.H_cycles):
-                z_H, z_L = self._cycle(z_H, z_L, x, noise, generator, on_update, h)
-        z_H, z_L = self._cycle(z_H, z_L, x, noise, generator, on_update, self.config.H_cycles)
+                z_H, z_L = self._cycle(z_H, z_L, x, noise, generator, on_update, h, eps)
+        z_H, z_L = self._cycle(z_H, z_L, x, noise, generator, on_update, self.config.H_cycles, eps)
         return LatentState(z_H, z_L)
 
     def forward(self, state: LatentState, tokens: torch.Tensor, **kwargs) -> LatentState:
@@ -460,7 +473,14 @@ class EquilibriumReasoner(nn.Module):
         the eager step on a CPU (``benchmarks/bench_throughput.py --compile``); results agree with :meth:`step`
         to float32 rounding, not bit for bit."""
         if getattr(self, "_compiled_step", None) is None:
-            self._compiled_step = torch.compile(self.step, dynamic=True)
+            inner = torch.compile(self.step, dynamic=True)
+
+            def step(state: LatentState, tokens: torch.Tensor, *, noise: bool = True,
+                     generator: torch.Generator | None = None, **kwargs) -> LatentState:
+                eps = self.draw_noise(state, generator) if noise and self.config.noise_scale > 0 else None
+                return inner(state, tokens, noise=noise, eps=eps, **kwargs)  # no RNG call (graph break) inside
+
+            self._compiled_step = step
         return self._compiled_step
 
     def num_parameters(self) -> int:

@@ -245,3 +245,21 @@ def test_a_bf16_training_step_runs_on_cpu():
     trainer = Trainer(cfg, torch.device("cpu"), pool=pool)
     metrics = trainer.train_step()
     assert trainer.carry.z_H.dtype == torch.bfloat16 and math.isfinite(metrics["lm_loss"])
+
+
+@pytest.mark.parametrize("hierarchical", [True, False])
+def test_noise_drawn_ahead_is_the_noise_the_step_draws(hierarchical):
+    torch.manual_seed(0)
+    model = EquilibriumReasoner(ReasonerConfig(hidden_size=16, expansion=1.0, H_cycles=2, L_cycles=2, L_layers=1,
+                                               hierarchical=hierarchical)).eval()
+    tokens = torch.randint(1, 11, (3, 81))
+    state = model.init_state(tokens)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        own = model.step(state, tokens, generator=g1)
+        eps = model.draw_noise(state, g2)
+        ahead = model.step(state, tokens, eps=eps)
+        quiet = model.step(state, tokens, noise=False)
+    assert len(eps) == 2 * 3 and torch.equal(g1.get_state(), g2.get_state())
+    assert torch.equal(own.z_H, ahead.z_H) and torch.equal(own.z_L, ahead.z_L)
+    assert not torch.equal(own.z_H, quiet.z_H)
