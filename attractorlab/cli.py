@@ -351,7 +351,7 @@ def add_analyze(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="model checkpoint (default: the one recorded in the run; sha256 must match)")
     p.add_argument("--out", help="HTML report to write (default: RUN_report.html beside the run)")
     p.add_argument("--only", help="comma-separated analyses to run: summary, scaling, convergence, embedding, "
-                   "probes, end_states, lyapunov, selection, fixed_points, basins")
+                   "probes, inner (needs --states cycles), end_states, lyapunov, selection, fixed_points, basins")
     p.add_argument("--force", action="store_true", help="recompute analyses already stored in the run file")
     p.add_argument("--no-report", dest="report", action="store_false", help="store the results, write no HTML")
     p.add_argument("--n-puzzles", type=int, default=3, help="puzzles for fixed points and basins")

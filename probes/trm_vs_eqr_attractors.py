@@ -8,8 +8,9 @@ the correct attractor (``--samples`` fresh initial states iterated to their attr
 correct and at spurious attractors. Then accuracy against depth, past the training depth (does a model degrade
 when it thinks longer than it was trained to?). Every fixed-start model is measured twice, the second time with
 path noise of ``--test-noise`` added at test time: its restarts and basin samples then run ``--max-steps`` noisy
-outer steps, and the attractor each belongs to is the one its noise-free continuation reaches. Restarts of a fixed-start model (TRM) are drawn as the reference evaluation
-draws them: a zero-mean truncated normal of std ``--restart-std``.
+outer steps, and the attractor each belongs to is the one its noise-free continuation reaches. Restarts of a
+fixed-start model (TRM) are drawn as the reference evaluation draws them: a zero-mean truncated normal of std
+``--restart-std``.
 
     python probes/trm_vs_eqr_attractors.py --checkpoints runs/ablation/trm.pt runs/ablation/eqr.pt --out-dir probes/out
 """
