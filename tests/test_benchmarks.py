@@ -151,3 +151,13 @@ def test_throughput_benchmark_prints_rates_beside_the_matmul_peak_and_the_refere
     # by hand: 16 blocks per outer step, each 2 SwiGLUs of 2 x (81 x 512 x 128 + 81 x 256 x 128) FLOPs per puzzle
     assert rows[0][3] == f"{16 * 2 * 2 * (81 * 512 * 128 + 81 * 256 * 128) / 1e9:.3f}"
     assert len(re.findall(r"[\d.]+x$", out, flags=re.M)) == 2  # the reference-order ratio of both forwards
+
+
+def test_polish_benchmark_compares_the_three_solve_settings(capsys):
+    bench = _load("bench_polish")
+    bench.main(["--n", "1", "--difficulty", "singles", "--depth", "12", "--breadth", "2", "--threads", "1"])
+    out = capsys.readouterr().out
+    rows = re.findall(r"^(refine|default|selection)\s+([\d.]+)\s+([\d.]+)x\s+([\d.]+)\s+([\d.]+)$", out, flags=re.M)
+    assert [r[0] for r in rows] == ["refine", "default", "selection"]
+    assert rows[0][2] == "1.00" and rows[0][3] == "1.000" and rows[0][4] == "1.000"  # the reference against itself
+    assert all(0 <= float(r[3]) <= 1 and float(r[1]) > 0 for r in rows)
