@@ -25,10 +25,9 @@ SELECT_RULES = ("convergence", "reference", "majority", "attractor")
 ATTRACTOR_SOLVE = {"tol": 1e-4, "krylov_dim": 10, "max_iter": 15, "fallback_iters": 0}
 """The fixed-point solve of the attractor-aware selection (:func:`select_by_attractor`, the ``selection`` analysis):
 a restart that sits at an attractor converges in a few Newton steps from where it ended, so the solve is bounded
-(no first-order fallback); an end it does not converge from is not at an attractor. About 2.5x cheaper than the
-full solve on the hard puzzles of the shipped model it was timed on, with the same choices there
-(``dynamics.polish`` defaults, which also find the unstable fixed points farther away, remain for the
-``end_states`` analysis)."""
+(no first-order fallback); an end it does not converge from is not at an attractor. On the shipped model's hard
+puzzles it is 2.0x cheaper than ``dynamics.polish``'s defaults with the same choices (``benchmarks/bench_polish.py``);
+those defaults, which also find the unstable fixed points farther away, remain for the ``end_states`` analysis."""
 
 
 # --- halting rules: (q, residual, answer, previous answer, settled counter, config) -> (done, counter) ----------

@@ -51,8 +51,9 @@ def polish(f: BatchedMap, states: Tensor, *, steps: int = 5, **find_kwargs) -> P
     point it reaches, its residual, spectral radius and stability (attractor or not).
 
     Which point a state sits at and whether it attracts are decided at the solve's tolerance in the working dtype;
-    the float64 refinement of the points costs 5-8x the solve on a learned reasoner and changes neither, so it
-    runs only with ``refine=True`` (then ``z`` holds the float64 points).
+    the float64 refinement of the points made polishing the shipped reasoner's end states 2.9x slower and changed
+    neither (``benchmarks/bench_polish.py``), so it runs only with ``refine=True`` (then ``z`` holds the float64
+    points).
     """
     states = check_states(states, "states")
     check_map(f, states)
