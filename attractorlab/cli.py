@@ -227,8 +227,8 @@ def add_solve(p: argparse.ArgumentParser) -> None:
                    help="store each cell's [z_H, z_L] projected on a fixed random orthonormal basis of K dims "
                    "(states [L, K] per snapshot; 0 = full states [2, L, D])")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the outer step: 1.2-1.8x faster rollouts on a CPU after a compile of about "
-                   "half a minute (results agree to float32 rounding; not with --states cycles)")
+                   help="torch.compile the outer step: about 1.1-1.2x faster rollouts on one CPU thread after a "
+                   "compile of up to a minute (results agree to float32 rounding; not with --states cycles)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -308,7 +308,7 @@ def run_solve(args: argparse.Namespace) -> int:
     try:
         summary = solve.solve_puzzles(model, puzzles, cfg, out, batch_size=args.batch_size, states=args.states,
                                 state_stride=args.state_stride, state_dtype=args.state_dtype, project=args.project,
-                                updates=updates or None, compile=args.compile, resume=args.resume,
+                                updates=updates, compile=args.compile, resume=args.resume,
                                 overwrite=args.overwrite, attrs=attrs,
                                 progress=args.progress and dist_info.main, rank=dist_info.rank,
                                 world=dist_info.world)

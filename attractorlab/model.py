@@ -469,9 +469,9 @@ class EquilibriumReasoner(nn.Module):
 
     def compiled_step(self) -> Callable[..., LatentState]:
         """:meth:`step` under ``torch.compile`` (dynamic shapes, so the rows that halt can leave the batch without a
-        recompile), built once per model. Inductor fuses the norms, SwiGLU and damping around the matmuls: 1.2-1.8x
-        the eager step on a CPU (``benchmarks/bench_throughput.py --compile``); results agree with :meth:`step`
-        to float32 rounding, not bit for bit."""
+        recompile), built once per model. Inductor fuses the norms, SwiGLU and damping around the matmuls: 1.1-1.2x
+        the eager forward on one CPU thread (``benchmarks/bench_throughput.py --compile``); results agree with
+        :meth:`step` to float32 rounding, not bit for bit."""
         if getattr(self, "_compiled_step", None) is None:
             inner = torch.compile(self.step, dynamic=True)
 

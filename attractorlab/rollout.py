@@ -195,14 +195,19 @@ def select_majority(final_pred: np.ndarray, score: np.ndarray) -> np.ndarray:
     return np.argmax(key, axis=1).astype(np.int32)
 
 
-def _select(res: dict[str, np.ndarray], cfg: RolloutConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(selected by the configured rule, selected by majority vote), each ``[n]``."""
+def _select(res: dict[str, np.ndarray], cfg: RolloutConfig,
+            by_attractor: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(selected by the configured rule, selected by majority vote), each ``[n]``; ``by_attractor(final answers
+    [n, B, L], convergence score [n, B])`` makes the ``attractor`` choice (it needs the model and the end states)."""
     n, b = res["steps"].shape
     score = convergence_score(res["logit_change"], res["steps"], cfg.window)
     final_pred = res["pred"][np.arange(n)[:, None], np.arange(b)[None, :], res["steps"] - 1]
     majority = select_majority(final_pred, score)
     if cfg.select == "reference":  # changes between outer steps only: no score uses the initial state
         return select_lowest_score(reference_score(res["cell_logit_change"], res["steps"], cfg.window)), majority
+    if cfg.select == "attractor" and by_attractor is not None:
+        return by_attractor(final_pred, score), majority
     return (majority if cfg.select == "majority" else select_lowest_score(score)), majority
 
 
@@ -217,11 +222,9 @@ def select_by_attractor(model: EquilibriumReasoner, tokens: torch.Tensor, ends: 
     choice without a solve: every choice gives that answer."""
     chosen = select_lowest_score(score)
     agree = (answers == answers[:, :1]).all(axis=(1, 2))
-    fallback = np.where(np.isfinite(score), score, np.inf)
     for i in np.flatnonzero(~agree):
-        f = model.as_map(tokens[i : i + 1])
-        polished = dynamics.polish(f, ends[i].to(model.device), **ATTRACTOR_SOLVE)
-        chosen[i] = dynamics.select_attractor(polished, fallback[i])
+        polished = dynamics.polish(model.as_map(tokens[i : i + 1]), ends[i].to(model.device), **ATTRACTOR_SOLVE)
+        chosen[i] = dynamics.select_attractor(polished, score[i])
     return chosen
 
 
@@ -403,11 +406,10 @@ def rollout(model: EquilibriumReasoner, tokens: torch.Tensor, solution: torch.Te
             if active.numel() == 0:
                 break
     out = rec.frozen(n, b)
-    out["selected"], out["selected_majority"] = _select(out, cfg)
-    if by_attractor:
-        final_pred = out["pred"][np.arange(n)[:, None], np.arange(b)[None, :], out["steps"] - 1]
-        score = convergence_score(out["logit_change"], out["steps"], cfg.window)
-        out["selected"] = select_by_attractor(model, tokens, ends.current.clone().view(n, b, -1), final_pred, score)
+    def choose(answers: np.ndarray, score: np.ndarray) -> np.ndarray:
+        return select_by_attractor(model, tokens, ends.current.clone().view(n, b, -1), answers, score)
+
+    out["selected"], out["selected_majority"] = _select(out, cfg, choose if by_attractor else None)
     states_np, state_steps = snaps.arrays(n, b, T)
     return RolloutResult(**out, states=states_np, state_steps=state_steps, compute_steps=compute)
 

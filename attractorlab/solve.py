@@ -174,7 +174,7 @@ def solve_puzzles(model: EquilibriumReasoner, puzzles: PuzzleSet, config: Rollou
                 continue
             cfg = dataclasses.replace(config, seed=config.seed + index)
             res = rollout(model, torch.tensor(chunk.tokens, dtype=torch.long), torch.tensor(chunk.solution),
-                          cfg, state_fn=state_fn, state_stride=state_stride, states=states, updates=updates or None,
+                          cfg, state_fn=state_fn, state_stride=state_stride, states=states, updates=updates,
                           compile=compile)
             if writer is not None:
                 states_np = None if res.states is None else res.states.astype(state_dtype)
