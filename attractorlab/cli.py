@@ -162,7 +162,12 @@ def run_import_eqr(args: argparse.Namespace) -> int:
     return 0
 
 
-DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "sudoku-small.pt")
+_SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints")
+SHIPPED = {"sudoku": os.path.join(_SHIPPED_DIR, "sudoku-small.pt"), "maze": os.path.join(_SHIPPED_DIR, "maze-small.pt")}
+"""The models that ship with the package, by task family: Sudoku (9 x 9) and mazes (11 x 11)."""
+DEMO_PRESETS = {"sudoku": "tiny", "maze": "maze-tiny"}
+"""What ``demo --train`` trains for each task family."""
+DEFAULT_CHECKPOINT = SHIPPED["sudoku"]
 
 
 def add_solve(p: argparse.ArgumentParser) -> None:
@@ -405,8 +410,11 @@ def run_analyze(args: argparse.Namespace) -> int:
 
 
 def add_demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="model to run (default: the shipped one)")
-    p.add_argument("--train", action="store_true", help="train the tiny preset first (~10 min on 2 CPU cores)")
+    p.add_argument("--task", choices=list(SHIPPED), default="sudoku",
+                   help="task family of the demo: sudoku (9 x 9) or maze (11 x 11); picks the shipped model")
+    p.add_argument("--checkpoint", help="model to run (default: the shipped model of --task)")
+    p.add_argument("--train", action="store_true",
+                   help="train the task's tiny preset first (tiny / maze-tiny; a few minutes on 2 CPU cores)")
     p.add_argument("--n", type=int, default=200, help="generated puzzles of mixed difficulty")
     p.add_argument("--depth", type=int, default=32, help="maximum outer steps")
     p.add_argument("--breadth", type=int, default=4, help="random restarts per puzzle")
@@ -426,11 +434,14 @@ def run_demo(args: argparse.Namespace) -> int:
     from attractorlab.train import TrainConfig, train
 
     os.makedirs(args.out_dir, exist_ok=True)
-    ckpt = args.checkpoint
+    ckpt = args.checkpoint or SHIPPED[args.task]
+    if args.checkpoint and not os.path.exists(ckpt):
+        raise InputError(f"--checkpoint {ckpt} does not exist")
     if args.train or not os.path.exists(ckpt):
-        ckpt = os.path.join(args.out_dir, "demo_tiny.pt")
-        print(f"[1/4] training the tiny preset -> {ckpt}")
-        train(TrainConfig.from_preset("tiny", seed=args.seed), ckpt, device="cpu", progress=args.progress)
+        preset = DEMO_PRESETS[args.task]
+        ckpt = os.path.join(args.out_dir, f"demo_{preset}.pt")
+        print(f"[1/4] training the {preset} preset -> {ckpt}")
+        train(TrainConfig.from_preset(preset, seed=args.seed), ckpt, device="cpu", progress=args.progress)
     else:
         print(f"[1/4] using {ckpt}")
     model = checkpoint.load(ckpt)

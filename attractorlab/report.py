@@ -64,6 +64,10 @@ SECTIONS = {
 
 FIGURES = {
     "summary": FigureInfo("Summary", "Summary", "Overall metrics (left), per difficulty band and per source."),
+    "answers": FigureInfo("Summary", "Answers drawn",
+                          "The selected restart's final answer over the input, for the first correct and the "
+                          "first wrong instances of the run (tasks with pictures, e.g. mazes: the predicted "
+                          "path in blue, path cells on walls, start or goal in orange)."),
     "scaling_depth": FigureInfo("Test-time scaling", "Accuracy vs depth",
                                 "Accuracy after t outer steps: selected restart vs any restart (oracle)."),
     "scaling_breadth": FigureInfo("Test-time scaling", "Accuracy vs breadth",
@@ -180,6 +184,31 @@ def _puzzle_label(run: Run, index: int) -> str:
 
 
 # ---------------------------------------------------------------- summary and scaling
+
+def _answers(run: Run, per_outcome: int = 4, scale: int = 8) -> go.Figure | None:
+    """The selected restart's final answer drawn over the input for up to ``per_outcome`` correct and as many
+    wrong instances; ``None`` when the task draws no pictures or the run holds no puzzles."""
+    task = get_task(run.task)
+    if run.n == 0 or task.image(run.puzzles["tokens", 0]) is None:
+        return None
+    rows = np.arange(run.n)
+    selected = run.rollout.selected
+    correct = run.rollout.correct[rows, selected, -1]
+    picks = [(i, True) for i in np.flatnonzero(correct)[:per_outcome]]
+    picks += [(i, False) for i in np.flatnonzero(~correct)[:per_outcome]]
+    picks.sort(key=lambda p: not p[1])
+    cols = min(per_outcome, max(1, len(picks)))
+    titles = [f"#{i} {'correct' if ok else 'wrong'}, rating {int(run.puzzles['rating', i])}" for i, ok in picks]
+    fig = make_subplots(rows=-(-len(picks) // cols), cols=cols, subplot_titles=titles,
+                        horizontal_spacing=0.03, vertical_spacing=0.08)
+    for k, (i, _) in enumerate(picks):
+        answer = run.rollout["pred", i, int(selected[i]), -1]
+        fig.add_trace(go.Image(z=task.image(run.puzzles["tokens", i], answer, scale=scale), hoverinfo="skip"),
+                      row=k // cols + 1, col=k % cols + 1)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _layout(fig, FIGURES["answers"].title, 60 + 230 * (-(-len(picks) // cols)), margin={"t": 70, "b": 10})
+
 
 def _summary(summary: AnalysisResult, conv: AnalysisResult | None) -> go.Figure:
     a = summary.attrs
@@ -620,6 +649,9 @@ def _collect(run: Run) -> tuple[dict[str, go.Figure], list[tuple[str, str]]]:
             figures[fig_name] = build()
         except _Incomplete as err:
             missing.append((f"{source} ({fig_name})", str(err)))
+    answers = _answers(run)
+    if answers is not None:
+        figures["answers"] = answers
     return figures, missing
 
 

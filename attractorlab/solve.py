@@ -47,9 +47,10 @@ class SolveSummary:
         if self.seconds:
             lines.append(f"time               {self.seconds:.1f} s ({self.compute_steps / self.seconds:.0f} "
                          "puzzle-steps/s)")
-        for title, table in (("band", self.by_band), ("source", self.by_source)):
-            for key, (count, acc) in table.items():
-                lines.append(f"{title} {key:<24} {count:>6}  {acc:.4f}")
+        rows = [(f"{title} {key}", count, acc) for title, table in (("band", self.by_band), ("source", self.by_source))
+                for key, (count, acc) in table.items()]
+        width = max([31] + [len(name) for name, _, _ in rows])
+        lines += [f"{name:<{width}} {count:>6}  {acc:.4f}" for name, count, acc in rows]
         if self.paper:
             lines.append(f"paper metrics ({self.protocol or 'this run'}; the reference evaluation's definitions)")
             lines += [f"  {k:<32} {v:.4f}" for k, v in self.paper.items() if k not in ("puzzles", "breadth")]

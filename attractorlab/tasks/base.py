@@ -192,6 +192,11 @@ class Task(abc.ABC):
     def render(self, tokens: np.ndarray, answer: np.ndarray | None = None) -> str:
         """One instance (``tokens [L]``, optionally an answer ``[L]``) as a text grid for hovers and notebooks."""
 
+    def image(self, tokens: np.ndarray, answer: np.ndarray | None = None, *, scale: int = 1) -> np.ndarray | None:
+        """One instance as an RGB picture ``[H, W, 3] uint8`` (the answer drawn over the input), or ``None`` for a
+        task drawn only as text (the report then shows no answer pictures)."""
+        return None
+
     def answer_strings(self, answers: np.ndarray) -> np.ndarray:
         """``[M, L]`` answers -> ``[M]`` compact strings (one character per cell) for tables and hovers."""
         chars = np.frombuffer(b"0123456789abcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
