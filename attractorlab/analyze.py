@@ -275,7 +275,8 @@ def probe_arrays(run: recording.Run, opts: AnalyzeOptions) -> dict:
     n = min(run.n, 300)
     data = np.asarray(run.states.data[np.arange(n)], np.float32)[:, 0]  # restart 0: [n, S, *shape]
     cells = data if run.states.projection is not None else data[:, :, 0]  # [n, S, L, h]
-    result = probing.probe_cells(cells, run.puzzles.solution[:n], seed=opts.seed)
+    targets = get_task(run.task).probe_targets(run.puzzles.tokens[:n], run.puzzles.solution[:n])
+    result = probing.probe_cells(cells, targets, seed=opts.seed)
     arrays = {"steps": np.asarray(run.states.steps), "cell_accuracy": result.accuracy_mean,
               "cell_accuracy_std": result.accuracy_std}
     correct = run.rollout.correct[:n, 0, -1]

@@ -54,7 +54,8 @@ SECTIONS = {
     "Convergence vs correctness": "Does settling into a fixed point mean the answer is right? Residuals "
                                   "split by outcome, ROC curves of convergence scores, steps against "
                                   "difficulty and how rollouts ended.",
-    "Probes": "Linear probes read each cell's label out of the latent state at each outer step.",
+    "Probes": "Linear probes read each cell's label out of the latent state at each outer step (the task's probe "
+              "targets: a Sudoku cell's digit, a maze's open cell on or off the path).",
     "Trajectories": "Latent trajectories in a 2-D embedding of the state.",
     "Fixed points": "Fixed points found from trajectory states, with the eigenvalues of the Jacobian there. "
                     "A fixed point is stable (an attractor) when every eigenvalue lies inside the unit circle.",

@@ -4,6 +4,10 @@
     .venv/bin/python benchmarks/bench_rollout.py batching --n 64 --depth 3
     .venv/bin/python benchmarks/bench_rollout.py adaptive --n 300 --depth 64
     .venv/bin/python benchmarks/bench_rollout.py scaling --data ../shared/data/puzzles5_forum_hardest_1905_11+.csv.gz
+    .venv/bin/python benchmarks/bench_rollout.py scaling --task maze --difficulty reference --depths 1,4,16,64
+
+``--task maze`` runs the shipped maze model (11 x 11) on generated mazes; any other checkpoint runs on its own
+task's instances.
 
 All four measure, side by side in one run, the configurations they compare.
 """
@@ -19,22 +23,24 @@ import time
 import numpy as np
 import torch
 
-from attractorlab import checkpoint, sudoku
-from attractorlab.cli import DEFAULT_CHECKPOINT
+from attractorlab import checkpoint
+from attractorlab.cli import SHIPPED
 from attractorlab.model import pick_device
 from attractorlab.rollout import RolloutConfig, convergence_score, rollout, select_lowest_score
 from attractorlab.solve import solve_puzzles as solve
+from attractorlab.tasks import PuzzleSet, Task, get_task
 
 
-def _puzzles(args: argparse.Namespace) -> sudoku.PuzzleSet:
-    """``--n`` puzzles from position ``--offset`` of a fixed order (a seeded shuffle of the file, or the generator's
-    sequence), so that ``--offset`` splits one long benchmark into parts."""
+def _puzzles(args: argparse.Namespace, task: Task | None = None) -> PuzzleSet:
+    """``--n`` instances of ``task`` (default Sudoku) from position ``--offset`` of a fixed order (a seeded shuffle
+    of the file, or the generator's sequence), so that ``--offset`` splits one long benchmark into parts."""
+    task = task or get_task("sudoku")
     if args.data:
-        p = sudoku.load_csv(args.data)
+        p = task.check(task.load(args.data))
         return p[np.random.default_rng(args.seed).permutation(len(p))[args.offset : args.offset + args.n]]
     band = args.difficulty.split("-")
     difficulty = (int(band[0]), int(band[1])) if len(band) == 2 else args.difficulty
-    return sudoku.generate(args.offset + args.n, seed=args.seed + 12345, difficulty=difficulty)[args.offset :]
+    return task.generate(args.offset + args.n, seed=args.seed + 12345, difficulty=difficulty)[args.offset :]
 
 
 def throughput(model, puzzles, args) -> None:
@@ -205,10 +211,13 @@ def scaling(model, puzzles, args) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["throughput", "batching", "adaptive", "scaling"], help="which benchmark")
-    parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="model checkpoint (default: the shipped one)")
+    parser.add_argument("--task", choices=list(SHIPPED), default="sudoku",
+                        help="whose shipped model to run when --checkpoint is not given: sudoku or maze (11 x 11)")
+    parser.add_argument("--checkpoint", help="model checkpoint (default: the shipped model of --task)")
     parser.add_argument("--data", help="puzzle file (default: generated puzzles)")
     parser.add_argument("--difficulty", default="mixed",
-                        help="generated puzzles: mixed, singles, search, or a rating band LO-HI such as 1-5")
+                        help="generated instances: the task's difficulties (Sudoku: mixed, singles, search; maze: "
+                             "mixed, reference, short, long) or a rating band LO-HI such as 1-5 (maze: path length)")
     parser.add_argument("--n", type=int, default=128, help="number of puzzles")
     parser.add_argument("--offset", type=int, default=0,
                         help="skip this many puzzles of the same order first (the restarts of each batch are seeded "
@@ -237,8 +246,8 @@ def main(argv: list[str] | None = None) -> None:
         device = pick_device(args.device)
     except ValueError as err:
         parser.error(str(err))
-    model = checkpoint.load(args.checkpoint, device)
-    puzzles = _puzzles(args)
+    model = checkpoint.load(args.checkpoint or SHIPPED[args.task], device)
+    puzzles = _puzzles(args, get_task(model.config.task))
     benchmarks = {"throughput": throughput, "batching": batching, "adaptive": adaptive, "scaling": scaling}
     benchmarks[args.what](model, puzzles, args)
 

@@ -338,3 +338,12 @@ def test_benchmark_prints_its_table(capsys):
     rows = re.findall(r"^\s+300\s+(\d+)\s+[\d.]+\s+[\d,]+\s+(\d+)\s+[\d.]+\s+(\d+)\s+(\d+)\s+0\s+[\d.]+$", out, re.M)
     assert [r[0] for r in rows] == ["7", "11"], out
     assert int(rows[0][3]) > 0  # 7 x 7 boards repeat in 300 draws: the de-duplication replaced some
+
+
+def test_probe_targets_are_on_or_off_the_path_for_open_cells_only():
+    task = maze.MazeTask(7)
+    tokens, label = board(MAZE7)[None], board(PATH7)[None]
+    y = task.probe_targets(tokens, label)[0].reshape(7, 7)
+    assert (y[board(MAZE7).reshape(7, 7) != maze.OPEN] == 0).all()  # walls, S and G are left out
+    assert y[1, 3] == 2 and y[2, 1] == 2 and y[5, 1] == 1 and y[4, 1] == 1  # on the path / on the dead end
+    assert (y == 2).sum() == (label == maze.PATH).sum() and (y == 1).sum() == 6

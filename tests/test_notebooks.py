@@ -36,6 +36,13 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     trm = EquilibriumReasoner(trm_config(hidden_size=8, expansion=1.0, H_cycles=1, L_cycles=1, L_layers=1))
     trm.load_state_dict({**model.state_dict(), "H_init": trm.H_init, "L_init": trm.L_init})  # its TRM twin
     checkpoint.save(trm, path.with_name("tiny_trm.pt"))
+    maze = EquilibriumReasoner(ReasonerConfig(task="maze11", hidden_size=8, expansion=1.0, H_cycles=1, L_cycles=1,
+                                              L_layers=1))
+    with torch.no_grad():  # contracting in the same way: the maze notebook's fixed points exist
+        for p in maze.layers.parameters():
+            p.mul_(0.3)
+        maze.embed_tokens.weight.mul_(30.0)
+    checkpoint.save(maze, path.with_name("tiny_maze.pt"))
     for step in (1, 2):  # two snapshots of a "training run" for the landscape notebook
         checkpoint.save(model, path.with_name(f"tiny.step{step:07d}.pt"), meta={"step": step})
         with torch.no_grad():
@@ -46,7 +53,8 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 def test_the_notebooks_exist() -> None:
     assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_fixed_points_and_spectra.ipynb",
                                            "03_basins.ipynb", "04_convergence_vs_correctness.ipynb",
-                                           "06_landscape_across_training.ipynb", "07_trm_vs_eqr_attractors.ipynb"]
+                                           "05_maze_attractors.ipynb", "06_landscape_across_training.ipynb",
+                                           "07_trm_vs_eqr_attractors.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -65,6 +73,7 @@ def test_notebook_is_stored_without_outputs(path: Path) -> None:
 def test_notebook_runs_at_tiny_size(path: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("ATTRACTORLAB_NB_SIZE", "tiny")
     monkeypatch.setenv("ATTRACTORLAB_NB_CHECKPOINT", str(tiny_checkpoint))
+    monkeypatch.setenv("ATTRACTORLAB_NB_MAZE_CHECKPOINT", str(tiny_checkpoint.with_name("tiny_maze.pt")))
     monkeypatch.setenv("ATTRACTORLAB_NB_TRM_CHECKPOINT", str(tiny_checkpoint.with_name("tiny_trm.pt")))
     monkeypatch.setenv("ATTRACTORLAB_NB_OUT_DIR", str(tmp_path / "out"))
     monkeypatch.setenv("ATTRACTORLAB_NB_SNAPSHOTS", str(tiny_checkpoint.with_name("tiny.step*.pt")))

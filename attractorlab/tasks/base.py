@@ -154,6 +154,11 @@ class Task(abc.ABC):
         """``[N] float``: the fraction of cells whose answer equals the label."""
         return (answer == solution.to(answer.device, answer.dtype)).float().mean(-1)
 
+    def probe_targets(self, tokens: np.ndarray, solution: np.ndarray) -> np.ndarray:
+        """What a linear probe of each cell's latent vector should decode: ``[N, L]`` class ids, ``0`` = leave the
+        cell out. Default: the label itself (Sudoku: the digit of every cell)."""
+        return solution
+
     # --- data -------------------------------------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -480,6 +480,11 @@ class MazeTask(base.Task):
     def targets(self, solution: np.ndarray) -> np.ndarray:
         return np.asarray(solution, dtype=np.uint8)
 
+    def probe_targets(self, tokens: np.ndarray, solution: np.ndarray) -> np.ndarray:
+        """Open cells only: ``1`` off the path, ``2`` on it (walls, S and G are copied from the input, left out)."""
+        tokens, solution = np.asarray(tokens), np.asarray(solution)
+        return np.where(tokens == OPEN, np.where(solution == PATH, 2, 1), 0).astype(np.uint8)
+
     def is_valid(self, inputs: Any, answer: Any) -> Any:
         if answer.shape[-1:] != (self.seq_len,):
             raise TaskError(f"{self.name} answers have {self.seq_len} cells, got shape {tuple(answer.shape)}")
