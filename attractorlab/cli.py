@@ -77,7 +77,14 @@ def add_train(p: argparse.ArgumentParser) -> None:
                    ".csv.gz, or a reference dataset split directory); default: the task's built-in generator")
     p.add_argument("--difficulty", help="difficulty of generated training instances (Sudoku: mixed, singles, search; "
                    "maze: reference, short, long, mixed)")
+    p.add_argument("--eval-data", dest="eval_data",
+                   help="held-out instances (e.g. the reference's test split); default: generated, or carved from "
+                   "--data")
     p.add_argument("--n-train", type=int, dest="n_train", help="puzzles in the training pool")
+    p.add_argument("--augmentations", type=int,
+                   help="K > 0: a fixed set of K augmented copies per pool puzzle plus the original, drawn epoch by "
+                   "epoch without replacement (the reference pipeline; paper: 1000); 0: a fresh random symmetry "
+                   "per draw")
     p.add_argument("--n-eval", type=int, dest="n_eval", help="held-out puzzles evaluated periodically")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                    help="train without symmetry augmentation")

@@ -13,6 +13,8 @@ STREAMS: dict[str, tuple[int, int]] = {
     "train.data": (1, 17),  # which pool rows are drawn, their augmentation
     "train.carry": (1, 31),  # initial states of refilled rows, halting exploration (shared by all ranks)
     "train.held_out": (1, 1_000_003),  # the generated held-out set
+    "train.augmentations": (1, 2_000_003),  # the fixed augmented copies of --augmentations K
+    "train.epoch": (1, 3_000_017),  # the order of epoch `index` over those copies
     "analyze.fixed_points": (1, 0),  # rollout ends of puzzle `index` for fixed points
     "analyze.basins": (1, 1000),  # initial states of puzzle `index` for basin stability and maps
     "analyze.lyapunov": (1, 2000),  # initial tangent frame for the end states of puzzle `index`

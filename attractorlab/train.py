@@ -42,7 +42,7 @@ PRESETS: dict[str, dict] = {
                   n_train=20000, eval_every=500, checkpoint_every=100, eval_depths=(1, 4, 16, 64)),
     "paper": dict(model=dict(hidden_size=512, expansion=4.0, L_layers=2, H_cycles=3, L_cycles=6, halt_max_steps=16),
                   batch_size=768, lr=1e-4, warmup_steps=2000, weight_decay=1.0, ema_decay=0.999, steps=50000,
-                  n_train=1000, eval_every=5000, checkpoint_every=1000, eval_depths=(1, 16, 64),
+                  n_train=1000, augmentations=1000, eval_every=5000, checkpoint_every=1000, eval_depths=(1, 16, 64),
                   optimizer="adam-atan2", grad_clip=0.0),
     # Maze-Unique. maze-paper is the reference's eqr_maze_unique recipe (attention, 1-D RoPE, no augmentation).
     # The CPU presets mix cells with mlp_t as the Sudoku recipe does: an attention model with 2-D RoPE (hidden 64,
@@ -87,6 +87,8 @@ class TrainConfig:
     n_train: int = 1000  # puzzles in the training pool (each seen under random symmetry augmentation)
     n_eval: int = 200  # held-out puzzles
     augment: bool = True
+    augmentations: int = 0  # K > 0: a fixed set of K augmented copies per puzzle + the original, drawn epoch by epoch
+    eval_data: str | None = None  # the held-out set's file (e.g. the test split); None = carved from data / generated
     eval_every: int = 1000
     eval_depths: tuple[int, ...] = (1, 16, 64)
     checkpoint_every: int = 1000
@@ -107,6 +109,9 @@ class TrainConfig:
             raise InputError(f"lr_min_ratio must be in (0, 1], got {self.lr_min_ratio!r}")
         if self.decay_start is not None and self.decay_start < 0:
             raise InputError(f"decay_start must be >= 0, got {self.decay_start!r}")
+        if self.augmentations < 0 or (self.augmentations and not self.augment):
+            raise InputError(f"augmentations must be >= 0 and needs augmentation on, got {self.augmentations} "
+                             f"(augment={self.augment})")
         if self.optimizer not in ("adamw", "adam-atan2"):
             raise InputError(f"unknown optimizer {self.optimizer!r} (adamw or adam-atan2)")
 
@@ -169,21 +174,33 @@ SCHEDULE_FIELDS = ("steps", "lr_min_ratio", "decay_start")
 # --- data -----------------------------------------------------------------------------------------------------
 
 def load_data(cfg: TrainConfig, progress: bool = False) -> tuple[PuzzleSet, PuzzleSet]:
-    """Training pool and held-out split (disjoint)."""
+    """Training pool and held-out set (disjoint): the held-out set is ``eval_data`` when given (never carved from
+    the training file then), otherwise generated or carved from ``data``; the pool is a seeded subsample of
+    ``n_train`` puzzles of ``data`` (or generated)."""
     task = get_task(cfg.model.task)
+    held = None
+    if cfg.eval_data is not None:
+        held = _labelled(task, cfg.eval_data)
+        held = held[np.random.default_rng(seeds.stream(cfg.seed, "train.held_out")).permutation(len(held))[:cfg.n_eval]]
     if cfg.data is None:
         train = task.generate(cfg.n_train, seed=cfg.seed, difficulty=cfg.difficulty, progress=progress)
-        held = task.generate(cfg.n_eval, seed=seeds.stream(cfg.seed, "train.held_out"), difficulty=cfg.difficulty)
+        if held is None:
+            held = task.generate(cfg.n_eval, seed=seeds.stream(cfg.seed, "train.held_out"), difficulty=cfg.difficulty)
         return train, held
-    puzzles = task.check(task.load(cfg.data))
-    if not puzzles.known.all():
-        raise InputError(f"{cfg.data}: training needs solutions for every puzzle")
+    puzzles = _labelled(task, cfg.data)
+    order = np.random.default_rng(cfg.seed).permutation(len(puzzles))
+    if held is not None:
+        return puzzles[order[:cfg.n_train]], held
     if len(puzzles) < cfg.n_eval + 1:
         raise InputError(f"{cfg.data} has {len(puzzles)} puzzles; need more than n_eval={cfg.n_eval}")
-    order = np.random.default_rng(cfg.seed).permutation(len(puzzles))
-    held = puzzles[order[:cfg.n_eval]]
-    train = puzzles[order[cfg.n_eval:cfg.n_eval + cfg.n_train]]
-    return train, held
+    return puzzles[order[cfg.n_eval:cfg.n_eval + cfg.n_train]], puzzles[order[:cfg.n_eval]]
+
+
+def _labelled(task: Task, path: str) -> PuzzleSet:
+    puzzles = task.check(task.load(path))
+    if not len(puzzles) or not puzzles.known.all():
+        raise InputError(f"{path}: training and evaluation need instances with solutions for every one")
+    return puzzles
 
 
 class PuzzleStream:
@@ -200,6 +217,57 @@ class PuzzleStream:
         if self.augment and n:
             tokens, solution = self.task.augment(tokens, solution, self.rng)
         return tokens, self.task.targets(solution)
+
+    def state_dict(self) -> dict:
+        return _np_state(self.rng)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = _np_state_from(state)
+
+
+class EpochStream:
+    """The reference's data pipeline: every pool puzzle and ``copies`` fixed augmentations of it (made once, from
+    ``seed``) form the examples ``[P * (copies + 1), L]``; they are drawn epoch by epoch without replacement, each
+    epoch in its own seeded order, and a draw that crosses an epoch's end continues in the next epoch."""
+
+    _CHUNK = 65536
+
+    def __init__(self, pool: PuzzleSet, seed: int, copies: int, task: Task | str) -> None:
+        self.task, self.seed = get_task(task), seed
+        tokens = np.repeat(pool.tokens, copies + 1, axis=0)  # [P * (copies + 1), L]: puzzle p's rows together
+        solution = np.repeat(pool.solution, copies + 1, axis=0)
+        copy = np.flatnonzero(np.arange(len(tokens)) % (copies + 1))  # rows 1..copies of each puzzle
+        rng = np.random.default_rng(seeds.stream(seed, "train.augmentations"))
+        for lo in range(0, len(copy), self._CHUNK):
+            rows = copy[lo:lo + self._CHUNK]
+            tokens[rows], solution[rows] = self.task.augment(tokens[rows], solution[rows], rng)
+        self.tokens, self.targets = tokens, self.task.targets(solution)
+        self.epoch, self.pos = 0, 0
+        self._order = self._epoch_order(0)
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng(seeds.stream(self.seed, "train.epoch", epoch)).permutation(len(self.tokens))
+
+    def draw(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """-> tokens [n, L] uint8, targets [n, L]: the next ``n`` examples of the epoch order."""
+        parts = []
+        while n > 0:
+            take = self._order[self.pos:self.pos + n]
+            parts.append(take)
+            self.pos += len(take)
+            n -= len(take)
+            if self.pos == len(self._order):
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._order = self._epoch_order(self.epoch)
+        idx = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return self.tokens[idx], self.targets[idx]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self._order = self._epoch_order(self.epoch)
 
 
 # --- distributed helpers --------------------------------------------------------------------------------------
@@ -264,7 +332,11 @@ class Trainer:
         self.pool = pool
         task = get_task(cfg.model.task)
         data_seed = seeds.stream(cfg.seed, "train.data")
-        self.stream = PuzzleStream(pool, data_seed, cfg.augment, task) if pool is not None else None
+        self.stream: PuzzleStream | EpochStream | None = None
+        if pool is not None and cfg.augmentations:
+            self.stream = EpochStream(pool, data_seed, cfg.augmentations, task)
+        elif pool is not None:
+            self.stream = PuzzleStream(pool, data_seed, cfg.augment, task)
         # shared by all ranks: initial states of refilled rows, halting exploration
         self.gen = torch.Generator(device=device).manual_seed(seeds.stream(cfg.seed, "train.carry"))
         b = cfg.batch_size // self.dist.world
@@ -368,7 +440,7 @@ class Trainer:
             "params": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "ema": {k: v.cpu() for k, v in self.ema.items()},
-            "stream_rng": _np_state(self.stream.rng) if self.stream is not None else {},
+            "stream_rng": self.stream.state_dict() if self.stream is not None else {},
             "gen": self.gen.get_state(),
             "torch_rng": _gather(torch.get_rng_state()[None], self.dist).cpu() if self.device.type == "cpu"
             else torch.get_rng_state()[None],
@@ -384,7 +456,7 @@ class Trainer:
         self.ema = {k: v.to(self.device) for k, v in state["ema"].items()}
         self.step_count = int(state["step"])
         if self.stream is not None:
-            self.stream.rng.bit_generator.state = _np_state_from(state["stream_rng"])
+            self.stream.load_state_dict(state["stream_rng"])
         self.gen.set_state(state["gen"])
         rng = state["torch_rng"]
         torch.set_rng_state(rng[self.dist.rank] if rng.shape[0] > self.dist.rank else rng[0])
@@ -463,7 +535,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", res
     held_tok = torch.as_tensor(held.tokens, dtype=torch.long)
     held_sol = torch.as_tensor(held.solution)
     meta = {"train_command": os.environ.get("ATTRACTORLAB_COMMAND", ""),
-            "data": cfg.data or f"generated:{cfg.difficulty}", "n_train": cfg.n_train}
+            "data": cfg.data or f"generated:{cfg.difficulty}", "n_train": cfg.n_train,
+            "eval_data": cfg.eval_data or ("carved from the training data" if cfg.data else "generated")}
     bar = tqdm(total=cfg.steps, initial=trainer.step_count, disable=not (progress and dist_info.main),
                dynamic_ncols=True, unit="step")
     metrics: dict = {}

@@ -179,3 +179,57 @@ def test_compiled_training_step_matches_eager(pool):
         assert a["lm_loss"] == pytest.approx(b["lm_loss"], rel=1e-5)
     for p, q in zip(eager.model.parameters(), compiled.model.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+def test_epoch_stream_draws_every_fixed_copy_once_per_epoch(pool):
+    copies, task = 3, sudoku.TASK
+    stream = train.EpochStream(pool[:5], seed=4, copies=copies, task=task)
+    assert len(stream.tokens) == 5 * (copies + 1)
+    np.testing.assert_array_equal(stream.tokens[::copies + 1], pool[:5].tokens)  # the originals stay
+    augmented = stream.tokens.reshape(5, copies + 1, -1)
+    assert all(len({row.tobytes() for row in group}) > 1 for group in augmented)  # the copies are symmetries
+    blank = (augmented == 1)  # a relabelled, permuted copy keeps the number of givens
+    assert (blank.sum(-1) == blank[:, :1].sum(-1)).all()
+    n = len(stream.tokens)
+    first = np.concatenate([stream.draw(7)[0], stream.draw(n - 7)[0]])  # one epoch, drawn in two parts
+    key = sorted(r.tobytes() for r in first)
+    assert key == sorted(r.tobytes() for r in stream.tokens)  # each example exactly once (without replacement)
+    assert stream.epoch == 1 and stream.pos == 0
+    crossing = stream.draw(n + 5)[0]  # the second epoch in another order, then into the third
+    assert sorted(r.tobytes() for r in crossing[:n]) == key and not np.array_equal(crossing[:n], first)
+    again = train.EpochStream(pool[:5], seed=4, copies=copies, task=task)
+    np.testing.assert_array_equal(again.tokens, stream.tokens)  # the fixed copies come from the seed
+    again.load_state_dict(stream.state_dict())
+    np.testing.assert_array_equal(again.draw(9)[0], stream.draw(9)[0])
+
+
+def test_reference_pipeline_trains_resumes_bit_for_bit_and_evaluates_on_the_given_split(pool, tmp_path):
+    from attractorlab.tasks.sudoku_csv import save_csv
+
+    train_csv, test_csv = tmp_path / "train.csv", tmp_path / "test.csv"
+    save_csv(pool[:16], train_csv)
+    save_csv(pool[16:], test_csv)
+    cfg = train.TrainConfig.from_preset("tiny", **{**TINY, "n_train": 10, "n_eval": 3}, augmentations=2,
+                                        data=str(train_csv), eval_data=str(test_csv))
+    pool_, held = train.load_data(cfg)
+    assert len(pool_) == 10 and len(held) == 3
+    test_rows = {r.tobytes() for r in pool[16:].tokens}
+    assert {r.tobytes() for r in held.tokens} <= test_rows  # the held-out set is the test split's
+    assert not {r.tobytes() for r in pool_.tokens} & test_rows
+    straight = train.Trainer(cfg, torch.device("cpu"), pool=pool_)
+    assert isinstance(straight.stream, train.EpochStream)
+    for _ in range(5):
+        straight.train_step()
+    first = train.Trainer(cfg, torch.device("cpu"), pool=pool_)
+    for _ in range(2):
+        first.train_step()
+    first.save(tmp_path / "ck.pt")
+    second = train.Trainer(cfg, torch.device("cpu"), pool=pool_)
+    second.load_state_dict(checkpoint.read(tmp_path / "ck.pt")["train_state"])
+    for _ in range(3):
+        second.train_step()
+    for name, p in straight.model.named_parameters():
+        assert torch.equal(p, second.model.state_dict()[name]), name
+    with pytest.raises(train.InputError, match="augmentation on"):
+        train.TrainConfig.from_preset("tiny", augmentations=2, augment=False)
+    assert train.TrainConfig.from_preset("paper").augmentations == 1000
