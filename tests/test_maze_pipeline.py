@@ -33,8 +33,8 @@ def test_maze_model_trains_solves_records_analyzes_and_reports(maze_ckpt, tmp_pa
         wrong = int((~r.rollout.correct[np.arange(6), r.rollout.selected, -1]).sum())
     html = tmp_path / "maze_report.html"
     assert main(["analyze", str(run), "--out", str(html), "--n-puzzles", "1", "--grid", "3",
-                 "--basin-samples", "4", "--max-steps", "4", "--restarts", "2", "--no-progress",
-                 "--device", "cpu"]) == 0
+                 "--basin-samples", "4", "--max-steps", "4", "--restarts", "2", "--n-polish", "2", "--n-lyapunov", "1",
+                 "--lyapunov-steps", "4", "--n-selection", "2", "--no-progress", "--device", "cpu"]) == 0
     text = html.read_text()
     assert "Answers drawn" in text and "Basin maps" in text
     with open_run(run) as r:
