@@ -37,6 +37,9 @@ class SolveSummary:
     compute_steps: int = 0
     paper: dict[str, float] | None = None  # the reference evaluation's metrics (see paper_metrics)
     protocol: str = ""
+    groups: int = 0  # puzzles when the data groups copies of one puzzle (a reference split's augmentations), else 0
+    group_accuracy: float = float("nan")  # mean over groups of the share of its copies solved
+    group_all_correct: float = float("nan")  # share of groups with every copy solved
 
     def table(self) -> str:
         lines = [f"puzzles            {self.n}",
@@ -44,6 +47,10 @@ class SolveSummary:
                  f"accuracy (vote)    {self.majority_accuracy:.4f}",
                  f"pass@B (oracle)    {self.pass_at_b:.4f}",
                  f"steps mean/median  {self.mean_steps:.1f} / {self.median_steps:.0f}"]
+        if self.groups:
+            lines += [f"groups             {self.groups} (augmented copies of one puzzle count as one)",
+                      f"accuracy (group)   {self.group_accuracy:.4f}",
+                      f"all copies solved  {self.group_all_correct:.4f}"]
         if self.seconds:
             lines.append(f"time               {self.seconds:.1f} s ({self.compute_steps / self.seconds:.0f} "
                          "puzzle-steps/s)")
@@ -59,8 +66,9 @@ class SolveSummary:
 
 def summarize(solution: np.ndarray, rating: np.ndarray, source: np.ndarray, correct: np.ndarray,
               steps: np.ndarray, selected: np.ndarray, selected_majority: np.ndarray,
-              task: str | Task) -> SolveSummary:
-    """Summary from run-file arrays: ``correct [N, B, T]``, ``steps [N, B]``, ``selected [N]`` ..."""
+              task: str | Task, group: np.ndarray | None = None) -> SolveSummary:
+    """Summary from run-file arrays: ``correct [N, B, T]``, ``steps [N, B]``, ``selected [N]`` ...; with ``group
+    [N]`` where some rows are copies of one puzzle, the per-group accuracies too (known rows only)."""
     n = len(selected)
     known = (solution > 0).any(axis=1)
     final = correct[:, :, -1]
@@ -76,16 +84,26 @@ def summarize(solution: np.ndarray, rating: np.ndarray, source: np.ndarray, corr
     by_source = {str(s): (int(((source == s) & known).sum()), mean(sel, (source == s) & known))
                  for s in np.unique(source)}
     used = steps[rows, selected]
-    return SolveSummary(n=n, accuracy=mean(sel, known), majority_accuracy=mean(maj, known),
-                        pass_at_b=mean(final.any(axis=1), known), mean_steps=float(used.mean()) if n else 0.0,
-                        median_steps=float(np.median(used)) if n else 0.0, by_band=by_band, by_source=by_source)
+    out = SolveSummary(n=n, accuracy=mean(sel, known), majority_accuracy=mean(maj, known),
+                       pass_at_b=mean(final.any(axis=1), known), mean_steps=float(used.mean()) if n else 0.0,
+                       median_steps=float(np.median(used)) if n else 0.0, by_band=by_band, by_source=by_source)
+    if group is not None and known.any():
+        _, g = np.unique(np.asarray(group)[known], return_inverse=True)
+        g = g.reshape(-1)
+        if g.max() + 1 < known.sum():  # some puzzle has several copies
+            size = np.bincount(g)
+            solved = np.bincount(g, weights=sel[known].astype(np.float64))
+            out.groups = int(len(size))
+            out.group_accuracy = float((solved / size).mean())
+            out.group_all_correct = float((solved == size).mean())
+    return out
 
 
 def summarize_run(run) -> SolveSummary:
     """:func:`summarize` of an open run file (:class:`attractorlab.recording.Run`), with :func:`paper_metrics`."""
     p, r = run.puzzles, run.rollout
     summary = summarize(p.solution, p.rating, p.source, r.correct, r.steps, r.selected, r.selected_majority,
-                        run.task)
+                        run.task, group=p.group if "group" in p else None)
     summary.paper = paper_metrics(run)
     summary.protocol = str(run.config.get("protocol", ""))
     return summary

@@ -188,12 +188,21 @@ def load_data(cfg: TrainConfig, progress: bool = False) -> tuple[PuzzleSet, Puzz
             held = task.generate(cfg.n_eval, seed=seeds.stream(cfg.seed, "train.held_out"), difficulty=cfg.difficulty)
         return train, held
     puzzles = _labelled(task, cfg.data)
-    order = np.random.default_rng(cfg.seed).permutation(len(puzzles))
-    if held is not None:
-        return puzzles[order[:cfg.n_train]], held
-    if len(puzzles) < cfg.n_eval + 1:
-        raise InputError(f"{cfg.data} has {len(puzzles)} puzzles; need more than n_eval={cfg.n_eval}")
-    return puzzles[order[cfg.n_eval:cfg.n_eval + cfg.n_train]], puzzles[order[:cfg.n_eval]]
+    _, group = np.unique(puzzles.groups(), return_inverse=True)  # copies of one puzzle (reference splits) go together
+    group = group.reshape(-1)
+    order = np.random.default_rng(cfg.seed).permutation(int(group.max()) + 1)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    rank = rank[group]  # [N]: the place of each row's puzzle in the seeded order
+    skip = 0 if held is not None else cfg.n_eval
+    if held is None:
+        if len(order) < cfg.n_eval + 1:
+            raise InputError(f"{cfg.data} has {len(order)} puzzles; need more than n_eval={cfg.n_eval}")
+        first = np.unique(group, return_index=True)[1]  # one row (the first copy) of each held-out puzzle
+        held_rows = first[rank[first] < cfg.n_eval]
+        held = puzzles[held_rows[np.argsort(rank[held_rows])]]
+    pool_rows = np.flatnonzero((rank >= skip) & (rank < skip + cfg.n_train))
+    return puzzles[pool_rows[np.argsort(rank[pool_rows], kind="stable")]], held
 
 
 def _labelled(task: Task, path: str) -> PuzzleSet:

@@ -25,6 +25,8 @@ DESCRIPTIONS = {  # dataset -> (axes, description), written as attributes for re
     "puzzles/solution": ("N,L", "labels in the task's answer encoding, 0 = unknown"),
     "puzzles/source": ("N", "puzzle source (UTF-8)"),
     "puzzles/rating": ("N", "difficulty rating"),
+    "puzzles/group": ("N", "optional: group of each instance (a reference split's augmented copies of one puzzle "
+                      "share one); absent: every instance its own"),
     "rollout/residual": ("N,B,T", "||z_t - z_{t-1}|| / ||z_t|| of the full state after outer step t"),
     "rollout/halt_logit": ("N,B,T", "halting logit q after outer step t"),
     "rollout/logit_change": ("N,B,T", "norm of the change of all output logits at outer step t"),

@@ -317,7 +317,8 @@ class RunWriter:
     def append(self, puzzles: Any, rollout: dict, states: np.ndarray | None = None) -> None:
         """Write one batch of n puzzles and commit it.
 
-        puzzles: has ``tokens [n, L]``, ``solution [n, L]``, ``source [n]``, ``rating [n]`` (a PuzzleSet);
+        puzzles: has ``tokens [n, L]``, ``solution [n, L]``, ``source [n]``, ``rating [n]`` and optionally
+        ``group [n]`` (a PuzzleSet);
         rollout: the ``/rollout`` arrays for these n puzzles (``residual [n, B, T]`` ... ``selected [n]``),
         optionally ``selected_majority [n]`` and further ``[n, ...]`` numeric arrays (the first batch fixes
         the set of keys); states: ``[n, B, S, *shape]`` (S = ``len(spec.steps(T))``) unless mode ``none``.
@@ -329,6 +330,8 @@ class RunWriter:
         n = len(np.asarray(puzzles.tokens))
         data = {f"puzzles/{k}": self._check(f"puzzles.{k}", getattr(puzzles, k), n, tail, kind)
                 for k, (kind, tail) in self._puzzles.items()}
+        if getattr(puzzles, "group", None) is not None:  # optional: which rows are copies of one puzzle
+            data["puzzles/group"] = self._check("puzzles.group", puzzles.group, n, (), "i8")
         known = {**OPTIONAL_ROLLOUT, **self._rollout}
         missing = sorted(set(self._rollout) - set(rollout))
         if missing:

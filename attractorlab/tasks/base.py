@@ -34,6 +34,8 @@ class PuzzleSet:
         source: ``[N]`` object array of ``str`` (rows from one source share one string).
         rating: ``[N] int32`` difficulty rating, ``-1`` when unknown.
         skipped: rows dropped by a loader with ``skip_invalid=True``; 0 otherwise.
+        group: ``[N] int64`` group of each row where the data says which rows are copies of one puzzle (a
+            reference split's augmented copies share a group), or ``None``: every row its own puzzle.
     """
 
     tokens: np.ndarray
@@ -41,6 +43,7 @@ class PuzzleSet:
     source: np.ndarray
     rating: np.ndarray
     skipped: int = 0
+    group: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         tokens = np.asarray(self.tokens)
@@ -63,6 +66,11 @@ class PuzzleSet:
         self.rating = rating.astype(np.int32, copy=False)
         if not isinstance(self.skipped, int | np.integer) or self.skipped < 0:
             raise TaskError(f"skipped must be a non-negative integer, got {self.skipped!r}")
+        if self.group is not None:
+            group = np.asarray(self.group)
+            if group.shape != (n,) or group.dtype.kind not in "iu":
+                raise TaskError(f"group must be [{n}] integers or None, got shape {group.shape} dtype {group.dtype}")
+            self.group = group.astype(np.int64, copy=False)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -86,7 +94,12 @@ class PuzzleSet:
     def __getitem__(self, key: int | slice | np.ndarray | Sequence[int]) -> PuzzleSet:
         """Rows selected by an int, a slice, an index array or a boolean mask, as a set of the same type."""
         key = self._rows(key)
-        return type(self)(self.tokens[key], self.solution[key], self.source[key], self.rating[key])
+        group = None if self.group is None else self.group[key]
+        return type(self)(self.tokens[key], self.solution[key], self.source[key], self.rating[key], group=group)
+
+    def groups(self) -> np.ndarray:
+        """``[N] int64``: :attr:`group`, or every row its own group (``0 .. N-1``) when there is none."""
+        return np.arange(len(self), dtype=np.int64) if self.group is None else self.group
 
     def __repr__(self) -> str:
         names, counts = np.unique(self.source.astype(str), return_counts=True) if len(self) else ([], [])
@@ -104,7 +117,19 @@ class PuzzleSet:
             np.concatenate([s.source for s in sets]),
             np.concatenate([s.rating for s in sets]),
             skipped=int(sum(s.skipped for s in sets)),
+            group=None if all(s.group is None for s in sets) else _concat_groups(sets),
         )
+
+
+def _concat_groups(sets: Sequence[PuzzleSet]) -> np.ndarray:
+    """Groups of concatenated sets, renumbered so that no two sets share a group."""
+    out, offset = [], 0
+    for s in sets:
+        g = s.groups()
+        _, dense = np.unique(g, return_inverse=True)
+        out.append(dense.reshape(-1) + offset)
+        offset += int(dense.max()) + 1 if len(g) else 0
+    return np.concatenate(out).astype(np.int64)
 
 
 class Task(abc.ABC):
@@ -186,7 +211,7 @@ class Task(abc.ABC):
         """Write ``puzzles`` as a reference dataset split directory (``dataset.json`` + ``all__*.npy``)."""
         from attractorlab import reference
 
-        return reference.write_split(path, puzzles.tokens, self.targets(puzzles.solution),
+        return reference.write_split(path, puzzles.tokens, self.targets(puzzles.solution), groups=puzzles.group,
                                      metadata={"vocab_size": self.vocab_size}, overwrite=overwrite)
 
     @abc.abstractmethod

@@ -410,7 +410,7 @@ def load_reference(path: str | os.PathLike, grid: int = GRID, *, set_name: str =
         bad = int(np.flatnonzero(known)[~is_valid(inputs[known], labels[known])][0])
         raise TaskError(f"{path}: the label of row {bad} is not one simple path from S to G")
     rating = np.where(known, (labels == PATH).sum(1) + 1, -1).astype(np.int32)
-    return PuzzleSet(inputs, labels, f"reference:{path.parent.name}/{path.name}", rating)
+    return PuzzleSet(inputs, labels, f"reference:{path.parent.name}/{path.name}", rating, group=split.example_groups())
 
 
 # ----------------------------------------------------------------------------------------------- rendering

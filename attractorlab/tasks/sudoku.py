@@ -410,7 +410,8 @@ def load_reference_split(path: str | os.PathLike, set_name: str = "all") -> Puzz
     if len(rows):
         raise InputError(f"{path}: row {rows[0]} of {set_name}__inputs.npy holds a pad token (0) in a Sudoku grid")
     name = Path(path).resolve().name
-    return PuzzleSet(np.asarray(split.inputs), solution, f"reference:{name}", np.full(len(labels), -1, np.int32))
+    return PuzzleSet(np.asarray(split.inputs), solution, f"reference:{name}", np.full(len(labels), -1, np.int32),
+                     group=split.example_groups())
 
 
 def __getattr__(name: str) -> Any:
@@ -460,7 +461,8 @@ class SudokuTask(base.Task):
     def check(self, puzzles: base.PuzzleSet) -> PuzzleSet:
         if isinstance(puzzles, PuzzleSet):
             return puzzles
-        return PuzzleSet(puzzles.tokens, puzzles.solution, puzzles.source, puzzles.rating, puzzles.skipped)
+        return PuzzleSet(puzzles.tokens, puzzles.solution, puzzles.source, puzzles.rating, puzzles.skipped,
+                         group=puzzles.group)
 
     def augment(self, tokens: np.ndarray, solution: np.ndarray,
                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -479,7 +481,7 @@ class SudokuTask(base.Task):
         """Write ``puzzles`` as a reference dataset split directory (the HRM layout the reference code reads)."""
         from attractorlab import reference
 
-        return reference.write_split(path, puzzles.tokens, self.targets(puzzles.solution),
+        return reference.write_split(path, puzzles.tokens, self.targets(puzzles.solution), groups=puzzles.group,
                                      metadata={"vocab_size": VOCAB_SIZE, "pad_id": PAD, "ignore_label_id": 0,
                                                "blank_identifier_id": 0}, overwrite=overwrite)
 
