@@ -168,7 +168,9 @@ def _grid_html(grid: str, task: Task) -> str:
     grid = str(grid)
     if not grid:
         return "(no answer)"
-    return "<br>".join(html.escape(r) for r in task.render_string(grid).splitlines())
+    lines = task.render_string(grid).splitlines()
+    # hover text collapses runs of spaces (a maze's open cells): all but the last space of a run become no-break
+    return "<br>".join(re.sub(" (?= )", "\u00a0", html.escape(r)) for r in lines)
 
 
 def _layout(fig: go.Figure, title: str, height: int, **kw: object) -> go.Figure:
