@@ -283,7 +283,7 @@ def probe_arrays(run: recording.Run, opts: AnalyzeOptions) -> dict:
     if 1 < correct.sum() < n - 1:
         arrays["correct_accuracy"] = probing.probe_correctness(data.reshape(n, data.shape[1], -1), correct,
                                                                seed=opts.seed).accuracy_mean
-    return {"arrays": arrays, "attrs": {}}
+    return {"arrays": arrays, "attrs": {"cell_chance": result.chance}}
 
 
 # --- analyses that need the model ---------------------------------------------------------------------------

@@ -104,7 +104,8 @@ FIGURES = {
                         "and L update), for the first, middle and last recorded outer step: falling along each "
                         "H-cycle, z_L settles while z_H is held."),
     "probes": FigureInfo("Probes", "Probe accuracy vs step",
-                         "Cell accuracy of linear label probes per outer step (band: ±1 std over folds)."),
+                         "Cell accuracy of linear label probes per outer step (band: ±1 std over folds; dotted: "
+                         "chance, the share of the commoner label)."),
     "trajectories": FigureInfo("Trajectories", "Trajectories",
                                "Lines: trajectories coloured by final correctness; dots: snapshots coloured "
                                "by outer step; open circles: starts; squares: ends. Press play or drag the "
@@ -390,6 +391,9 @@ def _probes(res: AnalysisResult) -> go.Figure:
         fig.add_trace(go.Scatter(x=steps, y=_f32(res["correct_accuracy"]), mode="lines+markers",
                                  name="puzzles solved correctly", line={"color": CORRECT, "dash": "dash"},
                                  hovertemplate="step %{x}: %{y:.1%}<extra>correct puzzles</extra>"))
+    if "cell_chance" in res.attrs:  # always predicting the commoner label
+        fig.add_hline(y=float(res.attrs["cell_chance"]), line={"dash": "dot", "color": GREY},
+                      annotation_text="chance (majority label)", annotation_position="bottom right")
     fig.update_xaxes(title="outer step")
     fig.update_yaxes(title="probe cell accuracy", tickformat=".0%", range=[0, 1.02])
     return _layout(fig, "Linear probe accuracy vs outer step", 420)

@@ -42,6 +42,13 @@ def test_maze_model_trains_solves_records_analyzes_and_reports(maze_ckpt, tmp_pa
     images = [t for t in fig.data if t.type == "image"]
     assert 1 <= len(images) <= 8 and sum("wrong" in a.text for a in fig.layout.annotations) == min(wrong, 4)
     assert np.asarray(images[0].z).shape == (11 * 8, 11 * 8, 3)  # an 11 x 11 board at 8 pixels per cell
+    with open_run(run) as r:
+        chance = r.read_analysis("probes").attrs["cell_chance"]
+        targets = get_task("maze11").probe_targets(r.puzzles.tokens, r.puzzles.solution)
+        probes = report.build_figures(r)["probes"]
+    known = targets[targets > 0]
+    assert chance == pytest.approx(np.bincount(known).max() / known.size)  # the share of on-path open cells
+    assert [s.y0 for s in probes.layout.shapes] == [pytest.approx(chance)]
     capsys.readouterr()
 
 
