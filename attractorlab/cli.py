@@ -51,8 +51,8 @@ def add_train(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--preset", default="tiny", choices=list(PRESETS),
                    help="Sudoku: tiny (~10 min on 2 CPU cores), small (the shipped CPU model), paper (the EqR GPU "
-                   "recipe); Maze-Unique: maze-tiny (11 x 11), maze-small (11 x 11, CPU), maze-paper (30 x 30, the "
-                   "reference recipe)")
+                   "recipe); Maze-Unique: maze-tiny (11 x 11, a few minutes), maze-small (11 x 11, the shipped CPU "
+                   "model), maze-paper (30 x 30, the reference recipe, GPU)")
     p.add_argument("--out", default="checkpoints/run.pt", help="checkpoint file (written atomically)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in --out exactly where it stopped (only --steps, --lr-min-ratio and "
@@ -182,11 +182,12 @@ def add_solve(p: argparse.ArgumentParser) -> None:
                    help="model checkpoint (default: the shipped attractorlab/checkpoints/sudoku-small.pt)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--data", help="instances of the checkpoint's task (Sudoku: a Sudoku-Extreme CSV, .csv/.csv.gz, "
-                     "or one puzzle per line)")
+                     "or one puzzle per line; maze: a text file of boards; either: a reference split directory)")
     src.add_argument("--generate", type=int, metavar="N", help="generate N instances with the task's built-in "
                      "generator (default: 200 of mixed difficulty)")
     p.add_argument("--difficulty", default="mixed",
-                   help="difficulty of generated instances (Sudoku: mixed, singles, search)")
+                   help="difficulty of generated instances (Sudoku: mixed, singles, search; maze: mixed, "
+                   "reference, short, long)")
     p.add_argument("--limit", type=int, help="use only the first N puzzles of --data")
     from attractorlab.rollout import HALT_RULES, SELECT_RULES, RolloutConfig
 
