@@ -434,10 +434,7 @@ def fixed_point_arrays(model: EquilibriumReasoner, run: recording.Run, opts: Ana
     found = puzzle_attractors(model, tokens, solution, restarts=opts.restarts, max_steps=opts.max_steps,
                               seed=stream(opts.seed, "analyze.fixed_points", k), tol=opts.tol,
                               restart_std=opts.restart_std or RolloutConfig.restart_std)
-    fps = found.fixed
-    arrays = {"z": _np(fps.z).astype(np.float32), "eigvals": _np(fps.eigvals),
-              "spectral_radius": _np(fps.spectral_radius), "stable": _np(fps.stable), "residual": _np(fps.residual),
-              "label": found.label, "grid": found.answers, "count": _np(fps.count)}
+    arrays = {**found.fixed.to_arrays(), "label": found.label, "grid": found.answers}  # the container's own arrays
     return {"arrays": arrays, "attrs": {"puzzle_index": int(puzzle), "starts": found.starts}}
 
 
