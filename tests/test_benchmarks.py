@@ -45,6 +45,14 @@ def test_fixed_points_benchmark_reasoner_case_builds_starts_from_the_model():
         assert case.z0.shape[0] == 3 and case.f(case.z0).shape == case.z0.shape and case.tol > 0
 
 
+def test_rollout_benchmark_runs_the_shipped_maze_model(capsys):
+    bench = _load("bench_rollout")
+    bench.main(["scaling", "--task", "maze", "--n", "3", "--difficulty", "reference", "--depths", "1,4",
+                "--breadths", "1"])
+    out = capsys.readouterr().out
+    assert "3 puzzles (reference" in out and re.search(r"^\s+4\s+32\s+[\d.]+ / [\d.]+$", out, flags=re.M), out
+
+
 def test_rollout_benchmarks_print_their_tables(capsys, tmp_path):
     bench = _load("bench_rollout")
     bench.main(["scaling", "--n", "3", "--difficulty", "singles", "--depths", "1,3", "--breadths", "1,2"])
