@@ -4,7 +4,7 @@ Read top to bottom: building blocks (RMS norm, SwiGLU, attention with RoPE), the
 noisy update, and the model with ``init_state`` / ``step`` / ``readout``. Numerically this is the reference
 EqR model (locuslab/EqR); :func:`attractorlab.checkpoint.load_reference` maps its state dicts onto this one.
 
-Shapes: ``B`` batch, ``L = seq_len`` cells (81 for Sudoku, 900 for 30 x 30 mazes), ``D = hidden_size``; latent
+Shapes: ``B`` batch, ``L = seq_len`` cells (the task's board, e.g. 900 for 30 x 30 mazes), ``D = hidden_size``; latent
 streams ``z_H, z_L: [B, L, D]``. The task (``ReasonerConfig.task``) fixes ``L``, the vocabulary and the board shape.
 """
 

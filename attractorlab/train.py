@@ -188,8 +188,7 @@ def load_data(cfg: TrainConfig, progress: bool = False) -> tuple[PuzzleSet, Puzz
             held = task.generate(cfg.n_eval, seed=seeds.stream(cfg.seed, "train.held_out"), difficulty=cfg.difficulty)
         return train, held
     puzzles = _labelled(task, cfg.data)
-    _, group = np.unique(puzzles.groups(), return_inverse=True)  # copies of one puzzle (reference splits) go together
-    group = group.reshape(-1)
+    group = puzzles.groups()  # [N]: copies of one puzzle (a reference split's augmentations) go together
     order = np.random.default_rng(cfg.seed).permutation(int(group.max()) + 1)
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))

@@ -98,8 +98,11 @@ class PuzzleSet:
         return type(self)(self.tokens[key], self.solution[key], self.source[key], self.rating[key], group=group)
 
     def groups(self) -> np.ndarray:
-        """``[N] int64``: :attr:`group`, or every row its own group (``0 .. N-1``) when there is none."""
-        return np.arange(len(self), dtype=np.int64) if self.group is None else self.group
+        """``[N] int64``: the group of each row numbered ``0 .. G-1`` in order of :attr:`group`, or every row its
+        own group (``0 .. N-1``) when there is none."""
+        if self.group is None:
+            return np.arange(len(self), dtype=np.int64)
+        return np.unique(self.group, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
     def __repr__(self) -> str:
         names, counts = np.unique(self.source.astype(str), return_counts=True) if len(self) else ([], [])
@@ -126,10 +129,9 @@ def _concat_groups(sets: Sequence[PuzzleSet]) -> np.ndarray:
     out, offset = [], 0
     for s in sets:
         g = s.groups()
-        _, dense = np.unique(g, return_inverse=True)
-        out.append(dense.reshape(-1) + offset)
-        offset += int(dense.max()) + 1 if len(g) else 0
-    return np.concatenate(out).astype(np.int64)
+        out.append(g + offset)
+        offset += int(g.max(initial=-1)) + 1
+    return np.concatenate(out)
 
 
 class Task(abc.ABC):
