@@ -27,6 +27,7 @@ from attractorlab import checkpoint as ckpt
 from attractorlab import dynamics, probing, recording
 from attractorlab.errors import InputError
 from attractorlab.model import EquilibriumReasoner, LatentState, update_names
+from attractorlab.results import EndStates, LyapunovSurvey, PuzzleBasins, RestartSelection, StoredResult
 from attractorlab.rollout import (
     ATTRACTOR_SOLVE,
     RolloutConfig,
@@ -438,7 +439,7 @@ def fixed_point_arrays(model: EquilibriumReasoner, run: recording.Run, opts: Ana
     return {"arrays": arrays, "attrs": {"puzzle_index": int(puzzle), "starts": found.starts}}
 
 
-def end_state_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOptions) -> dict:
+def end_state_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOptions) -> EndStates:
     """Each recorded end state of the first ``n_polish`` puzzles, polished noise-free to the fixed point it sits at
     (:func:`attractorlab.dynamics.polish`) and classified by :data:`END_STATES`: whether path noise hid an
     attractor (correct, spurious or invalid), an unstable fixed point, or no fixed point at all."""
@@ -454,13 +455,12 @@ def end_state_arrays(model: EquilibriumReasoner, run: recording.Run, opts: Analy
         fixed, stable = _np(polished.fixed).astype(bool), _np(polished.stable).astype(bool)
         cls[i] = np.where(~fixed, 4, np.where(stable, label, 3))
         radius[i], distance[i] = _np(polished.spectral_radius), _np(polished.distance)
-    arrays = {"puzzle_index": np.arange(n), "end_state": cls, "spectral_radius": radius, "distance": distance,
-              "ending_names": np.array(END_STATES, dtype=str),
-              "ending_counts": np.bincount(cls.ravel(), minlength=len(END_STATES))}
-    return {"arrays": arrays, "attrs": {"puzzles": n}}
+    return EndStates(puzzle_index=np.arange(n), end_state=cls, spectral_radius=radius, distance=distance,
+                     ending_names=np.array(END_STATES, dtype=str),
+                     ending_counts=np.bincount(cls.ravel(), minlength=len(END_STATES)), puzzles=n)
 
 
-def lyapunov_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOptions) -> dict:
+def lyapunov_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOptions) -> LyapunovSurvey:
     """The largest Lyapunov exponent of the noise-free outer step along the orbit from each recorded end state
     of the first ``n_lyapunov`` puzzles (:func:`attractorlab.dynamics.lyapunov_exponents`), and its regime
     (:data:`attractorlab.dynamics.REGIMES`): what the rollouts that did not converge are doing (chaos, a neutral
@@ -476,10 +476,10 @@ def lyapunov_arrays(model: EquilibriumReasoner, run: recording.Run, opts: Analyz
         exponent[i], stderr[i] = _np(spec.largest), _np(spec.stderr[:, 0])
     regime = dynamics.classify_exponents(exponent, stderr)
     correct = np.asarray(run.rollout.correct[:n, :, -1], bool)
-    arrays = {"puzzle_index": np.arange(n), "exponent": exponent, "stderr": stderr, "regime": regime,
-              "correct": correct, "regime_names": np.array(dynamics.REGIMES, dtype=str),
-              "regime_counts": np.bincount(regime.ravel(), minlength=len(dynamics.REGIMES))}
-    return {"arrays": arrays, "attrs": {"puzzles": n, "steps": opts.lyapunov_steps}}
+    return LyapunovSurvey(puzzle_index=np.arange(n), exponent=exponent, stderr=stderr, regime=regime,
+                          correct=correct, regime_names=np.array(dynamics.REGIMES, dtype=str),
+                          regime_counts=np.bincount(regime.ravel(), minlength=len(dynamics.REGIMES)), puzzles=n,
+                          steps=opts.lyapunov_steps)
 
 
 def _selection_depths(steps: np.ndarray, most: int = 6) -> np.ndarray:
@@ -491,7 +491,7 @@ def _selection_depths(steps: np.ndarray, most: int = 6) -> np.ndarray:
     return np.unique([positive[np.argmin(np.abs(np.log(steps[positive]) - np.log(t)))] for t in targets])
 
 
-def selection_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOptions) -> dict:
+def selection_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOptions) -> RestartSelection:
     """Restart selection by depth for the first ``n_selection`` puzzles: the attractor-aware choice
     (:func:`attractorlab.dynamics.select_attractor` on the restarts' states polished noise-free at that depth,
     the convergence score as fallback) against the convergence-score choice and the oracle (any restart right)."""
@@ -511,15 +511,15 @@ def selection_arrays(model: EquilibriumReasoner, run: recording.Run, opts: Analy
             attractor[i, j] = correct[i, dynamics.select_attractor(polished, fallback), d - 1]
             convergence[i, j] = correct[i, int(np.argmin(fallback)), d - 1]
             at_attractor[i, j] = int(_np(polished.stable).sum())
-    arrays = {"depths": depths, "attractor_correct": attractor, "convergence_correct": convergence,
-              "oracle_correct": correct[:, :, depths - 1].any(axis=1), "restarts_at_attractor": at_attractor,
-              "attractor_accuracy": attractor.mean(0), "convergence_accuracy": convergence.mean(0),
-              "oracle_accuracy": correct[:, :, depths - 1].any(axis=1).mean(0)}
-    return {"arrays": arrays, "attrs": {"puzzles": n}}
+    oracle = correct[:, :, depths - 1].any(axis=1)
+    return RestartSelection(depths=depths, attractor_correct=attractor, convergence_correct=convergence,
+                            oracle_correct=oracle, restarts_at_attractor=at_attractor,
+                            attractor_accuracy=attractor.mean(0), convergence_accuracy=convergence.mean(0),
+                            oracle_accuracy=oracle.mean(0), puzzles=n)
 
 
 def basin_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOptions, puzzle: int,
-                 fixed: dict, k: int, progress: bool) -> dict:
+                 fixed: dict, k: int, progress: bool) -> PuzzleBasins:
     tok = torch.as_tensor(run.puzzles.tokens[puzzle][None], dtype=torch.long)
     f = model.as_map(tok)
     gen = torch.Generator(device=model.device).manual_seed(stream(opts.seed, "analyze.basins", k))
@@ -546,17 +546,14 @@ def basin_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOp
     entropy = dynamics.basin_entropy(labels, eps=max(2, min(opts.grid // 4, 20)))
     fp_z = torch.as_tensor(np.asarray(fixed["z"])).to(model.device)
     fp_coords = _np((fp_z - bmap.origin.to(fp_z)) @ bmap.basis.to(fp_z).T)
-    arrays = {"fraction": np.append(_np(stats.fraction), stats.unassigned),
-              "stderr": np.append(_np(stats.stderr), stats.unassigned_stderr),
-              "attractor_label": att_label, "attractor_grid": att_grid,
-              "map_label": _np(bmap.label), "map_steps": _np(bmap.steps), "xs": _np(bmap.xs),
-              "ys": _np(bmap.ys), "anchor_coords": _np(bmap.anchor_coords),
-              "anchor_names": np.array(names, dtype=str), "fp_coords": fp_coords,
-              "fp_stable": np.asarray(fixed["stable"])}
-    attrs = {"puzzle_index": int(puzzle), "samples": opts.basin_samples, "basin_entropy": entropy.sb,
-             "boundary_basin_entropy": entropy.sbb, "boundary_fraction": dynamics.boundary_fraction(labels),
-             "entropy_box": entropy.eps}
-    return {"arrays": arrays, "attrs": attrs}
+    return PuzzleBasins(
+        fraction=np.append(_np(stats.fraction), stats.unassigned),
+        stderr=np.append(_np(stats.stderr), stats.unassigned_stderr), attractor_label=att_label,
+        attractor_grid=att_grid, map_label=labels, map_steps=_np(bmap.steps), xs=_np(bmap.xs), ys=_np(bmap.ys),
+        anchor_coords=_np(bmap.anchor_coords), anchor_names=np.array(names, dtype=str), fp_coords=fp_coords,
+        fp_stable=np.asarray(fixed["stable"]), puzzle_index=int(puzzle), samples=opts.basin_samples,
+        basin_entropy=entropy.sb, boundary_basin_entropy=entropy.sbb,
+        boundary_fraction=dynamics.boundary_fraction(labels), entropy_box=entropy.eps)
 
 
 # --- orchestration -------------------------------------------------------------------------------------------
@@ -598,7 +595,9 @@ def analyze(run_path: str, *, checkpoint: str | None = None, only: list[str] | N
             opts = dataclasses.replace(opts, restart_std=float(recorded))
     statuses: list[AnalysisStatus] = []
 
-    def store(name: str, result: dict) -> None:
+    def store(name: str, result: dict | StoredResult) -> None:
+        if isinstance(result, StoredResult):
+            result = result.to_stored()
         recording.write_analysis(run_path, name, result["arrays"], result["attrs"], overwrite=True)
 
     def skip(name: str, reason: str) -> None:
@@ -668,7 +667,7 @@ def analyze(run_path: str, *, checkpoint: str | None = None, only: list[str] | N
 
 
 def _model_analysis(name: str, model: EquilibriumReasoner, run: recording.Run, run_path: str,
-                    opts: AnalyzeOptions, progress: bool, store: Callable[[str, dict], None]) -> None:
+                    opts: AnalyzeOptions, progress: bool, store: Callable[[str, dict | StoredResult], None]) -> None:
     puzzles = sample_puzzles(run, opts.n_puzzles, opts.seed)
     for k, puzzle in enumerate(puzzles):
         if name == "fixed_points":

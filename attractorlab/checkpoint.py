@@ -87,13 +87,17 @@ def read(path: str | os.PathLike) -> dict:
     return payload
 
 
-def model_from_payload(payload: dict, path: str | os.PathLike = "checkpoint") -> EquilibriumReasoner:
+def model_config(payload: dict, path: str | os.PathLike = "checkpoint") -> ReasonerConfig:
+    """The model configuration a checkpoint dict stores (older files get today's defaults for new fields)."""
     try:
-        config = ReasonerConfig.from_dict(payload["config"])
+        return ReasonerConfig.from_dict(payload["config"])
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: invalid model config ({err})") from err
-    model = EquilibriumReasoner(config)
-    _load_state(model, payload["model"], path)
+
+
+def model_from_payload(payload: dict, path: str | os.PathLike = "checkpoint") -> EquilibriumReasoner:
+    model = EquilibriumReasoner(model_config(payload, path))
+    load_weights(model, payload["model"], path)
     return model
 
 
@@ -110,7 +114,8 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _load_state(model: EquilibriumReasoner, state: dict, path: str | os.PathLike) -> None:
+def load_weights(model: EquilibriumReasoner, state: dict, path: str | os.PathLike) -> None:
+    """Copy ``state`` into ``model``; a clear error names the first key that is missing or has another shape."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -253,7 +258,7 @@ def import_reference(state_dict_or_path: dict | str | os.PathLike, *, weights: s
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{source}: {err}") from err
     model = EquilibriumReasoner(model_config)
-    _load_state(model, mapped, source)
+    load_weights(model, mapped, source)
     used = "ema" if weights == "ema" and has_ema else "raw"
     return ImportedReference(model.eval(), used, step, kind, from_file, inferred)
 

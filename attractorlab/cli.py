@@ -86,8 +86,12 @@ def add_train(p: argparse.ArgumentParser) -> None:
                    "epoch without replacement (the reference pipeline; paper: 1000); 0: a fresh random symmetry "
                    "per draw")
     p.add_argument("--n-eval", type=int, dest="n_eval", help="held-out puzzles evaluated periodically")
-    p.add_argument("--no-augment", dest="augment", action="store_false", default=None,
-                   help="train without symmetry augmentation")
+    aug = p.add_mutually_exclusive_group()
+    aug.add_argument("--augment", dest="augment", action="store_true", default=None,
+                     help="train with the task's symmetry augmentation, a fresh random symmetry per draw (on in "
+                     "the Sudoku presets; off in the maze presets, as the reference trains mazes)")
+    aug.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                     help="train without symmetry augmentation")
     p.add_argument("--eval-every", type=int, dest="eval_every", help="steps between held-out evaluations")
     p.add_argument("--eval-depths", type=lambda s: tuple(int(v) for v in s.split(",")), dest="eval_depths",
                    help="comma-separated depths for held-out accuracy, e.g. 1,16,64")
@@ -95,6 +99,8 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--snapshot-every", type=int, dest="snapshot_every",
                    help="also keep the EMA weights every N steps as OUT.stepNNNNNNN.pt (for the attractor landscape "
                    "across training; default 0: off)")
+    p.add_argument("--init", help="warm start: begin from this checkpoint's weights (same task and architecture; "
+                   "optimizer, schedule and step count start fresh), e.g. to fine-tune a shipped model")
     p.add_argument("--seed", type=int, help="random seed (data, init, noise)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")

@@ -22,6 +22,7 @@ import plotly.offline
 from plotly.subplots import make_subplots
 
 from attractorlab.recording import AnalysisResult, Run, open_run
+from attractorlab.results import EndStates, IncompleteResult, LyapunovSurvey, PuzzleBasins, RestartSelection
 from attractorlab.tasks import Task, get_task
 
 MAX_TRAJECTORIES = 100
@@ -128,13 +129,9 @@ FIGURES = {
 }
 
 
-class _Incomplete(Exception):
-    """A stored analysis lacks an array a figure needs."""
-
-
 def _get(res: AnalysisResult, key: str) -> np.ndarray:
     if key not in res:
-        raise _Incomplete(f"incomplete result: no '{key}' array")
+        raise IncompleteResult(f"incomplete result: no '{key}' array")
     return np.asarray(res[key])
 
 
@@ -259,16 +256,16 @@ def _scaling(res: AnalysisResult, axis: str) -> go.Figure:
 # ---------------------------------------------------------------- convergence and probes
 
 def _selection(res: AnalysisResult) -> go.Figure:
-    depths = _get(res, "depths")
+    sel = RestartSelection.from_result(res)
     fig = go.Figure()
-    for key, label, colour in (("attractor_accuracy", "attractor-aware", "#1f77b4"),
-                               ("convergence_accuracy", "convergence score", "#ff7f0e"),
-                               ("oracle_accuracy", "oracle (any restart)", GREY)):
-        fig.add_trace(go.Scatter(x=depths, y=_get(res, key), mode="lines+markers", name=label,
-                                 line=dict(color=colour, dash="dot" if key.startswith("oracle") else "solid")))
+    for acc, label, colour, dash in ((sel.attractor_accuracy, "attractor-aware", "#1f77b4", "solid"),
+                                     (sel.convergence_accuracy, "convergence score", "#ff7f0e", "solid"),
+                                     (sel.oracle_accuracy, "oracle (any restart)", GREY, "dot")):
+        fig.add_trace(go.Scatter(x=sel.depths, y=acc, mode="lines+markers", name=label,
+                                 line=dict(color=colour, dash=dash)))
     fig.update_xaxes(title="depth (outer steps)", type="log")
     fig.update_yaxes(title="accuracy", range=[0, 1.02])
-    return _layout(fig, f"Restart selection by depth ({int(res.attrs.get('puzzles', 0))} puzzles)", 380)
+    return _layout(fig, f"Restart selection by depth ({int(sel.puzzles)} puzzles)", 380)
 
 
 def _inner(res: AnalysisResult) -> go.Figure:
@@ -354,6 +351,15 @@ def _halting(res: AnalysisResult) -> go.Figure:
 
 def _endings(res: AnalysisResult, title: str = "How rollouts ended") -> go.Figure:
     names, counts = _get(res, "ending_names"), _get(res, "ending_counts")
+    return _ending_bars(names, counts, title)
+
+
+def _end_states(res: AnalysisResult) -> go.Figure:
+    ends = EndStates.from_result(res)
+    return _ending_bars(ends.ending_names, ends.ending_counts, "End states after a noise-free polish")
+
+
+def _ending_bars(names: np.ndarray, counts: np.ndarray, title: str) -> go.Figure:
     fig = go.Figure(go.Bar(x=[str(n) for n in names], y=counts, marker_color="#4c78a8", text=counts,
                            textposition="outside", hovertemplate="%{x}: %{y}<extra></extra>"))
     fig.update_yaxes(title="restarts")
@@ -361,8 +367,9 @@ def _endings(res: AnalysisResult, title: str = "How rollouts ended") -> go.Figur
 
 
 def _lyapunov(res: AnalysisResult) -> go.Figure:
-    exponent, stderr, correct = _get(res, "exponent"), _get(res, "stderr"), _get(res, "correct").astype(bool)
-    names, regime = _get(res, "regime_names"), _get(res, "regime")
+    lya = LyapunovSurvey.from_result(res)
+    exponent, stderr, correct, names, regime = lya.exponent, lya.stderr, lya.correct.astype(bool), \
+        lya.regime_names, lya.regime
     rows = np.arange(exponent.size)
     fig = go.Figure()
     for ok, label, colour in ((True, "correct", CORRECT), (False, "not correct", INCORRECT)):
@@ -373,7 +380,7 @@ def _lyapunov(res: AnalysisResult) -> go.Figure:
             text=[str(names[r]) for r in regime.ravel()[m]],
             hovertemplate="end state %{x}: %{y:.4f} per step (%{text})<extra></extra>"))
     fig.add_hline(y=0, line_dash="dash", line_color=GREY)
-    counts = ", ".join(f"{n} {c}" for n, c in zip(names, _get(res, "regime_counts"), strict=True))
+    counts = ", ".join(f"{n} {c}" for n, c in zip(names, lya.regime_counts, strict=True))
     fig.update_xaxes(title="end state (puzzle x restart)")
     fig.update_yaxes(title="largest Lyapunov exponent")
     return _layout(fig, f"Largest Lyapunov exponents ({counts})", 380)
@@ -537,10 +544,10 @@ def _puzzle_menu(titles: list[str], spans: list[tuple[int, int]], n_traces: int)
 def _basin_maps(run: Run, items: list[tuple[int, AnalysisResult]]) -> go.Figure:
     fig, titles, spans = go.Figure(), [], []
     for _, res in items:
-        lo = len(fig.data)
-        label_map, steps_map = _get(res, "map_label"), _f32(_get(res, "map_steps"))
-        xs, ys = _f32(_get(res, "xs")), _f32(_get(res, "ys"))
-        grids, styles = _get(res, "attractor_grid"), _attractor_styles(_get(res, "attractor_label"))
+        lo, b = len(fig.data), PuzzleBasins.from_result(res)
+        label_map, steps_map = b.map_label, _f32(b.map_steps)
+        xs, ys = _f32(b.xs), _f32(b.ys)
+        grids, styles = b.attractor_grid, _attractor_styles(b.attractor_label)
         finite = steps_map[np.isfinite(steps_map)]
         zmin, zmax = (float(finite.min()), float(finite.max()) + 1e-6) if finite.size else (0.0, 1.0)
         cells = [(k, name, colour, _grid_html(grids[k], get_task(run.task))) for k, (name, colour) in enumerate(styles)]
@@ -555,14 +562,14 @@ def _basin_maps(run: Run, items: list[tuple[int, AnalysisResult]]) -> go.Figure:
                 showlegend=True, hoverongaps=False, hoverlabel=MONO,
                 hovertemplate=f"<b>{html.escape(name)}</b><br>steps: %{{z:.0f}}<br>at (%{{x:.3g}}, %{{y:.3g}})"
                               f"<br><br>{grid}<extra></extra>"))
-        anchors = _f32(_get(res, "anchor_coords")).reshape(-1, 2)
+        anchors = _f32(b.anchor_coords).reshape(-1, 2)
         fig.add_trace(go.Scatter(x=anchors[:, 0], y=anchors[:, 1], mode="markers+text", name="anchors",
-                                 text=[str(a) for a in _get(res, "anchor_names")], textposition="top center",
+                                 text=[str(a) for a in b.anchor_names], textposition="top center",
                                  textfont={"color": "black", "size": 12},
                                  marker={"symbol": "star-open", "size": 22, "color": "black",
                                          "line": {"width": 2}},
                                  hovertemplate="anchor %{text}<extra></extra>"))
-        fp, stable = _f32(_get(res, "fp_coords")).reshape(-1, 2), _get(res, "fp_stable").astype(bool)
+        fp, stable = _f32(b.fp_coords).reshape(-1, 2), b.fp_stable.astype(bool)
         for mask, name, symbol in ((stable, "stable fixed point", "circle"),
                                    (~stable, "unstable fixed point", "circle-open")):
             fig.add_trace(go.Scatter(x=fp[mask, 0], y=fp[mask, 1], mode="markers", name=name,
@@ -572,13 +579,11 @@ def _basin_maps(run: Run, items: list[tuple[int, AnalysisResult]]) -> go.Figure:
                                      customdata=np.flatnonzero(mask),
                                      hovertemplate=f"{name} %{{customdata}}<extra></extra>"))
         spans.append((lo, len(fig.data)))
-        pi = int(res.attrs.get("puzzle_index", -1))
         measures = ""
-        if "basin_entropy" in res.attrs:
-            measures = (f" (basin entropy {_num(res.attrs['basin_entropy'])}, boundary "
-                        f"{_num(res.attrs.get('boundary_basin_entropy'))}; boundary cells "
-                        f"{_pct(float(res.attrs.get('boundary_fraction', 0.0)))})")
-        titles.append(f"Basin map — {_puzzle_label(run, pi)}{measures}")
+        if b.basin_entropy is not None:
+            measures = (f" (basin entropy {_num(b.basin_entropy)}, boundary {_num(b.boundary_basin_entropy)}; "
+                        f"boundary cells {_pct(float(b.boundary_fraction or 0.0))})")
+        titles.append(f"Basin map — {_puzzle_label(run, int(b.puzzle_index))}{measures}")
     for i, trace in enumerate(fig.data):
         trace.visible = spans[0][0] <= i < spans[0][1]
     menus = _puzzle_menu(titles, spans, len(fig.data)) if len(items) > 1 else []
@@ -591,13 +596,13 @@ def _basin_maps(run: Run, items: list[tuple[int, AnalysisResult]]) -> go.Figure:
 def _basin_stability(run: Run, items: list[tuple[int, AnalysisResult]]) -> go.Figure:
     fig, titles = go.Figure(), []
     for i, (_, res) in enumerate(items):
-        frac, err = _f32(_get(res, "fraction")), _f32(_get(res, "stderr"))
-        styles = _attractor_styles(_get(res, "attractor_label")) + [("not converged", GREY)]
+        b = PuzzleBasins.from_result(res)
+        frac, err = _f32(b.fraction), _f32(b.stderr)
+        styles = _attractor_styles(b.attractor_label) + [("not converged", GREY)]
         fig.add_trace(go.Bar(x=[s[0] for s in styles], y=frac, error_y={"type": "data", "array": err},
                              marker_color=[s[1] for s in styles], visible=i == 0, showlegend=False,
                              hovertemplate="%{x}: %{y:.1%} ± %{error_y.array:.1%}<extra></extra>"))
-        pi = int(res.attrs.get("puzzle_index", -1))
-        titles.append(f"Basin stability — {_puzzle_label(run, pi)}, {_num(res.attrs.get('samples'))} samples")
+        titles.append(f"Basin stability — {_puzzle_label(run, int(b.puzzle_index))}, {_num(b.samples)} samples")
     menus = _puzzle_menu(titles, [(i, i + 1) for i in range(len(items))], len(items)) if len(items) > 1 else []
     fig.update_yaxes(title="fraction of initial states", tickformat=".0%", rangemode="tozero")
     return _layout(fig, titles[0], 440, updatemenus=menus, margin={"t": 100, "b": 60})
@@ -639,7 +644,7 @@ def _collect(run: Run) -> tuple[dict[str, go.Figure], list[tuple[str, str]]]:
         "steps_vs_rating": ("convergence", lambda: _steps_vs_rating(results["convergence"])),
         "endings": ("convergence", lambda: _endings(results["convergence"])),
         "halting": ("convergence", lambda: _halting(results["convergence"])),
-        "end_states": ("end_states", lambda: _endings(results["end_states"], "End states after a noise-free polish")),
+        "end_states": ("end_states", lambda: _end_states(results["end_states"])),
         "lyapunov": ("lyapunov", lambda: _lyapunov(results["lyapunov"])),
         "probes": ("probes", lambda: _probes(results["probes"])),
         "trajectories": ("embedding", lambda: _trajectories(results["embedding"])),
@@ -654,7 +659,7 @@ def _collect(run: Run) -> tuple[dict[str, go.Figure], list[tuple[str, str]]]:
             continue
         try:
             figures[fig_name] = build()
-        except _Incomplete as err:
+        except IncompleteResult as err:
             missing.append((f"{source} ({fig_name})", str(err)))
     answers = _answers(run)
     if answers is not None:

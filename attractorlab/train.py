@@ -96,6 +96,7 @@ class TrainConfig:
     act: bool = True  # the halting head learns when to stop (ACT); False: every row runs halt_max_steps segments
     full_backprop: bool = False  # gradients through every H-cycle of the step (default: only the last, as reference)
     snapshot_every: int = 0  # keep the EMA weights every N steps as OUT.stepNNNNNNN.pt (0 = off)
+    init: str | None = None  # warm start: weights (and EMA) from this checkpoint; optimizer and schedule start fresh
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "steps", "n_train", "n_eval", "eval_every", "checkpoint_every"):
@@ -428,6 +429,15 @@ class Trainer:
         return {"lm_loss": stats[0].item(), "halt_loss": stats[1].item(), "exact": stats[2].item(),
                 "cell_acc": stats[3].item()}
 
+    def warm_start(self, path: str | os.PathLike) -> None:
+        """Start from the weights of checkpoint ``path`` (its EMA weights, for the model and its EMA alike)."""
+        payload = checkpoint.read(path)
+        task = checkpoint.model_config(payload, path).task
+        if task != self.cfg.model.task:
+            raise InputError(f"{path} solves task {task!r}, this run trains {self.cfg.model.task!r}")
+        checkpoint.load_weights(self.model, payload["model"], path)
+        self.ema = {k: v.detach().clone() for k, v in self.model.named_parameters()}
+
     def ema_model(self) -> EquilibriumReasoner:
         """The EMA parameters with the trained model's buffers (TRM's start vectors)."""
         model = EquilibriumReasoner(self.cfg.model).to(self.device)
@@ -540,11 +550,14 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", res
     trainer = Trainer(cfg, dev, dist_info, pool, compile_model=compile_model)
     if payload is not None:
         trainer.load_state_dict(payload["train_state"])
+    elif cfg.init:
+        trainer.warm_start(cfg.init)
     held_tok = torch.as_tensor(held.tokens, dtype=torch.long)
     held_sol = torch.as_tensor(held.solution)
     meta = {"train_command": os.environ.get("ATTRACTORLAB_COMMAND", ""),
             "data": cfg.data or f"generated:{cfg.difficulty}", "n_train": cfg.n_train,
-            "eval_data": cfg.eval_data or ("carved from the training data" if cfg.data else "generated")}
+            "eval_data": cfg.eval_data or ("carved from the training data" if cfg.data else "generated"),
+            "init": cfg.init or ""}
     bar = tqdm(total=cfg.steps, initial=trainer.step_count, disable=not (progress and dist_info.main),
                dynamic_ncols=True, unit="step")
     metrics: dict = {}

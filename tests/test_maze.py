@@ -347,3 +347,19 @@ def test_probe_targets_are_on_or_off_the_path_for_open_cells_only():
     assert (y[board(MAZE7).reshape(7, 7) != maze.OPEN] == 0).all()  # walls, S and G are left out
     assert y[1, 3] == 2 and y[2, 1] == 2 and y[5, 1] == 1 and y[4, 1] == 1  # on the path / on the dead end
     assert (y == 2).sum() == (label == maze.PATH).sum() and (y == 1).sum() == 6
+
+
+def test_registered_mazes_augment_only_when_training_asks():
+    from attractorlab.cli import build_parser
+    from attractorlab.train import PuzzleStream, TrainConfig
+
+    task = tasks.get_task("maze11")
+    assert task.dihedral
+    assert not TrainConfig.from_preset("maze-tiny").augment
+    args = build_parser().parse_args(["train", "--preset", "maze-tiny", "--augment", "--out", "x.pt"])
+    assert args.augment is True
+    pool = task.generate(4, seed=0)
+    stream = PuzzleStream(pool, seed=0, augment=True, task=task)
+    tokens, solution = stream.draw(64)
+    assert not all(any(np.array_equal(t, p) for p in pool.tokens) for t in tokens)  # symmetric copies appear
+    assert task.is_valid(torch.as_tensor(tokens), torch.as_tensor(solution)).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -15,7 +16,7 @@ import plotly.graph_objects as go
 import pytest
 
 from attractorlab import recording as rec
-from attractorlab import report
+from attractorlab import report, results
 
 N, B, T = 6, 2, 5
 ALL_FIGURES = ["summary", "scaling_depth", "scaling_breadth", "selection", "inner", "residual_curves", "roc",
@@ -241,3 +242,48 @@ def test_report_renders_in_headless_chromium(full_report, tmp_path):
     run = _chromium([f"--screenshot={shot}", "--window-size=1000,1600", url], str(tmp_path / "profile2"))
     assert run.returncode == 0 and shot.exists(), run.stderr[-2000:]
     assert _png_colours(str(shot)) > 64
+
+
+def test_stored_results_round_trip_through_the_run_file(tmp_path):
+    path = str(tmp_path / "run.h5")
+    write_rollout(path)
+    r = np.random.default_rng(3)
+    basins = results.PuzzleBasins(
+        fraction=np.array([0.7, 0.2, 0.1]), stderr=np.array([0.05, 0.04, 0.03]), attractor_label=np.array([0, 2]),
+        attractor_grid=np.array([grid(1), grid(2)]), map_label=r.integers(-1, 2, (4, 5)),
+        map_steps=r.integers(1, 9, (4, 5)), xs=np.linspace(0, 1, 5), ys=np.linspace(0, 1, 4),
+        anchor_coords=r.normal(size=(3, 2)), anchor_names=np.array(["a", "b", "c"]), fp_coords=r.normal(size=(3, 2)),
+        fp_stable=np.array([True, True, False]), puzzle_index=4, samples=64, basin_entropy=0.31,
+        boundary_basin_entropy=0.62, boundary_fraction=0.25, entropy_box=3)
+    lya = results.LyapunovSurvey(exponent=r.normal(size=(N, B)), stderr=np.full((N, B), 0.01),
+                                 regime=np.zeros((N, B), np.int64), correct=r.random((N, B)) > 0.5,
+                                 regime_names=np.array(["contracting", "neutral"]), regime_counts=np.array([N * B, 0]),
+                                 puzzle_index=np.arange(N), puzzles=N, steps=100)
+    for name, res in (("basins/p0", basins), ("lyapunov", lya)):
+        stored = res.to_stored()
+        rec.write_analysis(path, name, stored["arrays"], stored["attrs"])
+    with rec.open_run(path) as run:
+        back_basins = results.PuzzleBasins.from_result(run.read_analysis("basins/p0"))
+        back_lya = results.LyapunovSurvey.from_result(run.read_analysis("lyapunov"))
+    for res, back in ((basins, back_basins), (lya, back_lya)):
+        for field in dataclasses.fields(res):
+            want, got = getattr(res, field.name), getattr(back, field.name)
+            assert np.array_equal(np.asarray(want), np.asarray(got)), field.name
+    assert back_basins.puzzle_index == 4 and back_basins.entropy_box == 3 and back_lya.steps == 100
+
+
+def test_a_result_missing_a_needed_field_is_listed_not_drawn(tmp_path):
+    path = str(tmp_path / "run.h5")
+    write_rollout(path)
+    rec.write_analysis(path, "selection", {"depths": np.array([1, 4]), "attractor_accuracy": np.array([0.5, 0.7])})
+    rec.write_analysis(path, "end_states", {  # an older file: no per-state radii or distances
+        "end_state": np.zeros((N, B), np.int64), "ending_names": np.array(["attractor: correct"]),
+        "ending_counts": np.array([N * B])})
+    with rec.open_run(path) as run:
+        with pytest.raises(results.IncompleteResult, match="no 'convergence_accuracy' array"):
+            results.RestartSelection.from_result(run.read_analysis("selection"))
+        ends = results.EndStates.from_result(run.read_analysis("end_states"))
+        assert ends.distance is None and ends.puzzles == 0
+        figures, missing = report._collect(run)
+    assert "end_states" in figures and "selection" not in figures
+    assert ("selection (selection)", "incomplete selection result: no 'convergence_accuracy' array") in missing

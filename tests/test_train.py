@@ -233,3 +233,29 @@ def test_reference_pipeline_trains_resumes_bit_for_bit_and_evaluates_on_the_give
     with pytest.raises(train.InputError, match="augmentation on"):
         train.TrainConfig.from_preset("tiny", augmentations=2, augment=False)
     assert train.TrainConfig.from_preset("paper").augmentations == 1000
+
+
+def test_warm_start_begins_from_a_checkpoints_weights(pool, tmp_path, capsys):
+    source = make_trainer(pool)
+    for _ in range(3):
+        source.train_step()
+    source.save(tmp_path / "src.pt")
+    shipped = checkpoint.load(tmp_path / "src.pt")
+    args = ["--preset", "tiny", "--steps", "1", "--no-progress"] + [
+        f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k not in ("eval_depths", "expansion")]
+    assert main(["train", *args, "--init", str(tmp_path / "src.pt"), "--lr", "1e-12", "--warmup-steps", "1",
+                 "--out", str(tmp_path / "ft.pt")]) == 0
+    tuned = checkpoint.read(tmp_path / "ft.pt")
+    assert tuned["train_state"]["step"] == 1 and tuned["meta"]["init"] == str(tmp_path / "src.pt")
+    for name, p in shipped.state_dict().items():  # one step at lr 1e-12 keeps the loaded weights
+        torch.testing.assert_close(tuned["model"][name], p, rtol=0, atol=1e-6, msg=name)
+    fresh = train.Trainer(train.TrainConfig.from_preset("tiny", **TINY), torch.device("cpu"), pool=pool)
+    assert not torch.equal(fresh.model.embed_tokens.weight, shipped.embed_tokens.weight)
+    capsys.readouterr()
+    assert main(["train", *args, "--hidden-size", "48", "--init", str(tmp_path / "src.pt"),
+                 "--out", str(tmp_path / "bad.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "has shape" in err and "Traceback" not in err
+    assert main(["train", *args, "--task", "maze11", "--init", str(tmp_path / "src.pt"),
+                 "--out", str(tmp_path / "bad.pt")]) == 2
+    assert "solves task 'sudoku'" in capsys.readouterr().err

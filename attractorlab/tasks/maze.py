@@ -455,7 +455,8 @@ class MazeTask(base.Task):
 
     Args:
         grid: board side (>= 5); the task is named ``"maze"`` for the paper's 30 and ``"maze<grid>"`` otherwise.
-        dihedral: :meth:`augment` applies a random symmetry of the square (the reference trains without).
+        dihedral: :meth:`augment` applies a random symmetry of the square (the registered tasks do; training
+            augments only when asked, ``train --augment``: the maze presets train without, as the reference).
     """
 
     vocab_size = VOCAB_SIZE
@@ -531,8 +532,8 @@ class MazeTask(base.Task):
 
 @functools.cache
 def task_for(grid: int = GRID) -> MazeTask:
-    """The maze task of a grid size (one shared instance per size)."""
-    return MazeTask(grid)
+    """The maze task of a grid size, augmenting by the symmetries of the square (one shared instance per size)."""
+    return MazeTask(grid, dihedral=True)
 
 
 def builtin_tasks() -> list[MazeTask]:
