@@ -6,7 +6,8 @@ What runs depends on what the file holds:
   by outcome, AUROC of convergence scores, steps vs difficulty, how trajectories end);
 - with recorded states: ``embedding`` (PCA or UMAP of the trajectories) and ``probes`` (linear decodability);
 - with the checkpoint: ``fixed_points`` (from trajectory ends, with Jacobian spectra) and ``basins`` (basin
-  stability under the model's own initial-state distribution and a 2-D basin map) for a sample of puzzles.
+  stability under the model's own initial-state distribution and a 2-D basin map) for a sample of puzzles; the
+  attractors of one puzzle come from :mod:`attractorlab.attractors`.
 
 Results are cached in the run file: a second call skips what is there unless ``force``. An analysis that cannot
 run is stored as an empty group whose ``skipped_reason`` says why, so reports can tell the reader.
@@ -25,14 +26,22 @@ import torch
 
 from attractorlab import checkpoint as ckpt
 from attractorlab import dynamics, probing, recording
+from attractorlab.attractors import (
+    LABELS,
+    Landscape,
+    PuzzleAttractors,
+    attractor_landscape,
+    label_states,
+    puzzle_attractors,
+    to_numpy,
+)
 from attractorlab.errors import InputError
-from attractorlab.model import EquilibriumReasoner, LatentState, update_names
+from attractorlab.model import EquilibriumReasoner, update_names
 from attractorlab.results import EndStates, LyapunovSurvey, PuzzleBasins, RestartSelection, StoredResult
 from attractorlab.rollout import (
     ATTRACTOR_SOLVE,
     RolloutConfig,
     convergence_score,
-    rollout,
     scores_by_depth,
     select_lowest_score,
 )
@@ -42,7 +51,6 @@ from attractorlab.tasks import get_task
 
 ANALYSES = ("summary", "scaling", "convergence", "embedding", "probes", "inner", "end_states", "lyapunov", "selection",
             "fixed_points", "basins")
-LABELS = ("correct", "valid, not the solution", "invalid")
 END_STATES = ("attractor: correct", "attractor: valid, not the solution", "attractor: invalid", "unstable fixed point",
               "no fixed point")
 """How a recorded end state ends after a noise-free polish (the ``end_states`` analysis)."""
@@ -312,123 +320,6 @@ def sample_puzzles(run: recording.Run, k: int, seed: int) -> np.ndarray:
     return np.array(picked[:k], dtype=np.int64)
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy()
-
-
-def _label_states(model: EquilibriumReasoner, z: torch.Tensor, tokens: np.ndarray,
-                  solution: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Readout of flat states ``[M, d]`` -> (label [M] in LABELS order, answers [M] as strings)."""
-    if len(z) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, dtype=str)
-    c, task = model.config, get_task(model.config.task)
-    with torch.no_grad():
-        logits, _ = model.readout(LatentState.unflatten(z.to(model.device).float(), c.seq_len, c.hidden_size))
-    answers = task.answer(logits.float())
-    inputs = torch.as_tensor(np.broadcast_to(tokens, answers.shape).copy(), device=answers.device)
-    valid = task.is_valid(inputs, answers).cpu().numpy()
-    right = task.is_correct(answers, torch.as_tensor(np.broadcast_to(solution, answers.shape).copy())).cpu().numpy()
-    label = np.where(right, 0, np.where(valid, 1, 2))
-    return label, task.answer_strings(answers.cpu().numpy())
-
-
-def _ends(model: EquilibriumReasoner, tokens: np.ndarray, solution: np.ndarray, restarts: int, depth: int,
-          seed: int, restart_std: float, noise: bool = False) -> torch.Tensor:
-    cfg = RolloutConfig(depth=depth, breadth=restarts, seed=seed, noise=noise, restart_std=restart_std)
-    res = rollout(model, torch.as_tensor(tokens[None], dtype=torch.long), torch.as_tensor(solution[None]), cfg,
-                  states="final",
-                  state_fn=lambda s: s.flatten())
-    return torch.as_tensor(res.states[0, :, 0])  # [restarts, d]
-
-
-@dataclass
-class PuzzleAttractors:
-    """The fixed points found from the noise-free rollout ends of one puzzle, labelled by their read-out.
-
-    fixed: the :class:`attractorlab.dynamics.FixedPoints` (``z [M, d]``, spectra, stability); label: ``[M]`` index
-    into :data:`LABELS`; answers: ``[M]`` read-out answers as strings; starts: rollout ends used as starts.
-    """
-
-    fixed: dynamics.FixedPoints
-    label: np.ndarray
-    answers: np.ndarray
-    starts: int
-
-    @property
-    def stable(self) -> np.ndarray:
-        return _np(self.fixed.stable).astype(bool)
-
-
-def puzzle_attractors(model: EquilibriumReasoner, tokens: np.ndarray, solution: np.ndarray, *, restarts: int = 8,
-                      max_steps: int = 48, seed: int = 0, tol: float | None = None, k: int = 6,
-                      restart_std: float = 1.0, noise: bool = False) -> PuzzleAttractors:
-    """Rollouts of one puzzle (``tokens, solution [L]``) from ``restarts`` random initial states, noise-free unless
-    ``noise`` (then with the model's path noise) -> the fixed points of the noise-free map polished from their
-    ends (with the top ``k`` Jacobian eigenvalues) -> labels by read-out. A fixed-start model (TRM) draws its
-    restarts from a truncated normal of std ``restart_std``."""
-    f = model.as_map(torch.as_tensor(tokens[None], dtype=torch.long))
-    z0 = _ends(model, tokens, solution, restarts, max_steps, seed, restart_std, noise)
-    fps = dynamics.find_fixed_points(f, z0.to(model.device), k=k, tol=tol)
-    label, answers = _label_states(model, torch.as_tensor(fps.z), tokens, solution)
-    return PuzzleAttractors(fps, label, answers, len(z0))
-
-
-@dataclass
-class Landscape:
-    """One puzzle's attractor landscape: ``at_stable`` the share of restarts whose noise-free end converged to a
-    stable fixed point, ``attractors`` how many distinct ones, ``correct_basin`` the basin stability of the correct
-    attractor (0 when none was found), spectral radii ``[K]`` of the correct and of the other attractors; per
-    attractor ``[A]``: its read-out ``answers``, ``labels`` (:data:`LABELS` order), ``radius`` and ``basin``
-    (share of the basin samples that reach it; all 0 when no correct attractor was found, as basins are then not
-    sampled)."""
-
-    at_stable: float
-    attractors: int
-    correct_found: bool
-    correct_basin: float
-    radius_correct: np.ndarray
-    radius_spurious: np.ndarray
-    answers: np.ndarray
-    labels: np.ndarray
-    radius: np.ndarray
-    basin: np.ndarray
-
-
-def attractor_landscape(model: EquilibriumReasoner, tokens: np.ndarray, solution: np.ndarray, *, restarts: int = 8,
-                        samples: int = 32, max_steps: int = 48, seed: int = 0, restart_std: float = 1.0,
-                        tol: float = 1e-4, all_basins: bool = False, noise: bool = False) -> Landscape:
-    """:func:`puzzle_attractors` of one puzzle (``tokens, solution [L]``), then the basin stability of its
-    attractors from ``samples`` fresh initial states (the model's own distribution; a fixed-start model's
-    restarts: a truncated normal of std ``restart_std``) iterated noise-free for up to ``max_steps``; basins are
-    sampled only when a correct attractor exists unless ``all_basins``.
-
-    ``noise``: the restarts and the basin samples first run ``max_steps`` outer steps with the model's path noise
-    (e.g. TRM given test-time noise); the attractor a noisy orbit belongs to is then the one its noise-free
-    continuation reaches, so ``at_stable`` and the basins say where the noisy dynamics end."""
-    att = puzzle_attractors(model, tokens, solution, restarts=restarts, max_steps=max_steps, seed=seed,
-                            restart_std=restart_std, noise=noise)
-    stable, radius = att.stable, _np(att.fixed.spectral_radius)
-    correct = stable & (att.label == 0)
-    basin = np.zeros(int(stable.sum()))
-    if correct.any() or (all_basins and stable.any()):
-        tok = torch.as_tensor(tokens[None], dtype=torch.long)
-        if noise:
-            starts = _ends(model, tokens, solution, samples, max_steps, stream(seed, "analyze.basins"), restart_std,
-                           noise=True).to(model.device)
-        else:
-            gen = torch.Generator(device=model.device).manual_seed(stream(seed, "analyze.basins"))
-            with torch.no_grad():
-                starts = model.init_state(tok.expand(samples, -1), generator=gen, restart_std=restart_std).flatten()
-        stats = dynamics.basin_stability(model.as_map(tok), att.fixed.z[torch.as_tensor(stable)].to(model.device),
-                                         starts, max_steps=max_steps, tol=tol, collect_new=False)
-        basin = _np(stats.fraction).astype(np.float64)
-    return Landscape(at_stable=float(_np(att.fixed.count)[stable].sum() / att.starts), attractors=int(stable.sum()),
-                     correct_found=bool(correct.any()), correct_basin=float(basin[correct[stable]].sum()),
-                     radius_correct=radius[correct], radius_spurious=radius[stable & ~correct],
-                     answers=np.asarray(att.answers)[stable], labels=att.label[stable], radius=radius[stable],
-                     basin=basin)
-
-
 def fixed_point_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOptions,
                        puzzle: int, k: int) -> dict:
     tokens, solution = run.puzzles.tokens[puzzle], run.puzzles.solution[puzzle]
@@ -451,10 +342,10 @@ def end_state_arrays(model: EquilibriumReasoner, run: recording.Run, opts: Analy
         tokens, solution = run.puzzles.tokens[i], run.puzzles.solution[i]
         ends = torch.as_tensor(np.asarray(run.states.data[i][:, -1], np.float32)).flatten(1).to(model.device)
         polished = dynamics.polish(model.as_map(torch.as_tensor(tokens[None], dtype=torch.long)), ends, tol=opts.tol)
-        label, _ = _label_states(model, polished.z.float(), tokens, solution)
-        fixed, stable = _np(polished.fixed).astype(bool), _np(polished.stable).astype(bool)
+        label, _ = label_states(model, polished.z.float(), tokens, solution)
+        fixed, stable = to_numpy(polished.fixed).astype(bool), to_numpy(polished.stable).astype(bool)
         cls[i] = np.where(~fixed, 4, np.where(stable, label, 3))
-        radius[i], distance[i] = _np(polished.spectral_radius), _np(polished.distance)
+        radius[i], distance[i] = to_numpy(polished.spectral_radius), to_numpy(polished.distance)
     return EndStates(puzzle_index=np.arange(n), end_state=cls, spectral_radius=radius, distance=distance,
                      ending_names=np.array(END_STATES, dtype=str),
                      ending_counts=np.bincount(cls.ravel(), minlength=len(END_STATES)), puzzles=n)
@@ -473,7 +364,7 @@ def lyapunov_arrays(model: EquilibriumReasoner, run: recording.Run, opts: Analyz
         gen = torch.Generator().manual_seed(stream(opts.seed, "analyze.lyapunov", i))
         spec = dynamics.lyapunov_exponents(f, ends, k=1, steps=opts.lyapunov_steps, transient=10,
                                            blocks=min(10, opts.lyapunov_steps), generator=gen)
-        exponent[i], stderr[i] = _np(spec.largest), _np(spec.stderr[:, 0])
+        exponent[i], stderr[i] = to_numpy(spec.largest), to_numpy(spec.stderr[:, 0])
     regime = dynamics.classify_exponents(exponent, stderr)
     correct = np.asarray(run.rollout.correct[:n, :, -1], bool)
     return LyapunovSurvey(puzzle_index=np.arange(n), exponent=exponent, stderr=stderr, regime=regime,
@@ -510,7 +401,7 @@ def selection_arrays(model: EquilibriumReasoner, run: recording.Run, opts: Analy
             fallback = np.nan_to_num(scores[i, :, d - 1], nan=np.inf)
             attractor[i, j] = correct[i, dynamics.select_attractor(polished, fallback), d - 1]
             convergence[i, j] = correct[i, int(np.argmin(fallback)), d - 1]
-            at_attractor[i, j] = int(_np(polished.stable).sum())
+            at_attractor[i, j] = int(to_numpy(polished.stable).sum())
     oracle = correct[:, :, depths - 1].any(axis=1)
     return RestartSelection(depths=depths, attractor_correct=attractor, convergence_correct=convergence,
                             oracle_correct=oracle, restarts_at_attractor=at_attractor,
@@ -542,15 +433,16 @@ def basin_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOp
         names.append(f"initial state {i + 1}")
     bmap = dynamics.basin_map(f, torch.stack(anchors), resolution=(opts.grid, opts.grid), attractors=attractors,
                               max_steps=opts.max_steps, tol=opts.tol, collect_new=False, progress=progress)
-    labels = _np(bmap.label)
+    labels = to_numpy(bmap.label)
     entropy = dynamics.basin_entropy(labels, eps=max(2, min(opts.grid // 4, 20)))
     fp_z = torch.as_tensor(np.asarray(fixed["z"])).to(model.device)
-    fp_coords = _np((fp_z - bmap.origin.to(fp_z)) @ bmap.basis.to(fp_z).T)
+    fp_coords = to_numpy((fp_z - bmap.origin.to(fp_z)) @ bmap.basis.to(fp_z).T)
     return PuzzleBasins(
-        fraction=np.append(_np(stats.fraction), stats.unassigned),
-        stderr=np.append(_np(stats.stderr), stats.unassigned_stderr), attractor_label=att_label,
-        attractor_grid=att_grid, map_label=labels, map_steps=_np(bmap.steps), xs=_np(bmap.xs), ys=_np(bmap.ys),
-        anchor_coords=_np(bmap.anchor_coords), anchor_names=np.array(names, dtype=str), fp_coords=fp_coords,
+        fraction=np.append(to_numpy(stats.fraction), stats.unassigned),
+        stderr=np.append(to_numpy(stats.stderr), stats.unassigned_stderr), attractor_label=att_label,
+        attractor_grid=att_grid, map_label=labels, map_steps=to_numpy(bmap.steps), xs=to_numpy(bmap.xs),
+        ys=to_numpy(bmap.ys),
+        anchor_coords=to_numpy(bmap.anchor_coords), anchor_names=np.array(names, dtype=str), fp_coords=fp_coords,
         fp_stable=np.asarray(fixed["stable"]), puzzle_index=int(puzzle), samples=opts.basin_samples,
         basin_entropy=entropy.sb, boundary_basin_entropy=entropy.sbb,
         boundary_fraction=dynamics.boundary_fraction(labels), entropy_box=entropy.eps)
@@ -684,3 +576,11 @@ def _model_analysis(name: str, model: EquilibriumReasoner, run: recording.Run, r
 def _was_skipped(run_path: str, name: str) -> bool:
     with recording.open_run(run_path) as run:
         return "skipped_reason" in run.read_analysis(name).attrs
+
+
+# LABELS, PuzzleAttractors, puzzle_attractors, Landscape and attractor_landscape live in attractorlab.attractors
+__all__ = ["ANALYSES", "END_STATES", "LABELS", "AnalysisStatus", "AnalyzeOptions", "Landscape", "PuzzleAttractors",
+           "analyze", "attractor_landscape", "basin_arrays", "convergence_arrays", "depth_selection",
+           "distinct_endings", "embedding_arrays", "end_state_arrays", "fixed_point_arrays", "inner_arrays",
+           "lyapunov_arrays", "probe_arrays", "puzzle_attractors", "resolve_checkpoint", "run_noise_floor",
+           "sample_puzzles", "scaling_arrays", "selection_arrays", "summary_arrays"]

@@ -2,7 +2,7 @@
 from checkpoint to checkpoint, with births, deaths, stability and basin sizes against the training step.
 
 Checkpoints are the snapshots ``train --snapshot-every`` keeps (or any checkpoints of one task). In each, every
-puzzle's stable fixed points come from :func:`attractorlab.analyze.attractor_landscape` (noise-free restarts,
+puzzle's stable fixed points come from :func:`attractorlab.attractors.attractor_landscape` (noise-free restarts,
 fixed points, basin stability from fresh initial states). Attractors of consecutive checkpoints are matched by
 their read-out answer (the weights, and with them the latent coordinates, change between checkpoints; the answer
 is what identifies an attractor for the task), so an answer's attractor is *born* at the first checkpoint where it
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from attractorlab import analyze, checkpoint
+from attractorlab import checkpoint
+from attractorlab.attractors import attractor_landscape
 from attractorlab.errors import InputError
 from attractorlab.rollout import RolloutConfig, rollout
 from attractorlab.tasks import PuzzleSet
@@ -82,8 +83,8 @@ def track(paths: list[str | os.PathLike], puzzles: PuzzleSet, *, restarts: int =
         tasks.add(model.config.task)
         if len(tasks) > 1:
             raise InputError(f"the checkpoints solve different tasks ({', '.join(sorted(tasks))})")
-        lands = [analyze.attractor_landscape(model, puzzles.tokens[i], puzzles.solution[i], restarts=restarts,
-                                             samples=samples, max_steps=max_steps, seed=seed + i)
+        lands = [attractor_landscape(model, puzzles.tokens[i], puzzles.solution[i], restarts=restarts,
+                                     samples=samples, max_steps=max_steps, seed=seed + i)
                  for i in range(n)]
         rows["attractors"].append([x.attractors for x in lands])
         rows["found"].append([x.correct_found for x in lands])

@@ -21,7 +21,8 @@ import plotly.graph_objects as go
 import torch
 from scipy.stats import spearmanr
 
-from attractorlab import analyze, checkpoint, dynamics, recording
+from attractorlab import checkpoint, dynamics, recording
+from attractorlab.attractors import puzzle_attractors
 from attractorlab.tasks import get_task
 
 
@@ -51,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     for k in range(len(idx)):
         tok = torch.as_tensor(tokens[k][None], dtype=torch.long, device=model.device)
         f = model.as_map(tok)
-        found = analyze.puzzle_attractors(model, tokens[k], solution[k], restarts=args.restarts,
-                                          max_steps=args.max_steps, seed=args.seed + k, k=0)
+        found = puzzle_attractors(model, tokens[k], solution[k], restarts=args.restarts,
+                                  max_steps=args.max_steps, seed=args.seed + k, k=0)
         stable = found.stable
         attractors = found.fixed.z[torch.as_tensor(stable)].to(torch.float32)
         is_correct = found.label[stable] == 0

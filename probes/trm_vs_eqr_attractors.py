@@ -26,7 +26,8 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from attractorlab import analyze, checkpoint, recording
+from attractorlab import checkpoint, recording
+from attractorlab.attractors import attractor_landscape
 from attractorlab.model import EquilibriumReasoner
 from attractorlab.rollout import RolloutConfig, rollout
 from attractorlab.tasks import PuzzleSet, get_task
@@ -54,11 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def landscape(model: EquilibriumReasoner, puzzles: PuzzleSet, args: argparse.Namespace,
               noise: bool = False) -> dict[str, np.ndarray]:
-    """Per-puzzle :func:`attractorlab.analyze.attractor_landscape` values (radii pooled over puzzles); ``noise``:
+    """Per-puzzle :func:`attractorlab.attractors.attractor_landscape` values (radii pooled over puzzles); ``noise``:
     restarts and basin samples run with the model's path noise before their noise-free continuation."""
-    lands = [analyze.attractor_landscape(model, puzzles.tokens[i], puzzles.solution[i], restarts=args.restarts,
-                                         samples=args.samples, max_steps=args.max_steps, seed=args.seed + i,
-                                         restart_std=args.restart_std, noise=noise) for i in range(len(puzzles))]
+    lands = [attractor_landscape(model, puzzles.tokens[i], puzzles.solution[i], restarts=args.restarts,
+                                 samples=args.samples, max_steps=args.max_steps, seed=args.seed + i,
+                                 restart_std=args.restart_std, noise=noise) for i in range(len(puzzles))]
     return {"restarts at a stable fixed point": np.array([x.at_stable for x in lands]),
             "distinct attractors per puzzle": np.array([x.attractors for x in lands]),
             "correct attractor found": np.array([x.correct_found for x in lands]),

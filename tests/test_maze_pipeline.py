@@ -89,7 +89,7 @@ def test_demo_refuses_a_missing_checkpoint(tmp_path, capsys):
 def test_maze_hover_grids_keep_their_open_cells():
     task = get_task("maze11")
     mazes = task.generate(1, seed=2)
-    text = report._grid_html(task.answer_strings(mazes.solution)[0], task)
+    text = report.grid_html(task.answer_strings(mazes.solution)[0], task)
     lines = text.split("<br>")
     assert len(lines) == 11 and all(len(line) == 11 for line in lines)  # no space collapsed away
     assert "\u00a0" in text and "  " not in text

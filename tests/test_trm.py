@@ -177,7 +177,7 @@ def test_cli_train_trm_and_solve_say_what_starts_the_restarts(tmp_path, capsys):
 
 
 def test_analyze_draws_a_fixed_start_models_restarts_with_the_runs_std(tmp_path, monkeypatch):
-    from attractorlab import analyze, recording
+    from attractorlab import analyze, attractors, recording
     from attractorlab.solve import solve_puzzles
 
     torch.manual_seed(0)
@@ -194,8 +194,8 @@ def test_analyze_draws_a_fixed_start_models_restarts_with_the_runs_std(tmp_path,
     solve_puzzles(model, sudoku.generate(2, seed=1, difficulty="singles"),
                   RolloutConfig(depth=4, breadth=2, restart_std=0.5), str(run), attrs=attrs, progress=False)
     seen = []
-    ends = analyze._ends
-    monkeypatch.setattr(analyze, "_ends", lambda *a: seen.append(a[6]) or ends(*a))  # restart_std
+    ends = attractors.rollout_ends
+    monkeypatch.setattr(attractors, "rollout_ends", lambda *a: seen.append(a[6]) or ends(*a))  # restart_std
     analyze.analyze(str(run), only=["fixed_points"], options=analyze.AnalyzeOptions(n_puzzles=1, restarts=2,
                     max_steps=8), progress=False, log=lambda _: None)
     assert seen == [0.5]
