@@ -260,32 +260,33 @@ class Attention(nn.Module):
         self.qkv_proj = Linear(config.hidden_size, 3 * config.hidden_size)
         self.o_proj = Linear(config.hidden_size, config.hidden_size)
         if config.pos_encodings == "none":
-            self.cos = self.sin = None
+            self.cos = self.sin_rot = None
         else:
             board = (config.board_height, config.board_width) if self.two_d else None
             cos, sin = rope_tables(self.head_dim, config.seq_len, config.rope_theta, board)
+            # rotate_half(p) = (-p2, p1) for each rotated part p (the head, or each half of it for 2-D RoPE)
+            self.rope_parts = 2 if self.two_d else 1
+            sign = torch.tensor([-1.0, 1.0]).repeat_interleave(self.head_dim // (2 * self.rope_parts))
             self.register_buffer("cos", cos, persistent=False)
-            self.register_buffer("sin", sin, persistent=False)
+            self.register_buffer("sin_rot", sin * sign.repeat(self.rope_parts), persistent=False)
 
     def _rope(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, L, heads, head_dim]."""
+        """x: [B, L, ..., head_dim] (queries and keys together) -> ``x * cos + rotate_half(x) * sin``, rotating
+        the whole head (1-D RoPE) or each half of it (2-D): the halves of each rotated part swap places in one
+        copy, their signs folded into the stored sin table (the same numbers as rotating explicitly)."""
         if self.cos is None:
             return x
-        cos, sin = self.cos[:, None, :], self.sin[:, None, :]
-        if not self.two_d:
-            return (x.float() * cos + rotate_half(x.float()) * sin).to(x.dtype)
-        half = self.head_dim // 2
+        shape = (x.shape[1],) + (1,) * (x.ndim - 3) + (self.head_dim,)
         xf = x.float()
-        parts = [xf[..., :half], xf[..., half:]]
-        cs = [(cos[..., :half], sin[..., :half]), (cos[..., half:], sin[..., half:])]
-        out = [p * c + rotate_half(p) * s for p, (c, s) in zip(parts, cs, strict=True)]
-        return torch.cat(out, dim=-1).to(x.dtype)
+        parts = xf.unflatten(-1, (self.rope_parts, 2, -1))
+        swapped = torch.stack((parts[..., 1, :], parts[..., 0, :]), dim=-2).flatten(-3)
+        return (xf * self.cos.view(shape) + swapped * self.sin_rot.view(shape)).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
-        q, k, v = self.qkv_proj(x).view(b, n, 3, self.num_heads, self.head_dim).unbind(2)
-        q, k = self._rope(q), self._rope(k)
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        qkv = self.qkv_proj(x).view(b, n, 3, self.num_heads, self.head_dim)
+        q, k = self._rope(qkv[:, :, :2]).unbind(2)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), qkv[:, :, 2].transpose(1, 2))
         return self.o_proj(y.transpose(1, 2).reshape(b, n, -1))
 
 

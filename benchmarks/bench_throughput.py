@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from attractorlab.model import EquilibriumReasoner, LatentState, ReasonerConfig, pick_device, rotate_half
+from attractorlab.model import EquilibriumReasoner, LatentState, ReasonerConfig, pick_device, rope_tables, rotate_half
 from attractorlab.tasks import get_task
 from attractorlab.train import TrainConfig, Trainer
 
@@ -78,12 +78,13 @@ def _swiglu(x: torch.Tensor, mlp) -> torch.Tensor:
     return _linear(F.silu(gate) * up, mlp.down_proj.weight)
 
 
-def _attention(x: torch.Tensor, attn) -> torch.Tensor:
+def _attention(x: torch.Tensor, attn, c: ReasonerConfig) -> torch.Tensor:
     b, n, _ = x.shape
     qkv = _linear(x, attn.qkv_proj.weight).view(b, n, 3 * attn.num_heads, attn.head_dim)
     q, k, v = qkv.split(attn.num_heads, dim=2)
     if attn.cos is not None:
-        cos, sin = attn.cos[:, None, :], attn.sin[:, None, :]
+        board = (c.board_height, c.board_width) if attn.two_d else None
+        cos, sin = (t.to(x.device)[:, None, :] for t in rope_tables(attn.head_dim, n, c.rope_theta, board))
         if attn.two_d:  # each half of a head is rotated by its own axis
             half = attn.head_dim // 2
             q, k = (torch.cat([p[..., :half] * cos[..., :half] + rotate_half(p[..., :half]) * sin[..., :half],
@@ -107,7 +108,7 @@ def reference_step(model: EquilibriumReasoner, state: LatentState, x: torch.Tens
                 h = h.transpose(1, 2)
                 h = _rms(h + _swiglu(h, layer.mlp_t), c.rms_norm_eps).transpose(1, 2)
             else:
-                h = _rms(h + _attention(h, layer.self_attn), c.rms_norm_eps)
+                h = _rms(h + _attention(h, layer.self_attn, c), c.rms_norm_eps)
             h = _rms(h + _swiglu(h, layer.mlp), c.rms_norm_eps)
         return (1 - c.lambda_) * z + c.lambda_ * h
 
