@@ -19,6 +19,7 @@ from attractorlab.errors import InputError
 from attractorlab.model import EquilibriumReasoner, LatentState
 from attractorlab.rollout import RolloutConfig, RolloutResult, inner_updates, reference_score, rollout
 from attractorlab.tasks import PuzzleSet, Task, get_task
+from attractorlab.tasks.base import number_groups
 
 
 @dataclass
@@ -88,8 +89,7 @@ def summarize(solution: np.ndarray, rating: np.ndarray, source: np.ndarray, corr
                        pass_at_b=mean(final.any(axis=1), known), mean_steps=float(used.mean()) if n else 0.0,
                        median_steps=float(np.median(used)) if n else 0.0, by_band=by_band, by_source=by_source)
     if group is not None and known.any():
-        _, g = np.unique(np.asarray(group)[known], return_inverse=True)
-        g = g.reshape(-1)
+        g = number_groups(np.asarray(group)[known])
         if g.max() + 1 < known.sum():  # some puzzle has several copies
             size = np.bincount(g)
             solved = np.bincount(g, weights=sel[known].astype(np.float64))

@@ -16,6 +16,7 @@ between the forwards and report medians, so background load hits them alike.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -78,13 +79,20 @@ def _swiglu(x: torch.Tensor, mlp) -> torch.Tensor:
     return _linear(F.silu(gate) * up, mlp.down_proj.weight)
 
 
+@functools.lru_cache(maxsize=8)
+def _rope_tables(head_dim: int, n: int, theta: float, board: tuple[int, int] | None,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's cos / sin tables ``[L, 1, head_dim]``, built once (as its model builds them at start-up)."""
+    return tuple(t.to(device)[:, None, :] for t in rope_tables(head_dim, n, theta, board))
+
+
 def _attention(x: torch.Tensor, attn, c: ReasonerConfig) -> torch.Tensor:
     b, n, _ = x.shape
     qkv = _linear(x, attn.qkv_proj.weight).view(b, n, 3 * attn.num_heads, attn.head_dim)
     q, k, v = qkv.split(attn.num_heads, dim=2)
     if attn.cos is not None:
         board = (c.board_height, c.board_width) if attn.two_d else None
-        cos, sin = (t.to(x.device)[:, None, :] for t in rope_tables(attn.head_dim, n, c.rope_theta, board))
+        cos, sin = _rope_tables(attn.head_dim, n, c.rope_theta, board, x.device)
         if attn.two_d:  # each half of a head is rotated by its own axis
             half = attn.head_dim // 2
             q, k = (torch.cat([p[..., :half] * cos[..., :half] + rotate_half(p[..., :half]) * sin[..., :half],

@@ -100,9 +100,7 @@ class PuzzleSet:
     def groups(self) -> np.ndarray:
         """``[N] int64``: the group of each row numbered ``0 .. G-1`` in order of :attr:`group`, or every row its
         own group (``0 .. N-1``) when there is none."""
-        if self.group is None:
-            return np.arange(len(self), dtype=np.int64)
-        return np.unique(self.group, return_inverse=True)[1].reshape(-1).astype(np.int64)
+        return np.arange(len(self), dtype=np.int64) if self.group is None else number_groups(self.group)
 
     def __repr__(self) -> str:
         names, counts = np.unique(self.source.astype(str), return_counts=True) if len(self) else ([], [])
@@ -122,6 +120,11 @@ class PuzzleSet:
             skipped=int(sum(s.skipped for s in sets)),
             group=None if all(s.group is None for s in sets) else _concat_groups(sets),
         )
+
+
+def number_groups(group: np.ndarray) -> np.ndarray:
+    """``[N]`` group labels -> ``[N] int64`` the same grouping numbered densely ``0 .. G-1`` in label order."""
+    return np.unique(np.asarray(group), return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
 def _concat_groups(sets: Sequence[PuzzleSet]) -> np.ndarray:
