@@ -37,7 +37,20 @@ from attractorlab.attractors import (
 )
 from attractorlab.errors import InputError
 from attractorlab.model import EquilibriumReasoner, update_names
-from attractorlab.results import EndStates, LyapunovSurvey, PuzzleBasins, RestartSelection, StoredResult
+from attractorlab.results import (
+    CellProbes,
+    ConvergenceStudy,
+    EndStates,
+    InnerSettling,
+    LyapunovSurvey,
+    PuzzleBasins,
+    PuzzleFixedPoints,
+    RestartSelection,
+    RunSummary,
+    ScalingCurves,
+    StoredResult,
+    TrajectoryEmbedding,
+)
 from attractorlab.rollout import (
     ATTRACTOR_SOLVE,
     RolloutConfig,
@@ -96,18 +109,17 @@ class AnalysisStatus:
 
 # --- scalar analyses (need only the rollout arrays) ---------------------------------------------------------
 
-def summary_arrays(run: recording.Run) -> dict:
+def summary_arrays(run: recording.Run) -> RunSummary:
     s = summarize_run(run)
-    attrs = {"n": s.n, "breadth": run.breadth, "depth": run.depth, "accuracy": s.accuracy,
-             "majority_accuracy": s.majority_accuracy, "pass_at_b": s.pass_at_b, "mean_steps": s.mean_steps,
-             "median_steps": s.median_steps}
-    arrays = {"band_names": np.array(list(s.by_band), dtype=str),
-              "band_count": np.array([c for c, _ in s.by_band.values()], np.int64),
-              "band_accuracy": np.array([a for _, a in s.by_band.values()], np.float64),
-              "source_names": np.array(list(s.by_source), dtype=str),
-              "source_count": np.array([c for c, _ in s.by_source.values()], np.int64),
-              "source_accuracy": np.array([a for _, a in s.by_source.values()], np.float64)}
-    return {"arrays": arrays, "attrs": attrs}
+    return RunSummary(
+        n=s.n, breadth=run.breadth, depth=run.depth, accuracy=s.accuracy, majority_accuracy=s.majority_accuracy,
+        pass_at_b=s.pass_at_b, mean_steps=s.mean_steps, median_steps=s.median_steps,
+        band_names=np.array(list(s.by_band), dtype=str),
+        band_count=np.array([c for c, _ in s.by_band.values()], np.int64),
+        band_accuracy=np.array([a for _, a in s.by_band.values()], np.float64),
+        source_names=np.array(list(s.by_source), dtype=str),
+        source_count=np.array([c for c, _ in s.by_source.values()], np.int64),
+        source_accuracy=np.array([a for _, a in s.by_source.values()], np.float64))
 
 
 def depth_selection(logit_change: np.ndarray, steps: np.ndarray, window: int = 3) -> np.ndarray:
@@ -116,7 +128,7 @@ def depth_selection(logit_change: np.ndarray, steps: np.ndarray, window: int = 3
     return np.argmin(np.nan_to_num(scores_by_depth(logit_change, steps, window), nan=np.inf), axis=1)
 
 
-def scaling_arrays(run: recording.Run) -> dict:
+def scaling_arrays(run: recording.Run) -> ScalingCurves:
     """Accuracy vs depth (the restart selected from the first d steps, and any restart) and vs breadth."""
     r = run.rollout
     known = (run.puzzles.solution > 0).any(axis=1)
@@ -130,13 +142,13 @@ def scaling_arrays(run: recording.Run) -> dict:
         sel = select_lowest_score(score[:, :b])
         acc_b.append(correct[rows, sel, -1].mean() if len(rows) else np.nan)
         oracle_b.append(correct[:, :b, -1].any(axis=1).mean() if len(rows) else np.nan)
-    return {"arrays": {
-        "depth_steps": np.arange(1, run.depth + 1),
-        "depth_accuracy": (np.take_along_axis(correct, by_depth[:, None, :], axis=1)[:, 0].mean(axis=0) if len(rows)
-                           else np.full(run.depth, np.nan)),
-        "depth_oracle": correct.any(axis=1).mean(axis=0) if len(rows) else np.full(run.depth, np.nan),
-        "breadth_values": np.array(breadths), "breadth_accuracy": np.array(acc_b, np.float64),
-        "breadth_oracle": np.array(oracle_b, np.float64)}, "attrs": {}}
+    return ScalingCurves(
+        depth_steps=np.arange(1, run.depth + 1),
+        depth_accuracy=(np.take_along_axis(correct, by_depth[:, None, :], axis=1)[:, 0].mean(axis=0) if len(rows)
+                        else np.full(run.depth, np.nan)),
+        depth_oracle=correct.any(axis=1).mean(axis=0) if len(rows) else np.full(run.depth, np.nan),
+        breadth_values=np.array(breadths), breadth_accuracy=np.array(acc_b, np.float64),
+        breadth_oracle=np.array(oracle_b, np.float64))
 
 
 def run_noise_floor(run: recording.Run) -> dynamics.RecordedFloor | None:
@@ -149,7 +161,7 @@ def run_noise_floor(run: recording.Run) -> dynamics.RecordedFloor | None:
     return dynamics.floor_from_records(r.residual, pred=r.pred, steps=r.steps)
 
 
-def convergence_arrays(run: recording.Run) -> dict:
+def convergence_arrays(run: recording.Run) -> ConvergenceStudy:
     """Residual curves by outcome, AUROC of convergence scores, steps to settle vs rating, how trajectories end
     (against the noise floor under path noise), and post-hoc halting curves (accuracy vs mean steps per rule)."""
     r, p = run.rollout, run.puzzles
@@ -170,29 +182,24 @@ def convergence_arrays(run: recording.Run) -> dict:
     corr = dynamics.steps_vs_difficulty(settle, p.rating, which="answer")
     endings = dynamics.classify_endings(r.residual, r.valid, pred=r.pred, steps=r.steps, floor=floor)
     halting = dynamics.halting_curves(residual, r.halt_logit[rows, sel], pred, r.correct[rows, sel], steps=steps)
-    names = list(roc.scores)
-    arrays = {"steps_axis": curves.step, "score_names": np.array(names, dtype=str),
-              "auroc": np.array([roc.scores[n].auroc for n in names], np.float64), "steps": steps,
-              "settle_answer": settle.answer_step, "settle_residual": settle.residual_step,
-              "rating": np.asarray(p.rating), "correct": correct,
-              "ending_names": np.array(endings.names, dtype=str), "ending_counts": np.asarray(endings.counts),
-              "ending": np.asarray(endings.label), "period": np.asarray(endings.period),
-              "halt_rules": np.array(list(halting.curves), dtype=str)}
-    for rule, c in halting.curves.items():
-        arrays[f"halt_{rule}_values"] = np.asarray(c.values, np.float64)
-        arrays[f"halt_{rule}_mean_steps"], arrays[f"halt_{rule}_accuracy"] = c.mean_steps, c.accuracy
-    for group in ("correct", "incorrect"):
-        for stat in ("median", "q25", "q75"):
-            arrays[f"residual_{group}_{stat}"] = getattr(curves, f"{group}_{stat}")
-    for n in names:
-        arrays[f"fpr_{n}"], arrays[f"tpr_{n}"] = roc.scores[n].fpr, roc.scores[n].tpr
     task = get_task(run.task)
     easiest = task.difficulty_band(p.rating) == task.bands[0] if task.bands else np.zeros(run.n, bool)
-    attrs = {"spearman_rho": corr.rho, "spearman_p": corr.pvalue, "noise_floor": floor if floor else 0.0,
-             "easy_band": task.bands[0] if task.bands else "",
-             "easy_count": int(easiest.sum()),
-             "easy_settled_within_5": int((easiest & (settle.answer_step <= 5)).sum())}
-    return {"arrays": arrays, "attrs": attrs}
+    scores, rules = roc.scores, halting.curves
+    return ConvergenceStudy(
+        steps_axis=curves.step, **{f"residual_{group}_{stat}": getattr(curves, f"{group}_{stat}")
+                                   for group in ("correct", "incorrect") for stat in ("median", "q25", "q75")},
+        score_names=np.array(list(scores), dtype=str), auroc=np.array([s.auroc for s in scores.values()], np.float64),
+        fpr={n: s.fpr for n, s in scores.items()}, tpr={n: s.tpr for n, s in scores.items()},
+        steps=steps, settle_answer=settle.answer_step, settle_residual=settle.residual_step,
+        rating=np.asarray(p.rating), correct=correct, ending_names=np.array(endings.names, dtype=str),
+        ending_counts=np.asarray(endings.counts), ending=np.asarray(endings.label), period=np.asarray(endings.period),
+        halt_rules=np.array(list(rules), dtype=str),
+        halt_values={r: np.asarray(c.values, np.float64) for r, c in rules.items()},
+        halt_mean_steps={r: c.mean_steps for r, c in rules.items()},
+        halt_accuracy={r: c.accuracy for r, c in rules.items()},
+        spearman_rho=corr.rho, spearman_p=corr.pvalue, noise_floor=floor if floor else 0.0,
+        easy_band=task.bands[0] if task.bands else "", easy_count=int(easiest.sum()),
+        easy_settled_within_5=int((easiest & (settle.answer_step <= 5)).sum()))
 
 
 # --- analyses of recorded states ---------------------------------------------------------------------------
@@ -203,20 +210,17 @@ def _state_matrix(run: recording.Run, idx: np.ndarray) -> np.ndarray:
     return data.reshape(*data.shape[:3], -1).astype(np.float32)
 
 
-def embedding_arrays(run: recording.Run, opts: AnalyzeOptions) -> dict:
+def embedding_arrays(run: recording.Run, opts: AnalyzeOptions) -> TrajectoryEmbedding:
     idx = np.arange(min(run.n, opts.max_embed))
     X = _state_matrix(run, idx)
     n, b, s, f = X.shape
     coords, fitted = dynamics.embed(X.reshape(-1, f), method=opts.embed_method, n_components=2,
                                     random_state=opts.seed)
-    correct = run.rollout.correct[idx][:, :, -1]
-    attrs = {"method": opts.embed_method}
-    arrays = {"coords": np.asarray(coords, np.float32).reshape(n, b, s, 2), "steps": np.asarray(run.states.steps),
-              "puzzle_index": idx, "correct": correct}
     ev = getattr(fitted, "explained_variance_ratio_", None)
-    if ev is not None:
-        arrays["explained_variance"] = np.asarray(ev, np.float64)
-    return {"arrays": arrays, "attrs": attrs}
+    return TrajectoryEmbedding(coords=np.asarray(coords, np.float32).reshape(n, b, s, 2),
+                               steps=np.asarray(run.states.steps), puzzle_index=idx,
+                               correct=run.rollout.correct[idx][:, :, -1], method=opts.embed_method,
+                               explained_variance=None if ev is None else np.asarray(ev, np.float64))
 
 
 def _inner_predecessors(steps: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -250,7 +254,7 @@ def _ends_stored(run: recording.Run) -> bool:
     return run.states.update_names[-1] == f"H{run.config.get('model', {}).get('H_cycles')}.H"
 
 
-def inner_arrays(run: recording.Run, opts: AnalyzeOptions) -> dict:
+def inner_arrays(run: recording.Run, opts: AnalyzeOptions) -> InnerSettling:
     """Does z_L settle inside each H-cycle? From a ``--states cycles`` run that kept every inner update: the
     relative change of z_L at each of its updates, ``||z_L^(l) - z_L^(l-1)|| / ||z_L^(l)||`` (l = 1..L_cycles of
     H-cycle h; z_L^(0) the z_L the cycle starts from; NaN where that state is not stored or the restart had
@@ -274,25 +278,24 @@ def inner_arrays(run: recording.Run, opts: AnalyzeOptions) -> dict:
             np.full(change.shape[:-1], np.nan)
         median = np.nanmedian(change.reshape(-1, k, n_h, n_l), axis=0)
         settling = np.nanmean(np.where(np.isnan(contraction), np.nan, contraction < 1).reshape(-1, k, n_h), axis=0)
-    arrays = {"steps": steps[at[:, 0, 0]], "update_names": np.array(names, dtype=str), "change": change,
-              "contraction": contraction, "median_change": median, "settling_fraction": settling}
-    return {"arrays": arrays, "attrs": {"puzzles": n, "H_cycles": n_h, "L_cycles": n_l}}
+    return InnerSettling(steps=steps[at[:, 0, 0]], update_names=np.array(names, dtype=str), change=change,
+                         contraction=contraction, median_change=median, settling_fraction=settling, puzzles=n,
+                         H_cycles=n_h, L_cycles=n_l)
 
 
-def probe_arrays(run: recording.Run, opts: AnalyzeOptions) -> dict:
+def probe_arrays(run: recording.Run, opts: AnalyzeOptions) -> CellProbes:
     """Per-cell label probes on z_H (full states) or on each cell's projected state; correctness probe."""
     n = min(run.n, 300)
     data = np.asarray(run.states.data[np.arange(n)], np.float32)[:, 0]  # restart 0: [n, S, *shape]
     cells = data if run.states.projection is not None else data[:, :, 0]  # [n, S, L, h]
     targets = get_task(run.task).probe_targets(run.puzzles.tokens[:n], run.puzzles.solution[:n])
     result = probing.probe_cells(cells, targets, seed=opts.seed)
-    arrays = {"steps": np.asarray(run.states.steps), "cell_accuracy": result.accuracy_mean,
-              "cell_accuracy_std": result.accuracy_std}
     correct = run.rollout.correct[:n, 0, -1]
-    if 1 < correct.sum() < n - 1:
-        arrays["correct_accuracy"] = probing.probe_correctness(data.reshape(n, data.shape[1], -1), correct,
-                                                               seed=opts.seed).accuracy_mean
-    return {"arrays": arrays, "attrs": {"cell_chance": result.chance}}
+    both = 1 < correct.sum() < n - 1
+    return CellProbes(steps=np.asarray(run.states.steps), cell_accuracy=result.accuracy_mean,
+                      cell_accuracy_std=result.accuracy_std, cell_chance=result.chance,
+                      correct_accuracy=probing.probe_correctness(data.reshape(n, data.shape[1], -1), correct,
+                                                                 seed=opts.seed).accuracy_mean if both else None)
 
 
 # --- analyses that need the model ---------------------------------------------------------------------------
@@ -321,13 +324,13 @@ def sample_puzzles(run: recording.Run, k: int, seed: int) -> np.ndarray:
 
 
 def fixed_point_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOptions,
-                       puzzle: int, k: int) -> dict:
+                       puzzle: int, k: int) -> PuzzleFixedPoints:
     tokens, solution = run.puzzles.tokens[puzzle], run.puzzles.solution[puzzle]
     found = puzzle_attractors(model, tokens, solution, restarts=opts.restarts, max_steps=opts.max_steps,
                               seed=stream(opts.seed, "analyze.fixed_points", k), tol=opts.tol,
                               restart_std=opts.restart_std or RolloutConfig.restart_std)
-    arrays = {**found.fixed.to_arrays(), "label": found.label, "grid": found.answers}  # the container's own arrays
-    return {"arrays": arrays, "attrs": {"puzzle_index": int(puzzle), "starts": found.starts}}
+    return PuzzleFixedPoints(**found.fixed.to_arrays(), label=found.label, grid=found.answers,
+                             puzzle_index=int(puzzle), starts=found.starts)
 
 
 def end_state_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOptions) -> EndStates:
@@ -410,16 +413,16 @@ def selection_arrays(model: EquilibriumReasoner, run: recording.Run, opts: Analy
 
 
 def basin_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOptions, puzzle: int,
-                 fixed: dict, k: int, progress: bool) -> PuzzleBasins:
+                 fixed: PuzzleFixedPoints, k: int, progress: bool) -> PuzzleBasins:
     tok = torch.as_tensor(run.puzzles.tokens[puzzle][None], dtype=torch.long)
     f = model.as_map(tok)
     gen = torch.Generator(device=model.device).manual_seed(stream(opts.seed, "analyze.basins", k))
     with torch.no_grad():
         samples = model.init_state(tok.expand(opts.basin_samples, -1), generator=gen,
                                    restart_std=opts.restart_std or RolloutConfig.restart_std).flatten()
-    stable = np.asarray(fixed["stable"], bool)
-    attractors = torch.as_tensor(np.asarray(fixed["z"])[stable]).to(model.device)
-    att_label, att_grid = np.asarray(fixed["label"])[stable], np.asarray(fixed["grid"])[stable]
+    stable = np.asarray(fixed.stable, bool)
+    attractors = torch.as_tensor(fixed.z[stable]).to(model.device)
+    att_label, att_grid = fixed.label[stable], fixed.grid[stable]
     stats = dynamics.basin_stability(f, attractors, samples, max_steps=opts.max_steps, tol=opts.tol,
                                      collect_new=False, progress=progress)
     # The slice: through the first attractor (the correct one when found) and two sampled initial states.
@@ -435,7 +438,7 @@ def basin_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOp
                               max_steps=opts.max_steps, tol=opts.tol, collect_new=False, progress=progress)
     labels = to_numpy(bmap.label)
     entropy = dynamics.basin_entropy(labels, eps=max(2, min(opts.grid // 4, 20)))
-    fp_z = torch.as_tensor(np.asarray(fixed["z"])).to(model.device)
+    fp_z = torch.as_tensor(fixed.z).to(model.device)
     fp_coords = to_numpy((fp_z - bmap.origin.to(fp_z)) @ bmap.basis.to(fp_z).T)
     return PuzzleBasins(
         fraction=np.append(to_numpy(stats.fraction), stats.unassigned),
@@ -443,7 +446,7 @@ def basin_arrays(model: EquilibriumReasoner, run: recording.Run, opts: AnalyzeOp
         attractor_grid=att_grid, map_label=labels, map_steps=to_numpy(bmap.steps), xs=to_numpy(bmap.xs),
         ys=to_numpy(bmap.ys),
         anchor_coords=to_numpy(bmap.anchor_coords), anchor_names=np.array(names, dtype=str), fp_coords=fp_coords,
-        fp_stable=np.asarray(fixed["stable"]), puzzle_index=int(puzzle), samples=opts.basin_samples,
+        fp_stable=stable, puzzle_index=int(puzzle), samples=opts.basin_samples,
         basin_entropy=entropy.sb, boundary_basin_entropy=entropy.sbb,
         boundary_fraction=dynamics.boundary_fraction(labels), entropy_box=entropy.eps)
 
@@ -487,10 +490,8 @@ def analyze(run_path: str, *, checkpoint: str | None = None, only: list[str] | N
             opts = dataclasses.replace(opts, restart_std=float(recorded))
     statuses: list[AnalysisStatus] = []
 
-    def store(name: str, result: dict | StoredResult) -> None:
-        if isinstance(result, StoredResult):
-            result = result.to_stored()
-        recording.write_analysis(run_path, name, result["arrays"], result["attrs"], overwrite=True)
+    def store(name: str, result: StoredResult) -> None:
+        recording.write_analysis(run_path, name, result.to_arrays(), result.to_attrs(), overwrite=True)
 
     def skip(name: str, reason: str) -> None:
         recording.write_analysis(run_path, name, {}, {"skipped_reason": reason}, overwrite=True)
@@ -559,7 +560,7 @@ def analyze(run_path: str, *, checkpoint: str | None = None, only: list[str] | N
 
 
 def _model_analysis(name: str, model: EquilibriumReasoner, run: recording.Run, run_path: str,
-                    opts: AnalyzeOptions, progress: bool, store: Callable[[str, dict | StoredResult], None]) -> None:
+                    opts: AnalyzeOptions, progress: bool, store: Callable[[str, StoredResult], None]) -> None:
     puzzles = sample_puzzles(run, opts.n_puzzles, opts.seed)
     for k, puzzle in enumerate(puzzles):
         if name == "fixed_points":
@@ -569,7 +570,7 @@ def _model_analysis(name: str, model: EquilibriumReasoner, run: recording.Run, r
             if key not in run.analysis_keys():
                 store(key, fixed_point_arrays(model, run, opts, int(puzzle), k))
             with recording.open_run(run_path) as fresh:
-                fixed = fresh.read_analysis(key)
+                fixed = PuzzleFixedPoints.from_result(fresh.read_analysis(key)).need("z")
             store(f"basins/p{k}", basin_arrays(model, run, opts, int(puzzle), fixed, k, progress))
 
 

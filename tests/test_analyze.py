@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from attractorlab import analyze, checkpoint, recording, sudoku
+from attractorlab import analyze, checkpoint, recording, results, sudoku
 from attractorlab.cli import DEFAULT_CHECKPOINT, main
 from attractorlab.model import EquilibriumReasoner, ReasonerConfig
 from attractorlab.rollout import RolloutConfig
@@ -67,6 +67,19 @@ def test_every_analysis_is_computed_stored_and_cached(ckpt, tmp_path):
         np.testing.assert_array_equal(sel["oracle_correct"], oracle)
         assert (sel["attractor_correct"] <= oracle).all() and (sel["convergence_correct"] <= oracle).all()
         assert basins["fraction"].sum() == pytest.approx(1.0)
+        # every stored analysis reads back into its container, every stored array a field of it
+        containers = {"summary": results.RunSummary, "scaling": results.ScalingCurves,
+                      "convergence": results.ConvergenceStudy, "embedding": results.TrajectoryEmbedding,
+                      "probes": results.CellProbes, "end_states": results.EndStates,
+                      "lyapunov": results.LyapunovSurvey, "selection": results.RestartSelection,
+                      "fixed_points/p0": results.PuzzleFixedPoints, "basins/p0": results.PuzzleBasins}
+        for key, container in containers.items():
+            stored = r.read_analysis(key)
+            back = container.from_result(stored)
+            assert set(back.to_arrays()) == set(stored), key
+            assert back.to_attrs() == {k: v for k, v in stored.attrs.items() if k in back.to_attrs()}, key
+        conv = results.ConvergenceStudy.from_result(r.read_analysis("convergence"))
+        assert set(conv.fpr) == set(conv.score_names) and set(conv.halt_accuracy) == set(conv.halt_rules)
     again = analyze.analyze(str(run), options=SMALL, progress=False, log=lambda s: None)
     assert {s.name: s.status for s in again} == {name: "cached" for name in expect} | {"inner": "skipped"}
     forced = analyze.analyze(str(run), only=["summary"], force=True, options=SMALL, progress=False,

@@ -124,7 +124,7 @@ def _constructed_run(path, r: float, stride: int, depth: int = 4, n_h: int = 2, 
 def test_inner_settling_on_a_constructed_geometric_approach(tmp_path, r, settles, stride):
     g = _constructed_run(tmp_path / "run.h5", r, stride)
     with recording.open_run(tmp_path / "run.h5") as run:
-        out = analyze.inner_arrays(run, analyze.AnalyzeOptions())["arrays"]
+        out = analyze.inner_arrays(run, analyze.AnalyzeOptions()).to_arrays()
     expect = r ** (g - 1.0) * abs(1 - r) / (1 + r**g)  # [K, H, L]
     if stride == 2:  # the first update of a step whose previous step is not stored has no predecessor
         expect[:, 0, 0] = np.nan

@@ -97,8 +97,8 @@ def write_all(path: str, seed: int = 0) -> None:
     s = 4
     rec.write_analysis(path, "embedding", {
         "coords": r.normal(size=(N, B, s, 2)).cumsum(axis=2).astype(np.float32), "steps": np.array([0, 1, 3, 5]),
-        "puzzle_index": np.arange(N), "correct": r.random((N, B)) > 0.5},
-        {"method": "pca", "explained_variance": np.array([0.41, 0.22])})
+        "puzzle_index": np.arange(N), "correct": r.random((N, B)) > 0.5,
+        "explained_variance": np.array([0.41, 0.22])}, {"method": "pca"})
     rec.write_analysis(path, "probes", {
         "steps": np.array([0, 1, 3, 5]), "cell_accuracy": np.array([0.3, 0.6, 0.8, 0.9]),
         "cell_accuracy_std": np.full(4, 0.03), "correct_accuracy": np.array([0.35, 0.7, 0.9, 0.97])})
@@ -144,6 +144,7 @@ def test_every_figure_is_built(full_run):
     traj = figs["trajectories"]
     assert len(traj.frames) == 4 and traj.layout.sliders[0].steps[-1].label == "5"
     assert all(t.x.dtype == np.float32 for t in traj.data if isinstance(t, go.Scattergl))
+    assert traj.layout.xaxis.title.text == "PCA 1 (41.0% var.)"  # the variance analyze stores as an array
     maps = figs["basin_maps"]
     heatmaps = [t for t in maps.data if isinstance(t, go.Heatmap)]
     assert heatmaps and all(t.z.dtype == np.float32 for t in heatmaps)
@@ -270,6 +271,28 @@ def test_stored_results_round_trip_through_the_run_file(tmp_path):
             want, got = getattr(res, field.name), getattr(back, field.name)
             assert np.array_equal(np.asarray(want), np.asarray(got)), field.name
     assert back_basins.puzzle_index == 4 and back_basins.entropy_box == 3 and back_lya.steps == 100
+
+
+def test_family_fields_store_one_array_per_name_and_read_back(tmp_path):
+    path = str(tmp_path / "run.h5")
+    write_rollout(path)
+    write_all(path)
+    with rec.open_run(path) as run:
+        conv = results.ConvergenceStudy.from_result(run.read_analysis("convergence"))
+    assert list(conv.fpr) == ["logit_change", "residual"] and list(conv.halt_accuracy) == ["never", "stable"]
+    np.testing.assert_array_equal(conv.tpr["logit_change"], np.sqrt([0.0, 0.25, 0.5, 1.0]))
+    np.testing.assert_array_equal(conv.halt_mean_steps["stable"], [3.0, 4.5])
+    arrays = conv.to_arrays()
+    assert {"fpr_residual", "tpr_residual", "halt_stable_values", "halt_never_accuracy"} <= set(arrays)
+    assert "fpr" not in arrays and "fpr" not in conv.to_attrs() and conv.to_attrs()["spearman_rho"] == 0.42
+    del arrays["tpr_residual"]
+    rec.write_analysis(path, "convergence", arrays, conv.to_attrs(), overwrite=True)
+    with rec.open_run(path) as run:
+        with pytest.raises(results.IncompleteResult, match="no 'tpr_residual' array"):
+            results.ConvergenceStudy.from_result(run.read_analysis("convergence"))
+        figures, missing = report._collect(run)
+    assert "summary" in figures and not {"roc", "halting", "residual_curves"} & set(figures)
+    assert ("convergence (roc)", "incomplete convergence result: no 'tpr_residual' array") in missing
 
 
 def test_a_result_missing_a_needed_field_is_listed_not_drawn(tmp_path):

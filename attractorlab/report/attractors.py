@@ -15,7 +15,6 @@ from attractorlab.report.style import (
     MONO,
     attractor_styles,
     f32,
-    get,
     grid_html,
     layout,
     lighten,
@@ -25,19 +24,19 @@ from attractorlab.report.style import (
     puzzle_menu,
     rgba,
 )
-from attractorlab.results import PuzzleBasins
+from attractorlab.results import PuzzleBasins, PuzzleFixedPoints
 from attractorlab.tasks import get_task
 
 # ---------------------------------------------------------------- fixed points
 
 def spectra(items: list[tuple[int, AnalysisResult]]) -> go.Figure:
+    points = [PuzzleFixedPoints.from_result(res) for _, res in items]
     fig = go.Figure()
     for label, (name, colour) in LABELS.items():
         for stable_kind, symbol in ((True, "circle"), (False, "circle-open")):
             xs, ys, text = [], [], []
-            for _, res in items:
-                eig, lab, stable = get(res, "eigvals"), get(res, "label"), get(res, "stable").astype(bool)
-                pi = res.attrs.get("puzzle_index", "?")
+            for fp in points:
+                eig, lab, stable, pi = fp.eigvals, fp.label, fp.stable.astype(bool), fp.puzzle_index
                 for m in np.flatnonzero((lab == label) & (stable == stable_kind)):
                     xs.append(eig[m].real)
                     ys.append(eig[m].imag)
@@ -58,12 +57,12 @@ def spectra(items: list[tuple[int, AnalysisResult]]) -> go.Figure:
 
 
 def spectral_radius(items: list[tuple[int, AnalysisResult]]) -> go.Figure:
+    points = [PuzzleFixedPoints.from_result(res) for _, res in items]
     fig = go.Figure()
     for label, (name, colour) in LABELS.items():
         rho, text = [], []
-        for _, res in items:
-            lab, radius, resid = get(res, "label"), get(res, "spectral_radius"), get(res, "residual")
-            pi = res.attrs.get("puzzle_index", "?")
+        for fp in points:
+            lab, radius, resid, pi = fp.label, fp.spectral_radius, fp.residual, fp.puzzle_index
             for m in np.flatnonzero(lab == label):
                 rho.append(radius[m])
                 text.append(f"puzzle {pi}, fixed point {m}, residual {resid[m]:.2g}")

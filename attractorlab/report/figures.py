@@ -16,13 +16,23 @@ from attractorlab.report.style import (
     MAX_TRAJECTORIES,
     SPURIOUS_COLOURS,
     f32,
-    get,
     layout,
     num,
     pct,
     rgba,
 )
-from attractorlab.results import EndStates, LyapunovSurvey, RestartSelection
+from attractorlab.results import (
+    CellProbes,
+    ConvergenceStudy,
+    EndStates,
+    IncompleteResult,
+    InnerSettling,
+    LyapunovSurvey,
+    RestartSelection,
+    RunSummary,
+    ScalingCurves,
+    TrajectoryEmbedding,
+)
 from attractorlab.tasks import get_task
 
 # ---------------------------------------------------------------- summary and scaling
@@ -53,21 +63,22 @@ def answers(run: Run, per_outcome: int = 4, scale: int = 8) -> go.Figure | None:
 
 
 def summary(summary: AnalysisResult, conv: AnalysisResult | None) -> go.Figure:
-    a = summary.attrs
-    rows = [("puzzles", num(a.get("n"))),
-            ("breadth B / depth T", f"{num(a.get('breadth'))} / {num(a.get('depth'))}"),
-            ("accuracy (selected)", pct(a.get("accuracy"))),
-            ("majority-vote accuracy", pct(a.get("majority_accuracy"))),
-            ("pass@B (any restart)", pct(a.get("pass_at_b"))),
-            ("mean / median steps", f"{num(a.get('mean_steps'))} / {num(a.get('median_steps'))}")]
-    if conv is not None and "score_names" in conv and "auroc" in conv:
-        rows += [(f"AUROC {n}", num(v)) for n, v in zip(conv["score_names"], conv["auroc"], strict=True)]
-    if conv is not None and "ending_names" in conv and "ending_counts" in conv:
-        rows += [(f"ended: {n}", str(int(c))) for n, c in
-                 zip(conv["ending_names"], conv["ending_counts"], strict=True)]
+    s = RunSummary.from_result(summary)
+    try:
+        c = ConvergenceStudy.from_result(conv) if conv is not None else None
+    except IncompleteResult:  # its own figures say what is missing; the summary leaves its rows out
+        c = None
+    rows = [("puzzles", num(s.n)), ("breadth B / depth T", f"{num(s.breadth)} / {num(s.depth)}"),
+            ("accuracy (selected)", pct(s.accuracy)), ("majority-vote accuracy", pct(s.majority_accuracy)),
+            ("pass@B (any restart)", pct(s.pass_at_b)),
+            ("mean / median steps", f"{num(s.mean_steps)} / {num(s.median_steps)}")]
+    if c is not None:
+        rows += [(f"AUROC {n}", num(v)) for n, v in zip(c.score_names, c.auroc, strict=True)]
+    if c is not None and c.ending_names is not None and c.ending_counts is not None:
+        rows += [(f"ended: {n}", str(int(k))) for n, k in zip(c.ending_names, c.ending_counts, strict=True)]
     tables = [("Overall", ["metric", "value"], list(map(list, zip(*rows, strict=True))))]
     for key, title in (("band", "By difficulty band"), ("source", "By source")):
-        names, counts, acc = (get(summary, f"{key}_{s}") for s in ("names", "count", "accuracy"))
+        names, counts, acc = (getattr(s, f"{key}_{part}") for part in ("names", "count", "accuracy"))
         tables.append((title, [key, "puzzles", "accuracy"],
                        [list(map(str, names)), [str(int(c)) for c in counts], [pct(x) for x in acc]]))
     fig = make_subplots(rows=1, cols=3, specs=[[{"type": "table"}] * 3], column_widths=[0.4, 0.3, 0.3],
@@ -81,12 +92,12 @@ def summary(summary: AnalysisResult, conv: AnalysisResult | None) -> go.Figure:
 
 
 def scaling(res: AnalysisResult, axis: str) -> go.Figure:
-    x_key, label = ("depth_steps", "outer steps (depth)") if axis == "depth" else \
-        ("breadth_values", "random restarts (breadth)")
-    x = get(res, x_key)
+    curves = ScalingCurves.from_result(res)
+    x, label = (curves.depth_steps, "outer steps (depth)") if axis == "depth" else \
+        (curves.breadth_values, "random restarts (breadth)")
     fig = go.Figure()
     for key, name, dash in (("accuracy", "selected restart", "solid"), ("oracle", "any restart (oracle)", "dash")):
-        fig.add_trace(go.Scatter(x=x, y=f32(get(res, f"{axis}_{key}")), name=name, mode="lines+markers",
+        fig.add_trace(go.Scatter(x=x, y=f32(getattr(curves, f"{axis}_{key}")), name=name, mode="lines+markers",
                                  line={"dash": dash}, hovertemplate=f"{axis} %{{x}}: %{{y:.1%}}<extra>{name}</extra>"))
     log = x.size > 1 and x.min() > 0 and x.max() / x.min() >= 16
     fig.update_xaxes(title=label, type="log" if log else "linear")
@@ -110,8 +121,9 @@ def selection(res: AnalysisResult) -> go.Figure:
 
 
 def inner(res: AnalysisResult) -> go.Figure:
-    median = get(res, "median_change")  # [K, H, L]
-    steps, n_h, n_l = get(res, "steps"), median.shape[1], median.shape[2]
+    settling = InnerSettling.from_result(res)
+    median = settling.median_change  # [K, H, L]
+    steps, n_h, n_l = settling.steps, median.shape[1], median.shape[2]
     fig = go.Figure()
     x = [f"H{h + 1}.L{l + 1}" for h in range(n_h) for l in range(n_l)]
     shown = sorted({0, len(steps) // 2, len(steps) - 1})
@@ -120,14 +132,15 @@ def inner(res: AnalysisResult) -> go.Figure:
                                  line=dict(color=SPURIOUS_COLOURS[j % len(SPURIOUS_COLOURS)])))
     fig.update_xaxes(title="inner update of z_L")
     fig.update_yaxes(title="median relative change of z_L", type="log")
-    return layout(fig, f"Inside the outer step: does z_L settle? ({int(res.attrs.get('puzzles', 0))} puzzles)", 380)
+    return layout(fig, f"Inside the outer step: does z_L settle? ({int(settling.puzzles)} puzzles)", 380)
 
 
 def residual_curves(res: AnalysisResult) -> go.Figure:
-    steps = get(res, "steps_axis")
+    conv = ConvergenceStudy.from_result(res)
+    steps = conv.steps_axis
     fig = go.Figure()
     for outcome, colour in (("correct", CORRECT), ("incorrect", INCORRECT)):
-        med, lo, hi = (get(res, f"residual_{outcome}_{s}") for s in ("median", "q25", "q75"))
+        med, lo, hi = (getattr(conv, f"residual_{outcome}_{s}") for s in ("median", "q25", "q75"))
         ok = np.isfinite(med) & np.isfinite(lo) & np.isfinite(hi)
         if not ok.any():
             continue
@@ -146,9 +159,10 @@ def residual_curves(res: AnalysisResult) -> go.Figure:
 def roc(res: AnalysisResult) -> go.Figure:
     fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": GREY},
                                name="chance", hoverinfo="skip"))
-    for name, auc in zip(get(res, "score_names"), get(res, "auroc"), strict=True):
+    conv = ConvergenceStudy.from_result(res)
+    for name, auc in zip(conv.score_names, conv.auroc, strict=True):
         auc_text = "n/a" if not np.isfinite(auc) else f"{float(auc):.3f}"
-        fig.add_trace(go.Scatter(x=f32(get(res, f"fpr_{name}")), y=f32(get(res, f"tpr_{name}")), mode="lines",
+        fig.add_trace(go.Scatter(x=f32(conv.fpr[str(name)]), y=f32(conv.tpr[str(name)]), mode="lines",
                                  name=f"{name} (AUROC {auc_text})",
                                  hovertemplate="FPR %{x:.3f}, TPR %{y:.3f}<extra>" + str(name) + "</extra>"))
     fig.update_xaxes(title="false positive rate", range=[0, 1], constrain="domain")
@@ -157,30 +171,30 @@ def roc(res: AnalysisResult) -> go.Figure:
 
 
 def steps_vs_rating(res: AnalysisResult) -> go.Figure:
-    steps = get(res, "settle_answer") if "settle_answer" in res else get(res, "steps")
-    rating, correct = get(res, "rating"), get(res, "correct").astype(bool)
+    conv = ConvergenceStudy.from_result(res)
+    steps = conv.settle_answer if conv.settle_answer is not None else conv.steps
+    rating, correct = conv.rating, conv.correct.astype(bool)
     fig = go.Figure()
     for mask, name, colour in ((correct, "correct", CORRECT), (~correct, "incorrect", INCORRECT)):
         fig.add_trace(go.Scattergl(x=f32(rating[mask]), y=f32(steps[mask]), mode="markers", name=name,
                                    marker={"color": colour, "size": 6, "opacity": 0.6},
                                    hovertemplate="rating %{x}, steps %{y}<extra>" + name + "</extra>"))
-    rho, p = res.attrs.get("spearman_rho"), res.attrs.get("spearman_p")
+    rho, p = conv.spearman_rho, conv.spearman_p
     positive = rating[rating > 0]
     log = positive.size == rating.size and rating.size > 0 and positive.max() / positive.min() >= 100
     fig.update_xaxes(title="difficulty rating", type="log" if log else "linear")
     fig.update_yaxes(title="outer step the answer settles (selected restart)")
     easy = ""
-    if res.attrs.get("easy_count"):
-        easy = (f"; {res.attrs['easy_settled_within_5']} of {res.attrs['easy_count']} "
-                f"'{res.attrs.get('easy_band', '')}' puzzles within 5 steps")
+    if conv.easy_count:
+        easy = f"; {conv.easy_settled_within_5} of {conv.easy_count} '{conv.easy_band or ''}' puzzles within 5 steps"
     return layout(fig, f"Steps to settle vs difficulty (Spearman ρ = {num(rho)}, p = {num(p)}{easy})", 440)
 
 
 def halting(res: AnalysisResult) -> go.Figure:
+    conv = ConvergenceStudy.from_result(res).need("halt_rules")
     fig = go.Figure()
-    for rule in get(res, "halt_rules"):
-        steps, acc = get(res, f"halt_{rule}_mean_steps"), get(res, f"halt_{rule}_accuracy")
-        values = get(res, f"halt_{rule}_values")
+    for rule in map(str, conv.halt_rules):
+        steps, acc, values = conv.halt_mean_steps[rule], conv.halt_accuracy[rule], conv.halt_values[rule]
         fig.add_trace(go.Scatter(x=f32(steps), y=f32(acc), mode="lines+markers", name=str(rule),
                                  customdata=f32(values),
                                  hovertemplate="%{customdata:.3g}: %{y:.3f} at %{x:.1f} steps<extra>" + str(rule)
@@ -191,8 +205,8 @@ def halting(res: AnalysisResult) -> go.Figure:
 
 
 def endings(res: AnalysisResult, title: str = "How rollouts ended") -> go.Figure:
-    names, counts = get(res, "ending_names"), get(res, "ending_counts")
-    return _ending_bars(names, counts, title)
+    conv = ConvergenceStudy.from_result(res).need("ending_names", "ending_counts")
+    return _ending_bars(conv.ending_names, conv.ending_counts, title)
 
 
 def end_states(res: AnalysisResult) -> go.Figure:
@@ -228,19 +242,20 @@ def lyapunov(res: AnalysisResult) -> go.Figure:
 
 
 def probes(res: AnalysisResult) -> go.Figure:
-    steps, acc, std = get(res, "steps"), get(res, "cell_accuracy"), get(res, "cell_accuracy_std")
+    probe = CellProbes.from_result(res)
+    steps, acc, std = probe.steps, probe.cell_accuracy, probe.cell_accuracy_std
     fig = go.Figure(go.Scatter(x=np.concatenate([steps, steps[::-1]]),
                                y=f32(np.concatenate([acc + std, (acc - std)[::-1]])), mode="lines", fill="toself",
                                fillcolor=rgba("#4c78a8", 0.2), line={"width": 0}, hoverinfo="skip",
                                showlegend=False))
     fig.add_trace(go.Scatter(x=steps, y=f32(acc), mode="lines+markers", name="all cells", line={"color": "#4c78a8"},
                              hovertemplate="step %{x}: %{y:.1%}<extra>all cells</extra>"))
-    if "correct_accuracy" in res:
-        fig.add_trace(go.Scatter(x=steps, y=f32(res["correct_accuracy"]), mode="lines+markers",
+    if probe.correct_accuracy is not None:
+        fig.add_trace(go.Scatter(x=steps, y=f32(probe.correct_accuracy), mode="lines+markers",
                                  name="puzzles solved correctly", line={"color": CORRECT, "dash": "dash"},
                                  hovertemplate="step %{x}: %{y:.1%}<extra>correct puzzles</extra>"))
-    if "cell_chance" in res.attrs:  # always predicting the commoner label
-        fig.add_hline(y=float(res.attrs["cell_chance"]), line={"dash": "dot", "color": GREY},
+    if probe.cell_chance is not None:  # always predicting the commoner label
+        fig.add_hline(y=float(probe.cell_chance), line={"dash": "dot", "color": GREY},
                       annotation_text="chance (majority label)", annotation_position="bottom right")
     fig.update_xaxes(title="outer step")
     fig.update_yaxes(title="probe cell accuracy", tickformat=".0%", range=[0, 1.02])
@@ -250,8 +265,8 @@ def probes(res: AnalysisResult) -> go.Figure:
 # ---------------------------------------------------------------- trajectories
 
 def trajectories(res: AnalysisResult) -> go.Figure:
-    coords, steps = get(res, "coords"), get(res, "steps")
-    correct, puzzle = get(res, "correct").astype(bool), get(res, "puzzle_index")
+    emb = TrajectoryEmbedding.from_result(res)
+    coords, steps, correct, puzzle = emb.coords, emb.steps, emb.correct.astype(bool), emb.puzzle_index
     n, b, s = coords.shape[:3]
     take = min(n * b, MAX_TRAJECTORIES)
     xy = f32(coords.reshape(n * b, s, 2)[:take])
@@ -286,8 +301,7 @@ def trajectories(res: AnalysisResult) -> go.Figure:
     fig.frames = [go.Frame(name=str(int(t)), traces=[current], data=[go.Scatter(x=xy[:, k, 0], y=xy[:, k, 1])])
                   for k, t in enumerate(steps)]
     still = {"mode": "immediate", "frame": {"duration": 0, "redraw": False}, "transition": {"duration": 0}}
-    method = str(res.attrs.get("method", "embedding")).upper()
-    var = res.attrs.get("explained_variance")
+    method, var = str(emb.method).upper(), emb.explained_variance
     axis = [f"{method} {i + 1}" + (f" ({100 * float(var[i]):.1f}% var.)" if var is not None else "")
             for i in range(2)]
     fig.update_xaxes(title=axis[0])

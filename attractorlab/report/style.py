@@ -9,8 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import plotly.graph_objects as go
 
-from attractorlab.recording import AnalysisResult, Run
-from attractorlab.results import IncompleteResult
+from attractorlab.recording import Run
 from attractorlab.tasks import Task
 
 MAX_TRAJECTORIES = 100
@@ -94,12 +93,6 @@ FIGURES = {
                                   "Fraction of sampled initial states reaching each attractor, ± standard "
                                   "error; pick a puzzle in the menu."),
 }
-
-
-def get(res: AnalysisResult, key: str) -> np.ndarray:
-    if key not in res:
-        raise IncompleteResult(f"incomplete result: no '{key}' array")
-    return np.asarray(res[key])
 
 
 def f32(x: np.ndarray) -> np.ndarray:
