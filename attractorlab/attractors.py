@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from attractorlab import dynamics
+from attractorlab.dynamics.fixed_points import to_numpy
 from attractorlab.model import EquilibriumReasoner, LatentState
 from attractorlab.rollout import RolloutConfig, rollout
 from attractorlab.seeds import stream
@@ -22,11 +23,6 @@ from attractorlab.tasks import get_task
 
 LABELS = ("correct", "valid, not the solution", "invalid")
 """How a fixed point's read-out relates to the puzzle; :attr:`PuzzleAttractors.label` indexes it."""
-
-
-def to_numpy(t: torch.Tensor) -> np.ndarray:
-    """A tensor on any device as a NumPy array (detached, on the CPU)."""
-    return t.detach().cpu().numpy()
 
 
 def label_states(model: EquilibriumReasoner, z: torch.Tensor, tokens: np.ndarray,

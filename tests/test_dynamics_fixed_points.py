@@ -244,8 +244,8 @@ def test_fallback_stops_rows_that_stall():
 def test_krylov_model_reproduces_the_linear_residual(m):
     """The reduced model the Levenberg-Marquardt step minimises is exact for an affine map: for any step
     ``s = W y`` in the step basis ``W = [V_j, w]``, ``||F + J_F s|| = ||beta e1 - H y||``, and W is orthonormal."""
-    from attractorlab.dynamics.fixed_points import _krylov_model
     from attractorlab.dynamics.jacobian import Linearization
+    from attractorlab.dynamics.newton import krylov_model
 
     d, n = 30, 4
     A, b = affine_with_spectrum([0.9, -0.5, 1.3], [(0.95, 0.4)], d)
@@ -258,7 +258,7 @@ def test_krylov_model_reproduces_the_linear_residual(m):
     F = f(z) - z
     J_F = A - torch.eye(d, dtype=A.dtype)
     g = F @ J_F
-    V, w, H, bad = _krylov_model(Linearization(f, z), F, g, m, torch.zeros(n, dtype=torch.float64))
+    V, w, H, bad = krylov_model(Linearization(f, z), F, g, m, torch.zeros(n, dtype=torch.float64))
     W = torch.cat([V, w[:, None]], dim=1)  # [n, j+1, d]
     assert not bad.any() and H.shape == (n, V.shape[1] + 2, V.shape[1] + 1)
     torch.testing.assert_close(W @ W.transpose(1, 2), torch.eye(W.shape[1], dtype=W.dtype).expand_as(H[:, 1:]),
@@ -323,11 +323,11 @@ def test_float32_map_that_rejects_float64_is_polished_in_float32():
 
 
 def test_precision_radius_merges_imprecise_copies_but_not_distinct_points():
-    from attractorlab.dynamics.fixed_points import _greedy_unique
+    from attractorlab.dynamics.fixed_points import greedy_unique
 
     z = torch.tensor([[0.0, 0.0], [0.02, 0.0], [1.0, 0.0], [1.0, 3e-4]], dtype=torch.float64)
-    labels, leaders = _greedy_unique(z, 1e-3)  # radius 1e-3: the two rough copies of 0 stay apart
+    labels, leaders = greedy_unique(z, 1e-3)  # radius 1e-3: the two rough copies of 0 stay apart
     assert leaders.tolist() == [0, 1, 2]
     precision = torch.tensor([0.004, 0.004, 1e-9, 1e-9], dtype=torch.float64)
-    labels, leaders = _greedy_unique(z, 1e-3, precision)  # 0.02 <= 4 * (0.004 + 0.004): one point
+    labels, leaders = greedy_unique(z, 1e-3, precision)  # 0.02 <= 4 * (0.004 + 0.004): one point
     assert labels.tolist() == [0, 0, 1, 1] and leaders.tolist() == [0, 2]

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ._records import _array
+from ._records import as_record_array
 
 
 @dataclass
@@ -41,7 +41,7 @@ class BasinEntropy:
 
 
 def _labels(labels) -> np.ndarray:
-    grid = _array(labels, "labels")
+    grid = as_record_array(labels, "labels")
     if grid.ndim != 2 or grid.size == 0:
         raise ValueError(f"labels must be a non-empty 2-D grid [gy, gx], got shape {grid.shape}")
     if not np.issubdtype(grid.dtype, np.integer):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .fixed_points import _greedy_unique, _numpy
+from .fixed_points import greedy_unique, to_numpy
 from .jacobian import BatchedMap, Tensor, check_map, check_states
 
 
@@ -53,11 +53,11 @@ class BasinStats:
         """All fields as numpy arrays (``final`` only when present)."""
         names = ("fraction", "stderr", "count", "assignment", "steps", "converged", "new_attractors",
                  "new_assignment")
-        out = {name: _numpy(getattr(self, name)) for name in names}
+        out = {name: to_numpy(getattr(self, name)) for name in names}
         out["unassigned"] = np.asarray(self.unassigned)
         out["unassigned_stderr"] = np.asarray(self.unassigned_stderr)
         if self.final is not None:
-            out["final"] = _numpy(self.final)
+            out["final"] = to_numpy(self.final)
         return out
 
 
@@ -83,7 +83,7 @@ class BasinMap:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """All fields as numpy arrays."""
-        return {name: _numpy(getattr(self, name)) for name in (
+        return {name: to_numpy(getattr(self, name)) for name in (
             "label", "steps", "converged", "xs", "ys", "anchor_coords", "origin", "basis", "attractors")}
 
 
@@ -176,7 +176,7 @@ def _run(f, samples, attractors, max_steps, tol, assign_tol, batch_size, progres
 def _collect_new(final, converged, assignment, tol):
     """De-duplicate converged, unassigned end states into new attractors; returns (new [K', d], index [S])."""
     idx = (converged & (assignment < 0) & torch.isfinite(final).all(dim=1)).nonzero()[:, 0]
-    labels, leaders = _greedy_unique(final[idx], tol)
+    labels, leaders = greedy_unique(final[idx], tol)
     new_assignment = torch.full_like(assignment, -1)
     new_assignment[idx] = labels
     return final[idx][leaders], new_assignment

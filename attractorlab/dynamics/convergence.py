@@ -24,7 +24,7 @@ import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from ._records import _array, _lengths, _tail_mean, _tail_windows, final_values
+from ._records import as_record_array, final_values, record_lengths, tail_mean, tail_windows
 from .settling import Settling
 
 CONVERGED_VALID, CONVERGED_INVALID, CYCLE, DRIFTING = 0, 1, 2, 3
@@ -33,7 +33,7 @@ ENDING_NAMES = ("converged_valid", "converged_invalid", "cycle", "drifting")
 
 
 def _correct_final(correct, shape: tuple[int, ...], steps) -> np.ndarray:
-    correct = _array(correct, "correct").astype(bool)
+    correct = as_record_array(correct, "correct").astype(bool)
     if correct.shape == shape:
         return final_values(correct, steps)
     if correct.shape == shape[:-1]:
@@ -80,11 +80,11 @@ def residual_curves(residual, correct_final, *, steps=None) -> SplitCurves:
     ``steps``, values after a trajectory halted are left out. Works for any per-step quantity (e.g.
     ``halt_logit``).
     """
-    values = _array(residual, "residual").astype(np.float64)
+    values = as_record_array(residual, "residual").astype(np.float64)
     shape = values.shape
     label = _correct_final(correct_final, shape, steps).reshape(-1)
     values = values.reshape(-1, shape[-1])
-    lengths = _lengths(steps, shape).reshape(-1)
+    lengths = record_lengths(steps, shape).reshape(-1)
     values = np.where(np.arange(shape[-1]) < lengths[:, None], values, np.nan)
     values = np.where(np.isfinite(values), values, np.nan)
     good, bad = _quantiles(values[label]), _quantiles(values[~label])
@@ -165,22 +165,22 @@ def auroc_scores(
     final value, when given) and ``logit_change`` (minus the mean of the last ``window`` values: the reference
     convergence score, when given). residual, halt_logit, logit_change: [..., T]; correct: [..., T] or [...].
     """
-    res = _array(residual, "residual").astype(np.float64)
+    res = as_record_array(residual, "residual").astype(np.float64)
     shape = res.shape
     if not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be a positive integer, got {window!r}")
     label = _correct_final(correct, shape, steps).reshape(-1)
-    lengths = _lengths(steps, shape)
+    lengths = record_lengths(steps, shape)
     raw = {"final_residual": -final_values(res, steps),
-           f"mean_last{window}_residual": -_tail_mean(res, lengths, window)}
+           f"mean_last{window}_residual": -tail_mean(res, lengths, window)}
     for name, x, sign, reducer in (("halt_logit", halt_logit, 1.0, "final"),
                                    ("logit_change", logit_change, -1.0, "tail")):
         if x is None:
             continue
-        x = _array(x, name).astype(np.float64)
+        x = as_record_array(x, name).astype(np.float64)
         if x.shape != shape:
             raise ValueError(f"{name} must have shape {shape}, got {x.shape}")
-        raw[name] = sign * (final_values(x, steps) if reducer == "final" else _tail_mean(x, lengths, window))
+        raw[name] = sign * (final_values(x, steps) if reducer == "final" else tail_mean(x, lengths, window))
     scores = {name: _roc(name, s.reshape(-1), label) for name, s in raw.items()}
     return AurocResult(scores, n_correct=int(label.sum()), n_incorrect=int((~label).sum()))
 
@@ -217,7 +217,7 @@ def _steps_per_puzzle(steps, which: str, unsettled: str) -> np.ndarray:
         steps = steps.answer_step if which == "answer" else steps.residual_step
         if steps is None:
             raise ValueError(f"the Settling result has no {which} steps")
-    steps = _array(steps, "steps").astype(np.float64)
+    steps = as_record_array(steps, "steps").astype(np.float64)
     if unsettled == "drop" and settled is not None:
         steps = np.where(settled, steps, np.nan)
     return steps
@@ -235,7 +235,7 @@ def steps_vs_difficulty(steps, rating, *, n_bins: int = 5, which: str = "answer"
     ``unsettled="drop"`` (a Settling only) it is left out and a puzzle's mean runs over its other restarts.
     """
     steps = _steps_per_puzzle(steps, which, unsettled)
-    rating = _array(rating, "rating").astype(np.float64)
+    rating = as_record_array(rating, "rating").astype(np.float64)
     if rating.ndim != 1 or steps.shape[0] != rating.shape[0] or steps.ndim > 2:
         raise ValueError(f"steps must be [N] or [N, B] and rating [N], got {steps.shape} and {rating.shape}")
     if not isinstance(n_bins, int) or n_bins < 1:
@@ -321,7 +321,7 @@ def _floor_rows(floor, lead: tuple[int, ...], floor_margin: float, window: int) 
     rows = int(np.prod(lead))
     if floor is None:
         return np.zeros(rows)
-    arr = _array(floor, "floor", 0).astype(np.float64)
+    arr = as_record_array(floor, "floor", 0).astype(np.float64)
     if not (np.isfinite(arr).all() and (arr >= 0).all()):
         raise ValueError("floor must be finite and >= 0 (0 or None: no noise floor)")
     try:
@@ -333,11 +333,11 @@ def _floor_rows(floor, lead: tuple[int, ...], floor_margin: float, window: int) 
 def _converged_under_noise(flat, p_flat, lengths, threshold, window) -> np.ndarray:
     """Rows [M] whose last ``window`` recorded residuals (flat [M, T]) all lie within ``threshold [M]`` and,
     with predictions (p_flat [M, T, L] or None), whose read-out did not change over those steps."""
-    win, ok = _tail_windows(flat, lengths, min(window, flat.shape[1]))
+    win, ok = tail_windows(flat, lengths, min(window, flat.shape[1]))
     within = np.where(ok, win <= threshold[:, None], True).all(axis=1)
     if p_flat is None:
         return within
-    pwin, pok = _tail_windows(p_flat, lengths, min(window, flat.shape[1]))
+    pwin, pok = tail_windows(p_flat, lengths, min(window, flat.shape[1]))
     same = (pwin == pwin[:, -1:]).all(axis=-1)
     return within & np.where(pok, same, True).all(axis=1)
 
@@ -378,9 +378,9 @@ def classify_endings(
     ``3 * max_period`` steps and needs two full periods; floor: a scalar or an array broadcastable to [...]
     (per trajectory, in the units of ``residual``).
     """
-    res = _array(residual, "residual").astype(np.float64)
+    res = as_record_array(residual, "residual").astype(np.float64)
     shape = res.shape
-    valid = _array(valid, "valid").astype(bool)
+    valid = as_record_array(valid, "valid").astype(bool)
     if valid.shape != shape:
         raise ValueError(f"valid must have shape {shape}, got {valid.shape}")
     if not isinstance(max_period, int) or max_period < 2:
@@ -390,7 +390,7 @@ def classify_endings(
         raise ValueError(f"tail must be an integer >= 4, got {tail!r}")
     floor_m = _floor_rows(floor, shape[:-1], floor_margin, window)
     noisy = floor_m > 0
-    lengths = _lengths(steps, shape).reshape(-1)
+    lengths = record_lengths(steps, shape).reshape(-1)
     flat = res.reshape(-1, shape[-1])
     final_valid = final_values(valid.reshape(-1, shape[-1]), lengths)
     width = min(tail, shape[-1])
@@ -398,11 +398,11 @@ def classify_endings(
     readout_constant = np.ones(flat.shape[0], dtype=bool)
     p_flat = None
     if pred is not None:
-        p_arr = _array(pred, "pred", 2)
+        p_arr = as_record_array(pred, "pred", 2)
         if p_arr.shape[:-1] != shape:
             raise ValueError(f"pred must have shape {shape + (p_arr.shape[-1],)}, got {p_arr.shape}")
         p_flat = p_arr.reshape(flat.shape[0], shape[-1], -1)
-        win, ok = _tail_windows(p_flat, lengths, width)
+        win, ok = tail_windows(p_flat, lengths, width)
         period = _smallest_period(lambda p: (win[:, p:] == win[:, :-p]).all(axis=-1), ok, max_period, 1)
         readout_constant = period == 1
         period = np.where(readout_constant, 0, period)
@@ -410,7 +410,7 @@ def classify_endings(
     if noisy.any():
         threshold = floor_margin * floor_m
         converged = np.where(noisy, _converged_under_noise(flat, p_flat, lengths, threshold, window), converged)
-    win, ok = _tail_windows(flat, lengths, width)
+    win, ok = tail_windows(flat, lengths, width)
     slack = cycle_rtol * np.maximum(np.abs(win), np.finfo(np.float64).tiny) + floor_margin * floor_m[:, None]
     res_period = _smallest_period(lambda p: np.abs(win[:, p:] - win[:, :-p]) <= slack[:, p:], ok, max_period, 1)
     res_period = np.where(res_period == 1, 0, res_period)

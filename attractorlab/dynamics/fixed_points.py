@@ -50,7 +50,7 @@ from .jacobian import (
     jacobian_spectrum,
     spectral_radius,
 )
-from .newton import _Anchors, _finite, _krylov_model, _lm_solve, _lm_subproblem, _residual, _scale
+from .newton import Anchors, all_finite, krylov_model, lm_solve, lm_subproblem, residual_norm, state_scale
 
 FIXED, SLOW, FAILED, NONFINITE = 0, 1, 2, 3
 KIND_NAMES = ("fixed", "slow", "failed", "nonfinite")
@@ -130,18 +130,19 @@ class FixedPoints:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """All fields as numpy arrays (slow points prefixed ``slow_``), ready for HDF5."""
-        out = {name: _numpy(getattr(self, name)) for name in (
+        out = {name: to_numpy(getattr(self, name)) for name in (
             "z", "residual", "rel_residual", "eigvals", "spectral_radius", "stable", "count", "assignment",
             "kind", "converged", "iterations", "final", "final_residual", "slow_assignment")}
         for name in ("z", "residual", "grad_ratio", "count"):
-            out[f"slow_{name}"] = _numpy(getattr(self.slow, name))
+            out[f"slow_{name}"] = to_numpy(getattr(self.slow, name))
         if self.z_refined is not None and self.refined_residual is not None:
-            out["z_refined"], out["refined_residual"] = _numpy(self.z_refined), _numpy(self.refined_residual)
+            out["z_refined"], out["refined_residual"] = to_numpy(self.z_refined), to_numpy(self.refined_residual)
             out["refined_dtype"] = np.asarray(self.refined_dtype, dtype="S")
         return out
 
 
-def _numpy(t: Tensor) -> np.ndarray:
+def to_numpy(t: Tensor) -> np.ndarray:
+    """A tensor on any device as a NumPy array (detached, on the CPU)."""
     return t.detach().cpu().numpy()
 
 
@@ -177,9 +178,9 @@ def _adam_solve(fc: BatchedMap, z: Tensor, tol: float, iters: int, lr: float, pa
         if idx.numel() == 0:
             break
         F, g = _gradient(fc, z[idx])
-        finite = _finite(F) & _finite(g)
+        finite = all_finite(F) & all_finite(g)
         res = F.norm(dim=1)
-        moving = finite & (res > tol * _scale(z[idx]))
+        moving = finite & (res > tol * state_scale(z[idx]))
         if patience is not None and it % patience == 0:
             moving &= res < 0.75 * checkpoint_res[idx]
             checkpoint_res[idx] = res
@@ -199,7 +200,7 @@ def _merge_radius(z: Tensor, tol: float) -> float:
     return tol * float(z.norm(dim=1).median().clamp_min(1.0))
 
 
-def _greedy_unique(z: Tensor, tol: float, precision: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def greedy_unique(z: Tensor, tol: float, precision: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Greedy leader clustering of rows already sorted by preference (best first).
 
     z: [C, d]; two rows are the same point when their distance is <= ``tol * max(median ||z||, 1)``, or, with
@@ -324,9 +325,9 @@ def find_fixed_points(
     z = z0.detach().to(dtype)
     if noise > 0:
         z = z + noise * torch.randn(z.shape, generator=generator, dtype=torch.float64).to(z)
-    start_ok = _finite(z)
+    start_ok = all_finite(z)
     z = torch.where(start_ok[:, None], z, torch.zeros_like(z))
-    anchors = _Anchors(_merge_radius(z, unique_tol), z) if snap else None
+    anchors = Anchors(_merge_radius(z, unique_tol), z) if snap else None
 
     finals, iters = [], []
     for lo in range(0, n, batch_size):
@@ -335,10 +336,10 @@ def find_fixed_points(
         finals.append(zb)
         iters.append(it)
     final, iterations = torch.cat(finals), torch.cat(iters)
-    F = _residual(fc, final)
-    finite = _finite(F) & start_ok
+    F = residual_norm(fc, final)
+    finite = all_finite(F) & start_ok
     res = torch.where(finite, F.norm(dim=1), torch.full((n,), math.inf, dtype=dtype, device=z.device))
-    converged = finite & (res <= tol * _scale(final))
+    converged = finite & (res <= tol * state_scale(final))
     kind = torch.full((n,), FAILED, dtype=torch.int8, device=z.device)
     kind[~finite] = NONFINITE
     kind[converged] = FIXED
@@ -354,7 +355,7 @@ def find_fixed_points(
     slow, slow_assignment = _unique_slow(final, res, ratio, kind == SLOW, unique_tol)
     z_ref, res_ref, eig_u, rho_u, count_u, assignment = fixed
     z_u = z_ref.to(dtype)
-    res_u = res_ref.to(dtype) if refined.map is fc else _residual(fc, z_u).norm(dim=1)
+    res_u = res_ref.to(dtype) if refined.map is fc else residual_norm(fc, z_u).norm(dim=1)
     final = torch.where(start_ok[:, None], final, z0.to(dtype))
     return FixedPoints(
         z=z_u, residual=res_u, rel_residual=res_u / z_u.norm(dim=1).clamp_min(torch.finfo(dtype).tiny),
@@ -369,20 +370,20 @@ def _solve_batch(fc, z, tol, max_iter, method, krylov_dim, slow_tol, fallback_it
     """Solve one chunk of starts z [n, d]; returns (final z [n, d], iterations [n])."""
     if method == "adam":
         return _adam_solve(fc, z, tol, max_iter, fallback_lr)
-    z, F, iterations, done = _lm_solve(fc, z, tol, max_iter, krylov_dim, slow_tol, anchors)
-    retry = (~done & _finite(F)).nonzero()[:, 0]
+    z, F, iterations, done = lm_solve(fc, z, tol, max_iter, krylov_dim, slow_tol, anchors)
+    retry = (~done & all_finite(F)).nonzero()[:, 0]
     if retry.numel() and fallback_iters > 0:
         z_fb, it_fb = _adam_solve(fc, z[retry], tol, fallback_iters, fallback_lr, patience=_FALLBACK_PATIENCE)
         iterations[retry] += it_fb
         # Polish only where the first-order run got below the second-order end; keep whichever end is better.
-        res_fb = _residual(fc, z_fb).norm(dim=1)
+        res_fb = residual_norm(fc, z_fb).norm(dim=1)
         better = torch.isfinite(res_fb) & (res_fb < F[retry].norm(dim=1))
         retry, z_fb = retry[better], z_fb[better]
         if retry.numel():
-            z_fb, F_fb, it_lm, _ = _lm_solve(fc, z_fb, tol, max_iter, krylov_dim, slow_tol, anchors,
+            z_fb, F_fb, it_lm, _ = lm_solve(fc, z_fb, tol, max_iter, krylov_dim, slow_tol, anchors,
                                              _POLISH_STALL_WINDOW)
             iterations[retry] += it_lm
-            improved = _finite(F_fb) & (F_fb.norm(dim=1) < F[retry].norm(dim=1))
+            improved = all_finite(F_fb) & (F_fb.norm(dim=1) < F[retry].norm(dim=1))
             z[retry[improved]] = z_fb[improved]
     return z, iterations
 
@@ -421,9 +422,9 @@ def _newton_step_norm(fr: BatchedMap, z: Tensor, F: Tensor, krylov_dim: int) -> 
     g = lin.rmatvec(F) - F
     beta = F.norm(dim=1).double()
     eta = torch.full_like(beta, 1e-12)
-    _, _, hess, bad = _krylov_model(lin, F, g, min(krylov_dim, z.shape[1]), eta)
+    _, _, hess, bad = krylov_model(lin, F, g, min(krylov_dim, z.shape[1]), eta)
     scale_sq = (hess**2).sum(dim=1).amax(dim=1).clamp_min(1.0)
-    y, _ = _lm_subproblem(hess, beta, 1e-12 * scale_sq)
+    y, _ = lm_subproblem(hess, beta, 1e-12 * scale_sq)
     step = y.norm(dim=1)
     return torch.where(torch.isfinite(step) & ~bad, step, torch.zeros_like(step))
 
@@ -444,18 +445,18 @@ def _refine(f: BatchedMap, fc: BatchedMap, z: Tensor, res: Tensor, unique_tol: f
     else:
         fr, zr, tol = fc, z, _REFINE_EPS * torch.finfo(z.dtype).eps
     order = torch.argsort(res, stable=True)
-    labels, leaders = _greedy_unique(zr[order], unique_tol)
+    labels, leaders = greedy_unique(zr[order], unique_tol)
     lead = order[leaders]
     kd = min(2 * krylov_dim, z.shape[1])
-    anchors = _Anchors(_merge_radius(zr, unique_tol), zr)
-    z_new, F_new, _, _ = _lm_solve(fr, zr[lead], tol, _REFINE_ITERS, kd, slow_tol, anchors, _REFINE_STALL)
-    F_old = _residual(fr, zr[lead])
-    better = _finite(F_new) & (F_new.norm(dim=1) <= F_old.norm(dim=1))
+    anchors = Anchors(_merge_radius(zr, unique_tol), zr)
+    z_new, F_new, _, _ = lm_solve(fr, zr[lead], tol, _REFINE_ITERS, kd, slow_tol, anchors, _REFINE_STALL)
+    F_old = residual_norm(fr, zr[lead])
+    better = all_finite(F_new) & (F_new.norm(dim=1) <= F_old.norm(dim=1))
     z_lead = torch.where(better[:, None], z_new, zr[lead])
     F_lead = torch.where(better[:, None], F_new, F_old)
     res_lead = F_lead.norm(dim=1)
     precision = torch.zeros_like(res_lead, dtype=torch.float64)
-    loose = (~(res_lead <= tol * _scale(z_lead))).nonzero()[:, 0]
+    loose = (~(res_lead <= tol * state_scale(z_lead))).nonzero()[:, 0]
     if loose.numel():
         precision[loose] = _newton_step_norm(fr, z_lead[loose], F_lead[loose], kd)
     of_end = torch.empty_like(labels)
@@ -470,7 +471,7 @@ def _unique_fixed(refined: _Refined, idx: Tensor, n: int, unique_tol: float, k: 
     device, d = refined.z.device, refined.z.shape[1]
     order_res = torch.argsort(refined.residual, stable=True)
     idx, z_c, res_c = idx[order_res], refined.z[order_res], refined.residual[order_res]
-    labels, leaders = _greedy_unique(z_c, unique_tol, refined.precision[order_res])
+    labels, leaders = greedy_unique(z_c, unique_tol, refined.precision[order_res])
     z_u, res_u = z_c[leaders], res_c[leaders]
     m = z_u.shape[0]
     if k > 0 and m > 0:
@@ -479,7 +480,7 @@ def _unique_fixed(refined: _Refined, idx: Tensor, n: int, unique_tol: float, k: 
     else:
         eig = torch.zeros(m, min(k, d), dtype=torch.complex128, device=device)
         rho = spectral_radius(refined.map, z_u).to(res_u.dtype) if m > 0 else res_u.clone()
-    order = torch.as_tensor(np.lexsort((_numpy(res_u), _numpy(~(rho < 1)))), device=device, dtype=torch.long)
+    order = torch.as_tensor(np.lexsort((to_numpy(res_u), to_numpy(~(rho < 1)))), device=device, dtype=torch.long)
     rank = torch.empty_like(order)
     rank[order] = torch.arange(m, device=device)
     assignment = torch.full((n,), -1, dtype=torch.long, device=device)
@@ -491,7 +492,7 @@ def _unique_fixed(refined: _Refined, idx: Tensor, n: int, unique_tol: float, k: 
 def _unique_slow(final, res, ratio, mask, unique_tol):
     idx = mask.nonzero()[:, 0]
     idx = idx[torch.argsort(res[idx], stable=True)]
-    labels, leaders = _greedy_unique(final[idx], unique_tol)
+    labels, leaders = greedy_unique(final[idx], unique_tol)
     assignment = torch.full((final.shape[0],), -1, dtype=torch.long, device=final.device)
     assignment[idx] = labels
     count = torch.bincount(labels, minlength=leaders.numel())

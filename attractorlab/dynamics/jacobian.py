@@ -77,7 +77,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 _forward_ad_ready = False
 
 
-def _prepare_forward_ad() -> None:
+def prepare_forward_ad() -> None:
     """Load torch's forward-AD decompositions once; torch 2.13 emits a DeprecationWarning about its own
     internal use of ``torch.jit.script`` when doing so, which says nothing about this code."""
     global _forward_ad_ready
@@ -91,7 +91,7 @@ def _prepare_forward_ad() -> None:
 
 def jvp(f: BatchedMap, z: Tensor, v: Tensor) -> Tensor:
     """Row-wise Jacobian-vector products ``J(z_i) v_i``. z, v: [N, d] -> [N, d] (dtype of v)."""
-    _prepare_forward_ad()
+    prepare_forward_ad()
     return torch.func.jvp(f, (z,), (v.to(z.dtype),))[1].to(v.dtype)
 
 

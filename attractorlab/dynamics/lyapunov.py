@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .jacobian import BatchedMap, _prepare_forward_ad, check_map, check_states, compute_dtype
+from .jacobian import BatchedMap, check_map, check_states, compute_dtype, prepare_forward_ad
 
 REGIMES = ("contracting", "neutral", "chaotic")
 """Names of :func:`classify_exponents` codes 0, 1, 2."""
@@ -70,7 +70,7 @@ def lyapunov_exponents(f: BatchedMap, z0: Tensor, *, k: int = 1, steps: int = 50
                          f"{blocks})")
     dtype = compute_dtype(z.dtype)
     z = z.to(dtype)
-    _prepare_forward_ad()
+    prepare_forward_ad()
     device = generator.device if generator is not None else z.device
     frame = torch.linalg.qr(torch.randn(n, d, k, generator=generator, device=device, dtype=dtype).to(z.device)).Q
     stretch = torch.empty(n, steps, k, dtype=torch.float64, device=z.device)

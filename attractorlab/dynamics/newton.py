@@ -19,18 +19,18 @@ _ETA_MAX = 1e-2
 _CHECK_EVERY_SMALL, _LARGE_STATE = 10, 4096
 _STALL_WINDOW, _STALL_FACTOR = 10, 0.5
 
-def _scale(z: Tensor) -> Tensor:
+def state_scale(z: Tensor) -> Tensor:
     """Per-row tolerance scale ``max(||z||, 1)``. z: [N, d] -> [N]."""
     return z.norm(dim=1).clamp_min(1.0)
 
 
-def _residual(fc: BatchedMap, z: Tensor) -> Tensor:
+def residual_norm(fc: BatchedMap, z: Tensor) -> Tensor:
     """``F(z) = f(z) - z`` with non-finite rows left as they are. z: [N, d] -> [N, d]."""
     with torch.no_grad():
         return fc(z) - z
 
 
-def _finite(x: Tensor) -> Tensor:
+def all_finite(x: Tensor) -> Tensor:
     return torch.isfinite(x).all(dim=1)
 
 
@@ -60,7 +60,7 @@ def _normalize(w: Tensor, norm: Tensor, reference: Tensor) -> tuple[Tensor, Tens
     return w * torch.where(alive, 1.0 / norm.clamp_min(torch.finfo(w.dtype).tiny), 0.0)[:, None], norm
 
 
-def _krylov_model(lin: Linearization, F: Tensor, g: Tensor, m: int, eta: Tensor):
+def krylov_model(lin: Linearization, F: Tensor, g: Tensor, m: int, eta: Tensor):
     """Subspace and projected Jacobian for one Levenberg-Marquardt step at n states.
 
     A batched Arnoldi process on ``J_F = J - I`` (``J`` from ``lin``) from ``-F``, ``J_F V_j = V_{j+1} H``,
@@ -115,7 +115,7 @@ def _krylov_model(lin: Linearization, F: Tensor, g: Tensor, m: int, eta: Tensor)
     return basis[:, :j], w_grad, torch.where(bad[:, None, None], 0.0, hess), bad
 
 
-def _lm_subproblem(hess: Tensor, beta: Tensor, mu: Tensor) -> tuple[Tensor, Tensor]:
+def lm_subproblem(hess: Tensor, beta: Tensor, mu: Tensor) -> tuple[Tensor, Tensor]:
     """Solve ``min_y ||beta e1 - H y||^2 + mu ||y||^2`` by QR of ``[H; sqrt(mu) I]``.
 
     hess: [n, p+1, p] float64, beta, mu: [n]. Returns y [n, p] and the decrease of the linear model,
@@ -130,7 +130,7 @@ def _lm_subproblem(hess: Tensor, beta: Tensor, mu: Tensor) -> tuple[Tensor, Tens
     return y, (y * grad).sum(dim=1) + mu * (y * y).sum(dim=1)
 
 
-class _Anchors:
+class Anchors:
     """Fixed points found so far in one call (z, F: [K, d]); an iterate within ``radius`` of one snaps to it."""
 
     def __init__(self, radius: float, like: Tensor):
@@ -156,8 +156,8 @@ class _Anchors:
         return torch.cdist(z, self.z, compute_mode="donot_use_mm_for_euclid_dist")
 
 
-def _lm_solve(fc: BatchedMap, z: Tensor, tol: float, max_iter: int, krylov_dim: int, slow_tol: float,
-              anchors: _Anchors | None = None, stall_window: int = _STALL_WINDOW):
+def lm_solve(fc: BatchedMap, z: Tensor, tol: float, max_iter: int, krylov_dim: int, slow_tol: float,
+              anchors: Anchors | None = None, stall_window: int = _STALL_WINDOW):
     """Krylov Levenberg-Marquardt on ``F = f(z) - z`` from the rows of z [n, d]; with ``anchors``, converged rows
     are added to them and active rows that come within their radius stop on the nearest one. A row stops when
     its residual has not halved over ``stall_window`` iterations.
@@ -166,15 +166,15 @@ def _lm_solve(fc: BatchedMap, z: Tensor, tol: float, max_iter: int, krylov_dim: 
     """
     n, d = z.shape
     z = z.clone()
-    F = _residual(fc, z)
+    F = residual_norm(fc, z)
     iters = torch.zeros(n, dtype=torch.long, device=z.device)
     lam = torch.full((n,), _LAMBDA_INIT, dtype=torch.float64, device=z.device)
-    active = _finite(F) & (F.norm(dim=1) > tol * _scale(z))
+    active = all_finite(F) & (F.norm(dim=1) > tol * state_scale(z))
     stationary = torch.zeros(n, dtype=torch.bool, device=z.device)
     history = [F.norm(dim=1)]
     double_backward = None
     if anchors is not None:
-        start_done = _finite(F) & ~active
+        start_done = all_finite(F) & ~active
         anchors.add(z[start_done], F[start_done])
     m = min(krylov_dim, d)
 
@@ -187,8 +187,8 @@ def _lm_solve(fc: BatchedMap, z: Tensor, tol: float, max_iter: int, krylov_dim: 
         g = lin.rmatvec(Fa) - Fa
         beta_f = Fa.norm(dim=1).double()
         stat_a = g.norm(dim=1).double() <= slow_tol * beta_f
-        eta = (beta_f / _scale(za).double()).clamp(1e-12, _ETA_MAX)
-        basis, w_grad, hess, bad = _krylov_model(lin, Fa, g, m, eta)
+        eta = (beta_f / state_scale(za).double()).clamp(1e-12, _ETA_MAX)
+        basis, w_grad, hess, bad = krylov_model(lin, Fa, g, m, eta)
         double_backward = lin.double_backward
         scale_sq = (hess**2).sum(dim=1).amax(dim=1).clamp_min(1.0)
         accepted = torch.zeros_like(stat_a)
@@ -197,12 +197,12 @@ def _lm_solve(fc: BatchedMap, z: Tensor, tol: float, max_iter: int, krylov_dim: 
             if not trial.any():
                 break
             t = trial.nonzero()[:, 0]
-            y, predicted = _lm_subproblem(hess[t], beta_f[t], lam_a[t] * scale_sq[t])
+            y, predicted = lm_subproblem(hess[t], beta_f[t], lam_a[t] * scale_sq[t])
             y = y.to(za.dtype)
             step = torch.bmm(y[:, None, :-1], basis[t])[:, 0] + y[:, -1:] * w_grad[t]
             z_new = za[t] + step
-            F_new = _residual(fc, z_new)
-            new_sq = torch.where(_finite(F_new), F_new.norm(dim=1).double() ** 2, math.inf)
+            F_new = residual_norm(fc, z_new)
+            new_sq = torch.where(all_finite(F_new), F_new.norm(dim=1).double() ** 2, math.inf)
             rho = (beta_f[t] ** 2 - new_sq) / predicted.clamp_min(1e-300)
             ok = (rho > _ACCEPT) & (predicted > 0)
             factor = torch.where(ok & (rho > _GOOD), 0.1, torch.where(ok & (rho < _BAD), 2.0, 1.0))
@@ -213,7 +213,7 @@ def _lm_solve(fc: BatchedMap, z: Tensor, tol: float, max_iter: int, krylov_dim: 
         z[idx], F[idx], lam[idx] = za, Fa, lam_a
         iters[idx] += 1
         stationary[idx] = stat_a
-        converged = Fa.norm(dim=1) <= tol * _scale(za)
+        converged = Fa.norm(dim=1) <= tol * state_scale(za)
         stuck = ~accepted & ~converged
         active[idx] = ~converged & ~stat_a & ~bad & ~(stuck & (lam_a > _LAMBDA_MAX))
         if anchors is not None:
@@ -226,5 +226,5 @@ def _lm_solve(fc: BatchedMap, z: Tensor, tol: float, max_iter: int, krylov_dim: 
         history.append(F.norm(dim=1))
         if it + 1 >= stall_window:
             active &= ~(history[-1] > _STALL_FACTOR * history[-1 - stall_window])
-    done = (F.norm(dim=1) <= tol * _scale(z)) | stationary
-    return z, F, iters, done & _finite(F)
+    done = (F.norm(dim=1) <= tol * state_scale(z)) | stationary
+    return z, F, iters, done & all_finite(F)

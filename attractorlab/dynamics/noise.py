@@ -37,7 +37,7 @@ from scipy.linalg import solve_discrete_lyapunov
 from scipy.special import gammaln
 from scipy.stats import chi2
 
-from ._records import _answer_changes, _array, _lengths, _tail_windows
+from ._records import answer_change_steps, as_record_array, record_lengths, tail_windows
 
 
 @dataclass
@@ -95,7 +95,7 @@ def outer_step_sigma(noise_scale: float, h_cycles: int, l_cycles: int, *, carry:
 
 
 def _as_matrix(x, name: str) -> np.ndarray:
-    arr = _array(x, name).astype(np.float64)
+    arr = as_record_array(x, name).astype(np.float64)
     if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
         raise ValueError(f"{name} must be a square [d, d] matrix, got shape {arr.shape}")
     return arr
@@ -104,14 +104,14 @@ def _as_matrix(x, name: str) -> np.ndarray:
 def _step_covariances(sigma, d, jacobian, noise_cov) -> tuple[np.ndarray, float, int]:
     """Eigenvalues of C (the residual covariance), ``tr P`` and the dimension d."""
     q = None if noise_cov is None else _as_matrix(noise_cov, "noise_cov")
-    scalar_j = jacobian is None or np.ndim(_array(jacobian, "jacobian", 0)) == 0
+    scalar_j = jacobian is None or np.ndim(as_record_array(jacobian, "jacobian", 0)) == 0
     if q is None:
         if not (isinstance(sigma, (int, float)) and sigma >= 0 and math.isfinite(sigma)):
             raise ValueError(f"sigma must be a non-negative finite number, got {sigma!r}")
         if scalar_j and not (isinstance(d, int) and d >= 1):
             raise ValueError(f"d must be a positive integer with a scalar (or no) jacobian, got {d!r}")
     if scalar_j:
-        a = 0.0 if jacobian is None else float(_array(jacobian, "jacobian", 0))
+        a = 0.0 if jacobian is None else float(as_record_array(jacobian, "jacobian", 0))
         if not abs(a) < 1:
             raise ValueError(f"the jacobian must contract (|a| < 1) for a stationary floor, got a = {a}")
         if q is None:
@@ -253,14 +253,14 @@ def floor_from_records(
     [..., T, L] or changed [..., T] (answer-change flags) select the rows, neither: all rows; steps: [...].
     Use the result as ``classify_endings(..., floor=result.floor)``.
     """
-    res = _array(residual, "residual").astype(np.float64)
+    res = as_record_array(residual, "residual").astype(np.float64)
     shape = res.shape
     if not (isinstance(window, int) and window >= 1):
         raise ValueError(f"window must be a positive integer, got {window!r}")
     _check_quantile(quantile)
-    lengths = _lengths(steps, shape).reshape(-1)
+    lengths = record_lengths(steps, shape).reshape(-1)
     width = min(window, shape[-1])
-    win, ok = _tail_windows(res.reshape(-1, shape[-1]), lengths, width)
+    win, ok = tail_windows(res.reshape(-1, shape[-1]), lengths, width)
     win = np.where(ok & np.isfinite(win), win, np.nan)
     n_ok = np.isfinite(win).sum(axis=1)
     row_median = np.full(win.shape[0], np.nan)
@@ -268,8 +268,8 @@ def floor_from_records(
     row_median[has] = np.nanmedian(win[has], axis=1)
     used = has.copy()
     if pred is not None or changed is not None:
-        flags = _answer_changes(pred, changed, shape).reshape(-1, shape[-1])
-        fwin, fok = _tail_windows(flags, lengths, width)
+        flags = answer_change_steps(pred, changed, shape).reshape(-1, shape[-1])
+        fwin, fok = tail_windows(flags, lengths, width)
         used &= ~np.where(fok[:, 1:], fwin[:, 1:], False).any(axis=1)
     reason, floor = "", float("nan")
     if used.any():

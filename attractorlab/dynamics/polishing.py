@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .fixed_points import FIXED, FixedPoints, _numpy, find_fixed_points
+from .fixed_points import FIXED, FixedPoints, find_fixed_points, to_numpy
 from .jacobian import BatchedMap, Tensor, check_map, check_states
 
 
@@ -38,7 +38,7 @@ class Polished:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Per-state fields, then the fixed points' arrays prefixed ``points/``."""
-        out = {name: _numpy(getattr(self, name)) for name in (
+        out = {name: to_numpy(getattr(self, name)) for name in (
             "fixed", "point", "z", "residual", "spectral_radius", "stable", "distance")}
         out.update({f"points/{k}": v for k, v in self.points.to_arrays().items()})
         return out
@@ -91,14 +91,14 @@ def select_attractor(polished: Polished, fallback: np.ndarray | None = None) -> 
     the smaller spectral radius), and on it the restart whose end state was closest to it. With no restart at an
     attractor, the restart with the lowest ``fallback [B]`` score (e.g. the convergence score), else restart 0.
     """
-    stable = _numpy(polished.stable).astype(bool)
+    stable = to_numpy(polished.stable).astype(bool)
     if not stable.any():
         if fallback is None:
             return 0
         score = np.where(np.isfinite(fallback), fallback, np.inf)
         return int(np.argmin(score))
-    point, rho = _numpy(polished.point), _numpy(polished.spectral_radius)
-    distance = _numpy(polished.distance)
+    point, rho = to_numpy(polished.point), to_numpy(polished.spectral_radius)
+    distance = to_numpy(polished.distance)
     candidates = np.unique(point[stable])
     votes = np.array([(point[stable] == c).sum() for c in candidates])
     radius = np.array([rho[point == c].min() for c in candidates])

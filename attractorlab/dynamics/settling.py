@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._records import _answer_changes, _array, _last_index, _lengths
+from ._records import answer_change_steps, as_record_array, last_index_where, record_lengths
 
 HALT_RULES = ("never", "q", "converge", "stable")
 """The halting rules of ``attractorlab.rollout`` that :func:`replay_halting` reproduces."""
@@ -57,7 +57,7 @@ def _settle(flags: np.ndarray, lengths: np.ndarray, window: int, t: int, offset:
     ``lengths [M]`` steps (offset 1: a flag marks the arrival of the final state, 2: a step that is not settled),
     and whether it was held ``length - s + 1 >= window`` steps. Returns (step [M] int32, ``t + 1`` where not
     settled; settled [M] bool)."""
-    step = _last_index(flags, lengths) + offset
+    step = last_index_where(flags, lengths) + offset
     settled = lengths - step + 1 >= window
     return np.where(settled, step, t + 1).astype(np.int32), settled
 
@@ -91,22 +91,22 @@ def steps_to_settle(
         raise ValueError("give pred (or changed) and/or residual")
     _check_window(window)
     ref = residual if residual is not None else changed
-    shape = _array(ref, "residual").shape if ref is not None else _array(pred, "pred", 2).shape[:-1]
+    shape = as_record_array(ref, "residual").shape if ref is not None else as_record_array(pred, "pred", 2).shape[:-1]
     t = shape[-1]
-    lengths = _lengths(steps, shape).reshape(-1)
+    lengths = record_lengths(steps, shape).reshape(-1)
     answer_step = answer_settled = residual_step = residual_settled = None
     if pred is not None or changed is not None:
-        flags = _answer_changes(pred, changed, shape).reshape(-1, t).copy()
+        flags = answer_change_steps(pred, changed, shape).reshape(-1, t).copy()
         flags[:, 0] = True
         answer_step, answer_settled = _settle(flags, lengths, window, t, offset=1)
         answer_step, answer_settled = answer_step.reshape(shape[:-1]), answer_settled.reshape(shape[:-1])
     if residual is not None:
-        res = _array(residual, "residual").astype(np.float64)
+        res = as_record_array(residual, "residual").astype(np.float64)
         if floor is None:
             raise ValueError("floor is needed to settle on residuals (0 for exact convergence)")
         if not (isinstance(margin, (int, float)) and margin > 0):
             raise ValueError(f"margin must be a positive number, got {margin!r}")
-        floor_arr = _array(floor, "floor", 0).astype(np.float64)
+        floor_arr = as_record_array(floor, "floor", 0).astype(np.float64)
         if not (np.isfinite(floor_arr).all() and (floor_arr >= 0).all()):
             raise ValueError("floor must be finite and >= 0")
         threshold = np.broadcast_to(floor_arr, shape[:-1]).reshape(-1, 1) * margin
@@ -149,7 +149,7 @@ def _rule_input(x, name: str, rule: str, shape: tuple) -> np.ndarray:
     """The recorded array a halting rule reads, checked against the run's ``[..., T]`` shape."""
     if x is None:
         raise ValueError(f"rule {rule!r} needs {name}")
-    arr = _array(x, name)
+    arr = as_record_array(x, name)
     if arr.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
     return arr
@@ -170,7 +170,7 @@ def _halt_flags(rule, shape, residual, halt_logit, pred, changed, initial_pred, 
     else:
         if pred is None and changed is None:
             raise ValueError("rule 'stable' needs pred (or changed)")
-        settled = ~_answer_changes(pred, changed, shape, initial_pred).reshape(m, t)
+        settled = ~answer_change_steps(pred, changed, shape, initial_pred).reshape(m, t)
     return _run_length(settled) >= patience
 
 
@@ -206,10 +206,10 @@ def replay_halting(
         raise ValueError(f"unknown halt rule {rule!r}; choose one of {', '.join(HALT_RULES)}")
     if correct is None:
         raise ValueError("correct [..., T] is required")
-    ok = _array(correct, "correct").astype(bool)
+    ok = as_record_array(correct, "correct").astype(bool)
     shape = ok.shape
     t = shape[-1]
-    lengths = _lengths(steps, shape).reshape(-1)
+    lengths = record_lengths(steps, shape).reshape(-1)
     stop = _halt_flags(rule, shape, residual, halt_logit, pred, changed, initial_pred, tol, patience, threshold)
     stop = stop | (np.arange(t) == lengths[:, None] - 1)
     first = np.argmax(stop, axis=1)
@@ -301,7 +301,7 @@ def halting_curves(
         if not have[rule]:
             raise ValueError(f"rule {rule!r} needs {needs[rule]}")
     values = dict(values or {})
-    ok = _array(correct, "correct").astype(bool)
+    ok = as_record_array(correct, "correct").astype(bool)
     t = ok.shape[-1]
     common = dict(residual=residual, halt_logit=halt_logit, pred=pred, correct=ok, tol=tol, patience=patience,
                   initial_pred=initial_pred, changed=changed, steps=steps)
@@ -309,7 +309,7 @@ def halting_curves(
     names = {"never": "depth", "q": "threshold", "converge": "tol", "stable": "patience"}
     curves = {}
     for rule in rules:
-        x = None if source.get(rule) is None else _array(source[rule], rule)
+        x = None if source.get(rule) is None else as_record_array(source[rule], rule)
         sweep = np.asarray(values[rule]) if rule in values else _default_values(rule, x, t, n_points)
         steps_acc = np.array([_sweep_point(rule, v, common) for v in sweep]).reshape(-1, 2)
         curves[rule] = HaltingCurve(rule, names[rule], sweep, steps_acc[:, 0], steps_acc[:, 1])
@@ -323,7 +323,7 @@ def _sweep_point(rule: str, value, common: dict) -> tuple[float, float]:
         depth = int(value)
         if not 1 <= depth <= ok.shape[-1]:
             raise ValueError(f"depths must lie in 1..{ok.shape[-1]}, got {depth}")
-        lengths = _lengths(common["steps"], ok.shape)
+        lengths = record_lengths(common["steps"], ok.shape)
         used = np.minimum(lengths, depth)
         correct_at = np.take_along_axis(ok, (used - 1)[..., None], axis=-1)[..., 0]
         return float(used.mean()), float(correct_at.mean())

@@ -11,9 +11,9 @@ import numpy as np
 
 from attractorlab.errors import InputError
 
-from .files import _check_schema, _open_h5, _write_attrs
-from .reader import _OPEN_RUNS, open_run
-from .schema import RunFileNotFoundError, _check_name
+from .files import check_schema, open_h5, write_attrs
+from .reader import OPEN_RUNS, open_run
+from .schema import RunFileNotFoundError, check_name
 
 
 def _dataset_value(key: str, value: Any) -> tuple[np.ndarray, bool]:
@@ -38,17 +38,17 @@ def write_analysis(path: str | os.PathLike, name: str, arrays: dict[str, Any], a
     float ``[..., 2]`` = (real, imag) with the attribute ``complex=TRUE``). Runs of this file that are open
     in this process are closed and reopened around the write.
     """
-    path, name = os.fspath(path), _check_name(name)
+    path, name = os.fspath(path), check_name(name)
     if not os.path.exists(path):
         raise RunFileNotFoundError(f"{path}: no such run file")
     converted = {str(k).strip("/"): _dataset_value(str(k), v) for k, v in arrays.items()}
     real = os.path.realpath(path)
-    paused = [r for r in list(_OPEN_RUNS) if r._file is not None and os.path.realpath(r.path) == real]
+    paused = [r for r in list(OPEN_RUNS) if r._file is not None and os.path.realpath(r.path) == real]
     for run in paused:
         run._file.close()
     try:
-        with _open_h5(path, "r+") as f:
-            _check_schema(f, path)
+        with open_h5(path, "r+") as f:
+            check_schema(f, path)
             parts = name.split("/")
             for i in range(1, len(parts)):
                 parent = f.get("analysis/" + "/".join(parts[:i]))
@@ -59,7 +59,7 @@ def write_analysis(path: str | os.PathLike, name: str, arrays: dict[str, Any], a
                     raise InputError(f"{path}: analysis {name!r} exists; pass overwrite=True to replace it")
                 del f[f"analysis/{name}"]
             g = f.require_group(f"analysis/{name}")
-            _write_attrs(g, {**(attrs or {}), "analysis_name": name})
+            write_attrs(g, {**(attrs or {}), "analysis_name": name})
             for key, (arr, is_complex) in converted.items():
                 big = arr.nbytes > (1 << 16) and arr.dtype.kind != "O" and arr.ndim > 0
                 opts = {"compression": "gzip", "shuffle": True} if big else {}
@@ -68,10 +68,10 @@ def write_analysis(path: str | os.PathLike, name: str, arrays: dict[str, Any], a
                     ds.attrs["complex"] = True
     finally:
         for run in paused:
-            run._file = _open_h5(path, "r", swmr=run._swmr)
+            run._file = open_h5(path, "r", swmr=run._swmr)
 
 
 def has_analysis(path: str | os.PathLike, name: str) -> bool:
     """Whether the run file holds the analysis ``name``."""
     with open_run(path) as run:
-        return _check_name(name) in run.analysis_keys()
+        return check_name(name) in run.analysis_keys()

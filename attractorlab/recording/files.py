@@ -16,7 +16,7 @@ from attractorlab.errors import InputError
 from .schema import LIBVER, SCHEMA, SCHEMA_VERSION, RunFileError, RunFileNotFoundError, StateSpec
 
 
-def _attr_value(key: str, value: Any) -> Any:
+def attr_value(key: str, value: Any) -> Any:
     """Python value -> HDF5 attribute value (dicts as JSON text, sequences as arrays, strings UTF-8)."""
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True)
@@ -31,36 +31,36 @@ def _attr_value(key: str, value: Any) -> Any:
     raise InputError(f"attribute {key!r}: cannot store a {type(value).__name__} (str, numbers, arrays, dict)")
 
 
-def _write_attrs(obj: Any, attrs: dict) -> None:
+def write_attrs(obj: Any, attrs: dict) -> None:
     for key, value in attrs.items():
         if value is not None:
-            obj.attrs[key] = _attr_value(key, value)
+            obj.attrs[key] = attr_value(key, value)
 
 
-def _decode(value: Any) -> Any:
+def decode_attr(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray) and value.dtype.kind == "O":
-        return np.array([_decode(v) for v in value.ravel()]).reshape(value.shape)
+        return np.array([decode_attr(v) for v in value.ravel()]).reshape(value.shape)
     return value
 
 
-def _same_json(a: Any, b: Any) -> bool:
+def same_json(a: Any, b: Any) -> bool:
     try:
         return json.loads(a or "{}") == json.loads(b or "{}")
     except (TypeError, json.JSONDecodeError):
         return a == b
 
 
-def _detail(err: BaseException) -> str:
+def error_detail(err: BaseException) -> str:
     """The informative part of an h5py error message (the last parenthesis)."""
     m = re.search(r"\(([^()]*)\)\s*$", str(err))
     return m.group(1) if m else str(err)
 
 
-def _open_h5(path: str, mode: str, swmr: bool = False) -> h5py.File:
+def open_h5(path: str, mode: str, swmr: bool = False) -> h5py.File:
     """h5py.File with the run-file settings; h5py's OSError becomes a one-line RunFileError."""
     try:
         kw = {"libver": LIBVER} if mode != "r" else {"swmr": swmr}
@@ -77,12 +77,12 @@ def _open_h5(path: str, mode: str, swmr: bool = False) -> h5py.File:
             problem = "not an HDF5 file"
         else:
             kind = "truncated" if "truncated" in msg else "corrupt or unreadable"
-            problem = f"{kind} HDF5 file ({_detail(err)})"
+            problem = f"{kind} HDF5 file ({error_detail(err)})"
         raise RunFileError(f"{path}: {problem}") from None
 
 
-def _check_schema(f: h5py.File, path: str) -> int:
-    schema = _decode(f.attrs.get("schema"))
+def check_schema(f: h5py.File, path: str) -> int:
+    schema = decode_attr(f.attrs.get("schema"))
     if schema != SCHEMA:
         found = "no 'schema' attribute" if schema is None else f"schema {schema!r}"
         raise RunFileError(f"{path}: not an attractorlab run file ({found})")
@@ -98,7 +98,7 @@ def _check_schema(f: h5py.File, path: str) -> int:
     return version
 
 
-def _n_done(f: h5py.File) -> int:
+def rows_done(f: h5py.File) -> int:
     if "n_done" in f:
         if f.swmr_mode:
             f["n_done"].refresh()
@@ -106,18 +106,18 @@ def _n_done(f: h5py.File) -> int:
     return int(f.attrs.get("n_done", f["puzzles/tokens"].shape[0] if "puzzles/tokens" in f else 0))
 
 
-def _row_datasets(f: h5py.File) -> list:
+def row_datasets(f: h5py.File) -> list:
     """Datasets whose first axis is the puzzle axis N."""
     out = [f[g][k] for g in ("puzzles", "rollout") if g in f for k in f[g]]
     return out + ([f["states/data"]] if "states/data" in f else [])
 
 
-def _state_spec(f: h5py.File) -> StateSpec:
+def state_spec(f: h5py.File) -> StateSpec:
     if "states" not in f:
         return StateSpec()
     g = f["states"]
-    return StateSpec(mode=str(_decode(g.attrs["mode"])), stride=int(g.attrs["stride"]),
-                     dtype=str(_decode(g.attrs["dtype"])), shape=tuple(int(s) for s in g.attrs["shape"]),
+    return StateSpec(mode=str(decode_attr(g.attrs["mode"])), stride=int(g.attrs["stride"]),
+                     dtype=str(decode_attr(g.attrs["dtype"])), shape=tuple(int(s) for s in g.attrs["shape"]),
                      projection=g["projection"][()] if "projection" in g else None,
-                     description=str(_decode(g.attrs.get("description", ""))),
-                     updates=tuple(_decode(u) for u in g["update_names"][()]) if "update_names" in g else ())
+                     description=str(decode_attr(g.attrs.get("description", ""))),
+                     updates=tuple(decode_attr(u) for u in g["update_names"][()]) if "update_names" in g else ())

@@ -14,8 +14,8 @@ import numpy as np
 
 from attractorlab.errors import InputError
 
-from .files import _check_schema, _decode, _detail, _n_done, _open_h5, _row_datasets, _state_spec
-from .schema import DEFAULT_TASK, AnalysisResult, RunFileError, RunFileNotFoundError, StateSpec, _check_name
+from .files import check_schema, decode_attr, error_detail, open_h5, row_datasets, rows_done, state_spec
+from .schema import DEFAULT_TASK, AnalysisResult, RunFileError, RunFileNotFoundError, StateSpec, check_name
 
 
 class LazyArray:
@@ -148,8 +148,8 @@ class Run:
     def __init__(self, path: str, file: h5py.File, swmr: bool) -> None:
         self.path, self._file, self._swmr = path, file, swmr
         f = file
-        self.schema_version = _check_schema(f, path)
-        self.attrs = {k: _decode(v) for k, v in f.attrs.items()}
+        self.schema_version = check_schema(f, path)
+        self.attrs = {k: decode_attr(v) for k, v in f.attrs.items()}
         try:
             self.config = json.loads(self.attrs.get("config_json") or "{}")
         except json.JSONDecodeError:
@@ -166,11 +166,11 @@ class Run:
         self.puzzles, self.rollout = _Table(self, "puzzles"), _Table(self, "rollout")
         self.states: StatesView | None = None
         if "states/data" in f:
-            self.states = StatesView(LazyArray(self, "states/data"), f["states/steps"][()], _state_spec(f))
-        _OPEN_RUNS.add(self)
+            self.states = StatesView(LazyArray(self, "states/data"), f["states/steps"][()], state_spec(f))
+        OPEN_RUNS.add(self)
 
     def _rows(self) -> int:
-        return min([_n_done(self._file)] + [ds.shape[0] for ds in _row_datasets(self._file)])
+        return min([rows_done(self._file)] + [ds.shape[0] for ds in row_datasets(self._file)])
 
     @property
     def has_states(self) -> bool:
@@ -184,12 +184,12 @@ class Run:
             out = ds.asstr()[key]
             return np.asarray(out).astype(str) if isinstance(out, np.ndarray) else out
         except OSError as err:
-            raise RunFileError(f"{self.path}: cannot read /{name} ({_detail(err)})") from None
+            raise RunFileError(f"{self.path}: cannot read /{name} ({error_detail(err)})") from None
 
     def refresh(self) -> int:
         """Follow a live writer (``swmr=True``): pick up newly committed puzzles; returns the new ``n``."""
         if self._swmr:
-            for ds in _row_datasets(self._file):
+            for ds in row_datasets(self._file):
                 ds.refresh()
         self.n = self._rows()
         self.puzzles._cache.clear()
@@ -211,13 +211,13 @@ class Run:
 
     def read_analysis(self, name: str) -> AnalysisResult:
         """Arrays of ``/analysis/<name>`` (relative keys, complex restored); its attributes in ``.attrs``."""
-        name = _check_name(name)
+        name = check_name(name)
         g = self._handle().get(f"analysis/{name}")
         if g is None or "analysis_name" not in g.attrs:
             have = ", ".join(self.analysis_keys()) or "none"
             raise KeyError(f"{self.path}: no analysis {name!r} (has {have})")
         out = AnalysisResult()
-        out.attrs = {k: _decode(v) for k, v in g.attrs.items() if k != "analysis_name"}
+        out.attrs = {k: decode_attr(v) for k, v in g.attrs.items() if k != "analysis_name"}
 
         def visit(key: str, ds: Any) -> None:
             if isinstance(ds, h5py.Dataset):
@@ -231,7 +231,7 @@ class Run:
         if self._file is not None:
             self._file.close()
             self._file = None
-        _OPEN_RUNS.discard(self)
+        OPEN_RUNS.discard(self)
 
     def __enter__(self) -> Run:
         return self
@@ -244,7 +244,7 @@ class Run:
                 f"states={self.states.mode if self.states else 'none'})")
 
 
-_OPEN_RUNS: weakref.WeakSet[Run] = weakref.WeakSet()
+OPEN_RUNS: weakref.WeakSet[Run] = weakref.WeakSet()
 
 
 def open_run(path: str | os.PathLike, *, swmr: bool = False) -> Run:
@@ -261,12 +261,12 @@ def open_run(path: str | os.PathLike, *, swmr: bool = False) -> Run:
     if not h5py.is_hdf5(path):
         raise RunFileError(f"{path}: not an HDF5 file")
     try:
-        f = _open_h5(path, "r", swmr=swmr)
+        f = open_h5(path, "r", swmr=swmr)
     except RunFileError as err:
         if swmr or "open for writing" not in str(err):
             raise
         try:
-            f, swmr = _open_h5(path, "r", swmr=True), True
+            f, swmr = open_h5(path, "r", swmr=True), True
         except RunFileError:
             raise err from None
     try:

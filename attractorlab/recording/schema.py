@@ -121,7 +121,7 @@ class StateSpec:
         return self.mode, self.stride, self.dtype, self.shape, proj, self.updates
 
 
-def _rollout_fields(breadth: int, depth: int, seq_len: int) -> dict[str, tuple[str, tuple]]:
+def rollout_fields(breadth: int, depth: int, seq_len: int) -> dict[str, tuple[str, tuple]]:
     """Required ``/rollout`` datasets: name -> (dtype, per-puzzle shape)."""
     bt = (breadth, depth)
     return {"residual": ("f4", bt), "halt_logit": ("f4", bt), "logit_change": ("f4", bt),
@@ -129,7 +129,7 @@ def _rollout_fields(breadth: int, depth: int, seq_len: int) -> dict[str, tuple[s
             "steps": ("i4", (breadth,)), "selected": ("i4", ())}
 
 
-def _puzzle_fields(seq_len: int) -> dict[str, tuple[str, tuple]]:
+def puzzle_fields(seq_len: int) -> dict[str, tuple[str, tuple]]:
     """``/puzzles`` datasets for instances of ``seq_len`` tokens."""
     return {k: (kind, tuple(seq_len if d == "L" else d for d in tail)) for k, (kind, tail) in PUZZLE_FIELDS.items()}
 
@@ -140,7 +140,7 @@ class AnalysisResult(dict):
     attrs: dict
 
 
-def _check_name(name: str) -> str:
+def check_name(name: str) -> str:
     parts = str(name).strip("/").split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise InputError(f"invalid analysis name {name!r}")

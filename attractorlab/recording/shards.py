@@ -12,7 +12,7 @@ import numpy as np
 
 from attractorlab.errors import InputError
 
-from .files import _open_h5, _row_datasets, _same_json, _state_spec, _write_attrs
+from .files import open_h5, row_datasets, same_json, state_spec, write_attrs
 from .reader import open_run
 from .schema import RunFileError
 
@@ -37,16 +37,16 @@ def merge_shards(shard_paths: list, out_path: str | os.PathLike, *, virtual: boo
     with contextlib.ExitStack() as stack:
         runs = [stack.enter_context(open_run(p)) for p in paths]
         first = runs[0]
-        layout = {ds.name: (ds.dtype, ds.shape[1:]) for ds in _row_datasets(first._file)}
+        layout = {ds.name: (ds.dtype, ds.shape[1:]) for ds in row_datasets(first._file)}
         for run in runs:
             if run._swmr:
                 raise RunFileError(f"{run.path}: shard was not closed cleanly; finish it or run repair_run")
             problems = [k for k in ("breadth", "depth") if getattr(run, k) != getattr(first, k)]
             problems += [k for k in ("config_json", "checkpoint_sha256")
-                         if not _same_json(run.attrs.get(k), first.attrs.get(k))]
-            if {ds.name: (ds.dtype, ds.shape[1:]) for ds in _row_datasets(run._file)} != layout:
+                         if not same_json(run.attrs.get(k), first.attrs.get(k))]
+            if {ds.name: (ds.dtype, ds.shape[1:]) for ds in row_datasets(run._file)} != layout:
                 problems.append("datasets")
-            if _state_spec(run._file).key() != _state_spec(first._file).key():
+            if state_spec(run._file).key() != state_spec(first._file).key():
                 problems.append("state spec")
             if problems:
                 raise InputError(f"cannot merge {run.path} with {first.path}: {', '.join(problems)} differ")
@@ -54,9 +54,9 @@ def merge_shards(shard_paths: list, out_path: str | os.PathLike, *, virtual: boo
         offsets = np.cumsum([0, *counts])
         out_dir = os.path.dirname(os.path.abspath(out_path))
         refs = [os.path.relpath(os.path.abspath(p), out_dir) for p in paths]
-        with _open_h5(out_path, "w") as out:
+        with open_h5(out_path, "w") as out:
             root = {k: v for k, v in first.attrs.items() if k not in ("n_done", "writer")}
-            _write_attrs(out, {**root, "n_done": int(offsets[-1]), "merged": "virtual" if virtual else "copy",
+            write_attrs(out, {**root, "n_done": int(offsets[-1]), "merged": "virtual" if virtual else "copy",
                                "shards": json.dumps(refs), "shard_n": np.asarray(counts, np.int64)})
             out.create_dataset("n_done", data=np.int64(offsets[-1]))
             for name, (dtype, tail) in layout.items():

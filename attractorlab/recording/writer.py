@@ -19,15 +19,15 @@ from attractorlab import __version__
 from attractorlab.errors import InputError
 
 from .files import (
-    _attr_value,
-    _check_schema,
-    _decode,
-    _n_done,
-    _open_h5,
-    _row_datasets,
-    _same_json,
-    _state_spec,
-    _write_attrs,
+    attr_value,
+    check_schema,
+    decode_attr,
+    open_h5,
+    row_datasets,
+    rows_done,
+    same_json,
+    state_spec,
+    write_attrs,
 )
 from .schema import (
     DEFAULT_TASK,
@@ -40,8 +40,8 @@ from .schema import (
     RunFileError,
     RunFileNotFoundError,
     StateSpec,
-    _puzzle_fields,
-    _rollout_fields,
+    puzzle_fields,
+    rollout_fields,
 )
 
 
@@ -126,7 +126,7 @@ def _refuse_live_writer(path: str) -> None:
                                f"first") from None
     try:
         with h5py.File(path, "r", swmr=True) as f:
-            host, _, pid = str(_decode(f.attrs.get("writer", ""))).rpartition(":")
+            host, _, pid = str(decode_attr(f.attrs.get("writer", ""))).rpartition(":")
     except OSError:
         return
     if host != socket.gethostname() or not pid.isdigit():
@@ -150,7 +150,7 @@ def _trim(f: h5py.File, n: int) -> None:
                 del g[tmp]
             else:
                 g.move(tmp, tmp[:-1])
-    for ds in _row_datasets(f):
+    for ds in row_datasets(f):
         if h5py.check_string_dtype(ds.dtype) is None:
             ds.resize(n, axis=0)
             continue
@@ -176,9 +176,9 @@ def repair_run(path: str | os.PathLike) -> int:
     if not os.path.isfile(path):
         raise RunFileNotFoundError(f"{path}: no such run file")
     _clear_write_flags(path)
-    with _open_h5(path, "r+") as f:
-        _check_schema(f, path)
-        n = _n_done(f)
+    with open_h5(path, "r+") as f:
+        check_schema(f, path)
+        n = rows_done(f)
         _trim(f, n)
     return n
 
@@ -208,12 +208,12 @@ class RunWriter:
         bad = sorted(set(attrs) & set(RESERVED_ATTRS))
         if bad:
             raise InputError(f"attrs may not set the reserved run attributes {', '.join(bad)}")
-        self.attrs = {k: _attr_value(k, v) if k == "config_json" else v for k, v in attrs.items()}
+        self.attrs = {k: attr_value(k, v) if k == "config_json" else v for k, v in attrs.items()}
         self.attrs.setdefault("config_json", "{}")
         self.attrs.setdefault("task", task)
         self._chunk_rows = int(chunk_puzzles)
-        self._rollout = _rollout_fields(self.breadth, self.depth, self.seq_len)
-        self._puzzles = _puzzle_fields(self.seq_len)
+        self._rollout = rollout_fields(self.breadth, self.depth, self.seq_len)
+        self._puzzles = puzzle_fields(self.seq_len)
         self._fields = {f"rollout/{k}": v for k, v in self._rollout.items()}
         self._fields.update({f"puzzles/{k}": v for k, v in self._puzzles.items()})
         if self.states.mode != "none":
@@ -226,12 +226,12 @@ class RunWriter:
             raise InputError(f"{self.path} exists; pass resume=True to continue it or overwrite=True")
         else:
             self._f = self._create()
-        self.n_done = _n_done(self._f)
+        self.n_done = rows_done(self._f)
 
     def _create(self) -> h5py.File:
-        f = _open_h5(self.path, "w")
+        f = open_h5(self.path, "w")
         created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        _write_attrs(f, {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": created,
+        write_attrs(f, {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": created,
                          "attractorlab_version": __version__, "breadth": self.breadth, "depth": self.depth,
                          "n_done": 0, "writer": f"{socket.gethostname()}:{os.getpid()}", **self.attrs})
         f.create_dataset("n_done", data=np.int64(0))
@@ -239,7 +239,7 @@ class RunWriter:
             self._create_rows(f, name, kind, tail)
         if self.states.mode != "none":
             spec, g = self.states, f["states"]
-            _write_attrs(g, {"mode": spec.mode, "stride": spec.stride, "dtype": spec.dtype,
+            write_attrs(g, {"mode": spec.mode, "stride": spec.stride, "dtype": spec.dtype,
                              "shape": np.asarray(spec.shape, np.int64), "description": spec.description})
             g.create_dataset("steps", data=spec.steps(self.depth))
             if spec.mode == "cycles":
@@ -249,7 +249,7 @@ class RunWriter:
                 g.create_dataset("projection", data=spec.projection)
         for name, (axes, text) in DESCRIPTIONS.items():
             if name in f:
-                _write_attrs(f[name], {"axes": axes, "description": text})
+                write_attrs(f[name], {"axes": axes, "description": text})
         f.flush()
         return f
 
@@ -265,30 +265,30 @@ class RunWriter:
         if not h5py.is_hdf5(self.path):
             raise RunFileError(f"{self.path}: not an HDF5 file; cannot resume it")
         _clear_write_flags(self.path)
-        f = _open_h5(self.path, "r+")
+        f = open_h5(self.path, "r+")
         try:
-            _check_schema(f, self.path)
+            check_schema(f, self.path)
             if "merged" in f.attrs:
                 raise InputError(f"{self.path}: a merged run cannot be resumed")
-            old = {k: _decode(f.attrs.get(k)) for k in ("breadth", "depth", "config_json",
+            old = {k: decode_attr(f.attrs.get(k)) for k in ("breadth", "depth", "config_json",
                                                          "checkpoint_sha256")}
             new = {"breadth": self.breadth, "depth": self.depth, **self.attrs}
             for key in ("breadth", "depth"):
                 if old[key] != new[key]:
                     raise InputError(f"cannot resume {self.path}: it has {key}={old[key]}, not {new[key]}")
-            if not _same_json(old["config_json"], new["config_json"]):
+            if not same_json(old["config_json"], new["config_json"]):
                 raise InputError(f"cannot resume {self.path}: its config_json differs from this run's config")
             if None not in (old["checkpoint_sha256"], new.get("checkpoint_sha256")) and (
                     old["checkpoint_sha256"] != new["checkpoint_sha256"]):
                 raise InputError(f"cannot resume {self.path}: it was written with another checkpoint")
-            spec = _state_spec(f)
+            spec = state_spec(f)
             if spec.key() != self.states.key():
                 raise InputError(f"cannot resume {self.path}: its state spec ({spec.mode}, stride "
                                  f"{spec.stride}, {spec.dtype}, {spec.shape}) differs from the requested one")
             missing = [name for name in self._fields if name not in f]
             if missing:
                 raise RunFileError(f"{self.path}: incomplete run file (missing {', '.join(missing)})")
-            n = _n_done(f)
+            n = rows_done(f)
             _trim(f, n)
             f.attrs["writer"] = f"{socket.gethostname()}:{os.getpid()}"
             f.flush()
@@ -353,7 +353,7 @@ class RunWriter:
                 if name not in f and not self.n_done:
                     self._create_rows(f, name, "bool" if arr.dtype == bool else arr.dtype.str, arr.shape[1:])
             f.swmr_mode = True
-        expected = {ds.name.lstrip("/") for ds in _row_datasets(f)}
+        expected = {ds.name.lstrip("/") for ds in row_datasets(f)}
         if set(data) != expected:
             raise InputError(f"batch keys differ from the run's: missing {sorted(expected - set(data))}, "
                              f"unexpected {sorted(set(data) - expected)}")

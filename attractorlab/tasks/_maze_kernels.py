@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from attractorlab.tasks._sudoku_kernels import _randint, _seed_state
+from attractorlab.tasks._sudoku_kernels import randint, seed_state
 
 WALL, OPEN, START, GOAL, PATH = 1, 2, 3, 4, 5
 # Neighbour order (down, up, right, left) as in the reference's carving loop.
@@ -40,7 +40,7 @@ def carve(grid: int, rng: np.ndarray, open_: np.ndarray) -> None:
     visited = np.zeros(k * k, dtype=np.bool_)
     stack = np.empty(k * k, dtype=np.int64)
     choice = np.empty(4, dtype=np.int64)
-    stack[0] = _randint(rng, k * k)
+    stack[0] = randint(rng, k * k)
     visited[stack[0]] = True
     open_[(2 * (stack[0] // k) + 1) * grid + 2 * (stack[0] % k) + 1] = True
     top = 1
@@ -56,7 +56,7 @@ def carve(grid: int, rng: np.ndarray, open_: np.ndarray) -> None:
         if n_free == 0:
             top -= 1
             continue
-        nxt = choice[_randint(rng, n_free)]
+        nxt = choice[randint(rng, n_free)]
         ni, nj = nxt // k, nxt % k
         visited[nxt] = True
         open_[(i + ni + 1) * grid + j + nj + 1] = True
@@ -117,7 +117,7 @@ def _pick_at_distance(dist: np.ndarray, length: int, rng: np.ndarray) -> int:
         count += dist[v] == length
     if count == 0:
         return -1
-    target = _randint(rng, count)
+    target = randint(rng, count)
     for v in range(dist.shape[0]):
         if dist[v] == length:
             if target == 0:
@@ -129,7 +129,7 @@ def _pick_at_distance(dist: np.ndarray, length: int, rng: np.ndarray) -> int:
 @njit(cache=True)
 def _open_cell(open_: np.ndarray, n_open: int, rng: np.ndarray) -> int:
     """A uniformly random open cell (``n_open`` of them)."""
-    target = _randint(rng, n_open)
+    target = randint(rng, n_open)
     for v in range(open_.shape[0]):
         if open_[v]:
             if target == 0:
@@ -171,8 +171,8 @@ def generate_batch(seed: np.uint64, index: np.ndarray, rounds: np.ndarray, lo: n
     """
     open_, dist, parent, queue = _scratch(grid * grid)
     for i in range(lo.shape[0]):
-        rng = _seed_state(seed, index[i], rounds[i])
-        length = lo[i] + _randint(rng, hi[i] - lo[i] + 1)
+        rng = seed_state(seed, index[i], rounds[i])
+        length = lo[i] + randint(rng, hi[i] - lo[i] + 1)
         rating[i] = length
         grids_used[i] = -1
         for g in range(max_grids):

@@ -74,13 +74,13 @@ def _splitmix64(state: np.ndarray) -> np.uint64:
 
 
 @njit(cache=True)
-def _randint(state: np.ndarray, n: int) -> int:
+def randint(state: np.ndarray, n: int) -> int:
     """Uniform integer in ``[0, n)`` (``n`` small, so the modulo bias is negligible)."""
     return int((_splitmix64(state) >> np.uint64(11)) % np.uint64(n))
 
 
 @njit(cache=True)
-def _seed_state(seed: np.uint64, index: int, attempt: int) -> np.ndarray:
+def seed_state(seed: np.uint64, index: int, attempt: int) -> np.ndarray:
     state = np.empty(1, dtype=np.uint64)
     state[0] = seed
     _splitmix64(state)
@@ -206,7 +206,7 @@ def _search(
                 break
             continue
         if randomized:
-            pick = _randint(rng, _popcount(m))
+            pick = randint(rng, _popcount(m))
             bit = m & -m
             for _ in range(pick):
                 m &= m - 1
@@ -274,7 +274,7 @@ def _random_grid(rng: np.ndarray, out: np.ndarray) -> None:
     # Seed the first row with a random permutation so grids differ already before any branching.
     digits = np.arange(1, 10)
     for k in range(8, 0, -1):
-        j = _randint(rng, k + 1)
+        j = randint(rng, k + 1)
         digits[k], digits[j] = digits[j], digits[k]
     for c in range(9):
         cand[c] = 1 << (digits[c] - 1)
@@ -285,7 +285,7 @@ def _random_grid(rng: np.ndarray, out: np.ndarray) -> None:
 def _shuffled_cells(rng: np.ndarray) -> np.ndarray:
     order = np.arange(81)
     for k in range(80, 0, -1):
-        j = _randint(rng, k + 1)
+        j = randint(rng, k + 1)
         order[k], order[j] = order[j], order[k]
     return order
 
@@ -355,7 +355,7 @@ def generate_batch(
     for i in range(singles_only.shape[0]):
         attempts[i] = -1
         for attempt in range(max_attempts):
-            rng = _seed_state(seed, start + i, attempt)
+            rng = seed_state(seed, start + i, attempt)
             _random_grid(rng, grid)
             for c in range(81):
                 puzzle[c] = grid[c] + 1

@@ -38,11 +38,11 @@ _UNITS = _k.UNITS  # [27, 9] cell indices of rows, columns, boxes
 _POW2 = np.array([0] + [1 << d for d in range(1, 10)] + [0], dtype=np.int16)  # digit -> bit, 0 outside 1..9
 
 # Byte -> value lookup tables for parsing; 255 marks an invalid character.
-_Q_LUT = np.full(256, 255, dtype=np.uint8)  # question character -> token
-_Q_LUT[[ord("."), ord("0")]] = BLANK
-_Q_LUT[ord("1") : ord("9") + 1] = np.arange(2, 11)
-_A_LUT = np.full(256, 255, dtype=np.uint8)  # answer character -> digit
-_A_LUT[ord("1") : ord("9") + 1] = np.arange(1, 10)
+Q_LUT = np.full(256, 255, dtype=np.uint8)  # question character -> token
+Q_LUT[[ord("."), ord("0")]] = BLANK
+Q_LUT[ord("1") : ord("9") + 1] = np.arange(2, 11)
+A_LUT = np.full(256, 255, dtype=np.uint8)  # answer character -> digit
+A_LUT[ord("1") : ord("9") + 1] = np.arange(1, 10)
 _TOKEN_CHARS = np.frombuffer(b"..123456789", dtype=np.uint8)  # token -> character
 
 
@@ -65,7 +65,7 @@ def encode(puzzles: str | Sequence[str] | np.ndarray) -> np.ndarray:
     if bad:
         raise InputError(f"puzzle {bad[0]} is not an 81-character ASCII string: {puzzles[bad[0]]!r}")
     raw = np.frombuffer("".join(puzzles).encode("ascii"), dtype=np.uint8).reshape(-1, 81)
-    tokens = _Q_LUT[raw]
+    tokens = Q_LUT[raw]
     if (tokens == 255).any():
         i, j = np.argwhere(tokens == 255)[0]
         raise InputError(

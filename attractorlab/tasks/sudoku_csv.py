@@ -14,9 +14,9 @@ import numpy as np
 
 from attractorlab.errors import InputError, MissingFileError
 from attractorlab.tasks.sudoku import (
-    _A_LUT,
-    _Q_LUT,
+    A_LUT,
     CSV_HEADER,
+    Q_LUT,
     PuzzleSet,
     decode,
     is_valid_solution,
@@ -94,11 +94,11 @@ def _parse_csv_block(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> d
         reason[(reason == 0) & bad] = code
 
     flag(2, c2 - c1 != 82)
-    tokens = _Q_LUT[_gather(buf, c1 + 1, 81)]
+    tokens = Q_LUT[_gather(buf, c1 + 1, 81)]
     flag(3, (tokens == 255).any(axis=1))
     answer_len = c3 - c2 - 1
     flag(4, (answer_len != 81) & (answer_len != 0))
-    solution = np.where((answer_len == 81)[:, None], _A_LUT[_gather(buf, c2 + 1, 81)], 0).astype(np.uint8)
+    solution = np.where((answer_len == 81)[:, None], A_LUT[_gather(buf, c2 + 1, 81)], 0).astype(np.uint8)
     flag(5, (solution == 255).any(axis=1))
     known = answer_len == 81
     flag(6, known & ((tokens >= 2) & (solution != tokens - 1)).any(axis=1))
@@ -134,7 +134,7 @@ def _parse_plain_block(
 ) -> dict[str, np.ndarray]:
     """Parse one-puzzle-per-line rows (comments and blank lines are filtered out before)."""
     reason = np.where(ends - starts != 81, 9, 0).astype(np.int8)
-    tokens = _Q_LUT[_gather(buf, starts, 81)]
+    tokens = Q_LUT[_gather(buf, starts, 81)]
     reason[(reason == 0) & (tokens == 255).any(axis=1)] = 9
     ok = reason == 0
     return {
