@@ -68,10 +68,6 @@ class StoredResult:
                 raise IncompleteResult(f"incomplete {self.analysis or type(self).__name__} result: no '{name}'")
         return self
 
-    def to_stored(self) -> dict[str, dict]:
-        """``{"arrays": ..., "attrs": ...}``: what ``analyze`` writes for this result."""
-        return {"arrays": self.to_arrays(), "attrs": self.to_attrs()}
-
     @classmethod
     def from_result(cls: type[R], res: Any) -> R:
         """Rebuild from an :class:`attractorlab.recording.AnalysisResult` (arrays by key, scalars in ``.attrs``);

@@ -261,8 +261,7 @@ def test_stored_results_round_trip_through_the_run_file(tmp_path):
                                  regime_names=np.array(["contracting", "neutral"]), regime_counts=np.array([N * B, 0]),
                                  puzzle_index=np.arange(N), puzzles=N, steps=100)
     for name, res in (("basins/p0", basins), ("lyapunov", lya)):
-        stored = res.to_stored()
-        rec.write_analysis(path, name, stored["arrays"], stored["attrs"])
+        rec.write_analysis(path, name, res.to_arrays(), res.to_attrs())
     with rec.open_run(path) as run:
         back_basins = results.PuzzleBasins.from_result(run.read_analysis("basins/p0"))
         back_lya = results.LyapunovSurvey.from_result(run.read_analysis("lyapunov"))

@@ -18,7 +18,7 @@ import re
 import plotly.graph_objects as go
 import plotly.offline
 
-from attractorlab.recording import AnalysisResult, Run, open_run
+from attractorlab.recording import Run, open_run
 from attractorlab.report import attractors
 from attractorlab.report import figures as plots
 from attractorlab.report.style import (
@@ -35,7 +35,21 @@ from attractorlab.report.style import (
     FigureInfo,
     grid_html,
 )
-from attractorlab.results import IncompleteResult
+from attractorlab.results import (
+    CellProbes,
+    ConvergenceStudy,
+    EndStates,
+    IncompleteResult,
+    InnerSettling,
+    LyapunovSurvey,
+    PuzzleBasins,
+    PuzzleFixedPoints,
+    RestartSelection,
+    RunSummary,
+    ScalingCurves,
+    StoredResult,
+    TrajectoryEmbedding,
+)
 
 __all__ = ["ANALYSES", "CORRECT", "CORRECT_SHADES", "FIGURES", "GREY", "INCORRECT", "LABELS", "MAX_TRAJECTORIES",
            "MONO", "SECTIONS", "SPURIOUS_COLOURS", "TEMPLATE", "FigureInfo", "build_figures", "grid_html",
@@ -63,29 +77,40 @@ SECTIONS = {
                             "the grid is iterated until it converges and coloured by the attractor it reaches.",
 }
 
+CONTAINERS: dict[str, type[StoredResult]] = {
+    "summary": RunSummary, "scaling": ScalingCurves, "convergence": ConvergenceStudy, "embedding": TrajectoryEmbedding,
+    "probes": CellProbes, "inner": InnerSettling, "end_states": EndStates, "lyapunov": LyapunovSurvey,
+    "selection": RestartSelection, "fixed_points": PuzzleFixedPoints, "basins": PuzzleBasins}
+"""The container each stored analysis reads back into (``fixed_points`` and ``basins``: one per puzzle)."""
+
 # ---------------------------------------------------------------- assembly
 
 def _collect(run: Run) -> tuple[dict[str, go.Figure], list[tuple[str, str]]]:
     """All figures whose analyses are stored, and (analysis, reason) for those that are not."""
     keys = run.analysis_keys()
     missing: list[tuple[str, str]] = []
-    results: dict[str, AnalysisResult] = {}
-    groups: dict[str, list[tuple[int, AnalysisResult]]] = {"fixed_points": [], "basins": []}
+    results: dict[str, StoredResult] = {}
+    groups: dict[str, list[StoredResult]] = {"fixed_points": [], "basins": []}
+    broken: dict[str, str] = {}  # analysis -> why its stored result does not read into its container
+
+    def read(key: str, container: type[StoredResult]) -> StoredResult | None:
+        res = run.read_analysis(key)
+        if "skipped_reason" in res.attrs:
+            missing.append((key, str(res.attrs["skipped_reason"])))
+            return None
+        try:
+            return container.from_result(res)
+        except IncompleteResult as err:
+            broken[key.split("/")[0]] = str(err)
+            return None
+
     for name in ANALYSES:
         members = sorted((int(m.group(1)), k) for k in keys if (m := re.fullmatch(rf"{name}/p(\d+)", k)))
         if name in keys:
-            res = run.read_analysis(name)
-            if "skipped_reason" in res.attrs:
-                missing.append((name, str(res.attrs["skipped_reason"])))
-            else:
-                results[name] = res
+            if (result := read(name, CONTAINERS[name])) is not None:
+                results[name] = result
         elif name in groups and members:
-            for k, key in members:
-                res = run.read_analysis(key)
-                if "skipped_reason" in res.attrs:
-                    missing.append((key, str(res.attrs["skipped_reason"])))
-                else:
-                    groups[name].append((k, res))
+            groups[name] += [r for _, key in members if (r := read(key, CONTAINERS[name])) is not None]
         else:
             missing.append((name, "not computed"))
     builders = {
@@ -110,6 +135,8 @@ def _collect(run: Run) -> tuple[dict[str, go.Figure], list[tuple[str, str]]]:
     }
     figures: dict[str, go.Figure] = {}
     for fig_name, (source, build) in builders.items():
+        if source in broken:
+            missing.append((f"{source} ({fig_name})", broken[source]))
         if source not in results and not groups.get(source):
             continue
         try:

@@ -8,7 +8,7 @@ import html
 import numpy as np
 import plotly.graph_objects as go
 
-from attractorlab.recording import AnalysisResult, Run
+from attractorlab.recording import Run
 from attractorlab.report.style import (
     GREY,
     LABELS,
@@ -29,8 +29,7 @@ from attractorlab.tasks import get_task
 
 # ---------------------------------------------------------------- fixed points
 
-def spectra(items: list[tuple[int, AnalysisResult]]) -> go.Figure:
-    points = [PuzzleFixedPoints.from_result(res) for _, res in items]
+def spectra(points: list[PuzzleFixedPoints]) -> go.Figure:
     fig = go.Figure()
     for label, (name, colour) in LABELS.items():
         for stable_kind, symbol in ((True, "circle"), (False, "circle-open")):
@@ -56,8 +55,7 @@ def spectra(items: list[tuple[int, AnalysisResult]]) -> go.Figure:
     return layout(fig, "Jacobian eigenvalues at fixed points", 560)
 
 
-def spectral_radius(items: list[tuple[int, AnalysisResult]]) -> go.Figure:
-    points = [PuzzleFixedPoints.from_result(res) for _, res in items]
+def spectral_radius(points: list[PuzzleFixedPoints]) -> go.Figure:
     fig = go.Figure()
     for label, (name, colour) in LABELS.items():
         rho, text = [], []
@@ -78,10 +76,10 @@ def spectral_radius(items: list[tuple[int, AnalysisResult]]) -> go.Figure:
 
 # ---------------------------------------------------------------- basins
 
-def basin_maps(run: Run, items: list[tuple[int, AnalysisResult]]) -> go.Figure:
+def basin_maps(run: Run, items: list[PuzzleBasins]) -> go.Figure:
     fig, titles, spans = go.Figure(), [], []
-    for _, res in items:
-        lo, b = len(fig.data), PuzzleBasins.from_result(res)
+    for b in items:
+        lo = len(fig.data)
         label_map, steps_map = b.map_label, f32(b.map_steps)
         xs, ys = f32(b.xs), f32(b.ys)
         grids, styles = b.attractor_grid, attractor_styles(b.attractor_label)
@@ -130,10 +128,9 @@ def basin_maps(run: Run, items: list[tuple[int, AnalysisResult]]) -> go.Figure:
                    legend={"x": 1.02, "y": 1, "bgcolor": "rgba(255,255,255,0.85)"})
 
 
-def basin_stability(run: Run, items: list[tuple[int, AnalysisResult]]) -> go.Figure:
+def basin_stability(run: Run, items: list[PuzzleBasins]) -> go.Figure:
     fig, titles = go.Figure(), []
-    for i, (_, res) in enumerate(items):
-        b = PuzzleBasins.from_result(res)
+    for i, b in enumerate(items):
         frac, err = f32(b.fraction), f32(b.stderr)
         styles = attractor_styles(b.attractor_label) + [("not converged", GREY)]
         fig.add_trace(go.Bar(x=[s[0] for s in styles], y=frac, error_y={"type": "data", "array": err},

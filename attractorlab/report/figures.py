@@ -7,7 +7,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from attractorlab.recording import AnalysisResult, Run
+from attractorlab.recording import Run
 from attractorlab.report.style import (
     CORRECT,
     FIGURES,
@@ -25,7 +25,6 @@ from attractorlab.results import (
     CellProbes,
     ConvergenceStudy,
     EndStates,
-    IncompleteResult,
     InnerSettling,
     LyapunovSurvey,
     RestartSelection,
@@ -62,12 +61,7 @@ def answers(run: Run, per_outcome: int = 4, scale: int = 8) -> go.Figure | None:
     return layout(fig, FIGURES["answers"].title, 60 + 230 * (-(-len(picks) // cols)), margin={"t": 70, "b": 10})
 
 
-def summary(summary: AnalysisResult, conv: AnalysisResult | None) -> go.Figure:
-    s = RunSummary.from_result(summary)
-    try:
-        c = ConvergenceStudy.from_result(conv) if conv is not None else None
-    except IncompleteResult:  # its own figures say what is missing; the summary leaves its rows out
-        c = None
+def summary(s: RunSummary, c: ConvergenceStudy | None) -> go.Figure:
     rows = [("puzzles", num(s.n)), ("breadth B / depth T", f"{num(s.breadth)} / {num(s.depth)}"),
             ("accuracy (selected)", pct(s.accuracy)), ("majority-vote accuracy", pct(s.majority_accuracy)),
             ("pass@B (any restart)", pct(s.pass_at_b)),
@@ -91,8 +85,7 @@ def summary(summary: AnalysisResult, conv: AnalysisResult | None) -> go.Figure:
     return layout(fig, "Summary", height, margin={"t": 60, "b": 10, "l": 10, "r": 10})
 
 
-def scaling(res: AnalysisResult, axis: str) -> go.Figure:
-    curves = ScalingCurves.from_result(res)
+def scaling(curves: ScalingCurves, axis: str) -> go.Figure:
     x, label = (curves.depth_steps, "outer steps (depth)") if axis == "depth" else \
         (curves.breadth_values, "random restarts (breadth)")
     fig = go.Figure()
@@ -107,8 +100,7 @@ def scaling(res: AnalysisResult, axis: str) -> go.Figure:
 
 # ---------------------------------------------------------------- convergence and probes
 
-def selection(res: AnalysisResult) -> go.Figure:
-    sel = RestartSelection.from_result(res)
+def selection(sel: RestartSelection) -> go.Figure:
     fig = go.Figure()
     for acc, label, colour, dash in ((sel.attractor_accuracy, "attractor-aware", "#1f77b4", "solid"),
                                      (sel.convergence_accuracy, "convergence score", "#ff7f0e", "solid"),
@@ -120,8 +112,7 @@ def selection(res: AnalysisResult) -> go.Figure:
     return layout(fig, f"Restart selection by depth ({int(sel.puzzles)} puzzles)", 380)
 
 
-def inner(res: AnalysisResult) -> go.Figure:
-    settling = InnerSettling.from_result(res)
+def inner(settling: InnerSettling) -> go.Figure:
     median = settling.median_change  # [K, H, L]
     steps, n_h, n_l = settling.steps, median.shape[1], median.shape[2]
     fig = go.Figure()
@@ -135,8 +126,7 @@ def inner(res: AnalysisResult) -> go.Figure:
     return layout(fig, f"Inside the outer step: does z_L settle? ({int(settling.puzzles)} puzzles)", 380)
 
 
-def residual_curves(res: AnalysisResult) -> go.Figure:
-    conv = ConvergenceStudy.from_result(res)
+def residual_curves(conv: ConvergenceStudy) -> go.Figure:
     steps = conv.steps_axis
     fig = go.Figure()
     for outcome, colour in (("correct", CORRECT), ("incorrect", INCORRECT)):
@@ -156,10 +146,9 @@ def residual_curves(res: AnalysisResult) -> go.Figure:
     return layout(fig, "Residual by final correctness", 420)
 
 
-def roc(res: AnalysisResult) -> go.Figure:
+def roc(conv: ConvergenceStudy) -> go.Figure:
     fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": GREY},
                                name="chance", hoverinfo="skip"))
-    conv = ConvergenceStudy.from_result(res)
     for name, auc in zip(conv.score_names, conv.auroc, strict=True):
         auc_text = "n/a" if not np.isfinite(auc) else f"{float(auc):.3f}"
         fig.add_trace(go.Scatter(x=f32(conv.fpr[str(name)]), y=f32(conv.tpr[str(name)]), mode="lines",
@@ -170,8 +159,7 @@ def roc(res: AnalysisResult) -> go.Figure:
     return layout(fig, "ROC: convergence score as a predictor of correctness", 480)
 
 
-def steps_vs_rating(res: AnalysisResult) -> go.Figure:
-    conv = ConvergenceStudy.from_result(res)
+def steps_vs_rating(conv: ConvergenceStudy) -> go.Figure:
     steps = conv.settle_answer if conv.settle_answer is not None else conv.steps
     rating, correct = conv.rating, conv.correct.astype(bool)
     fig = go.Figure()
@@ -190,8 +178,8 @@ def steps_vs_rating(res: AnalysisResult) -> go.Figure:
     return layout(fig, f"Steps to settle vs difficulty (Spearman ρ = {num(rho)}, p = {num(p)}{easy})", 440)
 
 
-def halting(res: AnalysisResult) -> go.Figure:
-    conv = ConvergenceStudy.from_result(res).need("halt_rules")
+def halting(conv: ConvergenceStudy) -> go.Figure:
+    conv.need("halt_rules")
     fig = go.Figure()
     for rule in map(str, conv.halt_rules):
         steps, acc, values = conv.halt_mean_steps[rule], conv.halt_accuracy[rule], conv.halt_values[rule]
@@ -204,13 +192,12 @@ def halting(res: AnalysisResult) -> go.Figure:
     return layout(fig, "Adaptive compute replayed from the run", 440)
 
 
-def endings(res: AnalysisResult, title: str = "How rollouts ended") -> go.Figure:
-    conv = ConvergenceStudy.from_result(res).need("ending_names", "ending_counts")
+def endings(conv: ConvergenceStudy, title: str = "How rollouts ended") -> go.Figure:
+    conv.need("ending_names", "ending_counts")
     return _ending_bars(conv.ending_names, conv.ending_counts, title)
 
 
-def end_states(res: AnalysisResult) -> go.Figure:
-    ends = EndStates.from_result(res)
+def end_states(ends: EndStates) -> go.Figure:
     return _ending_bars(ends.ending_names, ends.ending_counts, "End states after a noise-free polish")
 
 
@@ -221,8 +208,7 @@ def _ending_bars(names: np.ndarray, counts: np.ndarray, title: str) -> go.Figure
     return layout(fig, title, 380)
 
 
-def lyapunov(res: AnalysisResult) -> go.Figure:
-    lya = LyapunovSurvey.from_result(res)
+def lyapunov(lya: LyapunovSurvey) -> go.Figure:
     exponent, stderr, correct, names, regime = lya.exponent, lya.stderr, lya.correct.astype(bool), \
         lya.regime_names, lya.regime
     rows = np.arange(exponent.size)
@@ -241,8 +227,7 @@ def lyapunov(res: AnalysisResult) -> go.Figure:
     return layout(fig, f"Largest Lyapunov exponents ({counts})", 380)
 
 
-def probes(res: AnalysisResult) -> go.Figure:
-    probe = CellProbes.from_result(res)
+def probes(probe: CellProbes) -> go.Figure:
     steps, acc, std = probe.steps, probe.cell_accuracy, probe.cell_accuracy_std
     fig = go.Figure(go.Scatter(x=np.concatenate([steps, steps[::-1]]),
                                y=f32(np.concatenate([acc + std, (acc - std)[::-1]])), mode="lines", fill="toself",
@@ -264,8 +249,7 @@ def probes(res: AnalysisResult) -> go.Figure:
 
 # ---------------------------------------------------------------- trajectories
 
-def trajectories(res: AnalysisResult) -> go.Figure:
-    emb = TrajectoryEmbedding.from_result(res)
+def trajectories(emb: TrajectoryEmbedding) -> go.Figure:
     coords, steps, correct, puzzle = emb.coords, emb.steps, emb.correct.astype(bool), emb.puzzle_index
     n, b, s = coords.shape[:3]
     take = min(n * b, MAX_TRAJECTORIES)
