@@ -246,8 +246,9 @@ def add_solve(p: argparse.ArgumentParser) -> None:
                    help="store each cell's [z_H, z_L] projected on a fixed random orthonormal basis of K dims "
                    "(states [L, K] per snapshot; 0 = full states [2, L, D])")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the outer step: about 1.1-1.2x faster rollouts on one CPU thread after a "
-                   "compile of up to a minute (results agree to float32 rounding; not with --states cycles)")
+                   help="torch.compile the outer step after a compile of up to a minute: 0.87x-1.2x the eager "
+                   "speed on one CPU thread on different days, so measure it (results agree to float32 rounding; "
+                   "not with --states cycles)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

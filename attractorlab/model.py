@@ -185,6 +185,8 @@ def rms_norm(x: torch.Tensor, eps: float, dim: int = -1) -> torch.Tensor:
     """RMS normalisation over axis ``dim``, computed in float32 (no learned scale)."""
     dtype = x.dtype
     x = x.float()
+    if dim in (-1, x.ndim - 1):
+        return F.rms_norm(x, x.shape[-1:], eps=eps).to(dtype)
     return (x * torch.rsqrt(x.square().mean(dim, keepdim=True) + eps)).to(dtype)
 
 
@@ -206,6 +208,13 @@ def swiglu_width(width: int, expansion: float) -> int:
     return -(round(expansion * width * 2 / 3) // -256) * 256
 
 
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up``; without autograd the silu is taken in place and the product written over it."""
+    if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
+        return F.silu(gate) * up
+    return F.silu(gate, inplace=True).mul_(up)
+
+
 class SwiGLU(nn.Module):
     def __init__(self, width: int, expansion: float) -> None:
         super().__init__()
@@ -215,14 +224,23 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(silu_mul(gate, up))
 
-    def along_rows(self, x: torch.Tensor) -> torch.Tensor:
-        """The same map applied along axis -2: ``x [B, L, D] -> [B, L, D]`` equals ``forward(x.mT).mT``, computed
-        as ``W @ x`` per board (one batched matmul), without the two transposes and their copies."""
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + forward(x)`` for ``x [..., D]``, the residual added inside the down projection (one ``addmm``)."""
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        act = silu_mul(gate, up)
+        out = torch.addmm(x.reshape(-1, x.shape[-1]), act.reshape(-1, act.shape[-1]),
+                          self.down_proj.weight.to(x.dtype).t())
+        return out.view(x.shape)
+
+    def residual_along_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The same map applied along axis -2, with the residual: ``x [B, L, D] -> x + forward(x.mT).mT``,
+        computed as ``x + W @ x`` per board (batched matmuls, the residual added inside the second), without the
+        two transposes and their copies."""
         b = x.shape[0]
         gate, up = torch.bmm(self.gate_up_proj.weight.to(x.dtype).expand(b, -1, -1), x).chunk(2, dim=-2)
-        return torch.bmm(self.down_proj.weight.to(x.dtype).expand(b, -1, -1), F.silu(gate) * up)
+        return torch.baddbmm(x, self.down_proj.weight.to(x.dtype).expand(b, -1, -1), silu_mul(gate, up))
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -304,10 +322,10 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "mlp_t"):  # mixing across cells, normalised over cells (the reference's transposed block)
-            x = rms_norm(x + self.mlp_t.along_rows(x), self.eps, dim=-2)
+            x = rms_norm(self.mlp_t.residual_along_rows(x), self.eps, dim=-2)
         else:
             x = rms_norm(x + self.self_attn(x), self.eps)
-        return rms_norm(x + self.mlp(x), self.eps)
+        return rms_norm(self.mlp.residual(x), self.eps)
 
 
 class EquilibriumReasoner(nn.Module):
@@ -375,11 +393,11 @@ class EquilibriumReasoner(nn.Module):
         h = z + injection
         for layer in self.layers:
             h = layer(h)
-        out = (1 - self.config.lambda_) * z + self.config.lambda_ * h
+        out = torch.lerp(z, h, self.config.lambda_)
         if noise and self.config.noise_scale > 0:
             if eps is None:
                 eps = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
-            out = out + self.config.noise_scale * eps
+            out.add_(eps, alpha=self.config.noise_scale)
         return out
 
     def draw_noise(self, state: LatentState, generator: torch.Generator | None) -> list[torch.Tensor]:
@@ -470,9 +488,10 @@ class EquilibriumReasoner(nn.Module):
 
     def compiled_step(self) -> Callable[..., LatentState]:
         """:meth:`step` under ``torch.compile`` (dynamic shapes, so the rows that halt can leave the batch without a
-        recompile), built once per model. Inductor fuses the norms, SwiGLU and damping around the matmuls: 1.1-1.2x
-        the eager forward on one CPU thread (``benchmarks/bench_throughput.py --compile``); results agree with
-        :meth:`step` to float32 rounding, not bit for bit."""
+        recompile), built once per model. Inductor fuses the norms, SwiGLU and damping around the matmuls; on one CPU
+        thread it measured from 0.87x to 1.2x the eager forward on different days (``benchmarks/bench_throughput.py
+        --compile``), so measure it where it runs; results agree with :meth:`step` to float32 rounding, not bit for
+        bit."""
         if getattr(self, "_compiled_step", None) is None:
             inner = torch.compile(self.step, dynamic=True)
 

@@ -10,7 +10,8 @@ gradient through the last H-cycle, stable-max loss, backward, AdamW, EMA), in pu
 the same forward written in the reference's block order (``reference_step``: the ``mlp_t`` block on transposed
 ``[B, D, L]`` boards, weights cast at every call) on the same weights, as a ratio. With ``--compile`` the forward
 and the training step are also timed under ``torch.compile`` (rows ``forward+c``, ``train+c``). Timings alternate
-between the forwards and report medians, so background load hits them alike.
+between the forwards and a dense matmul and report medians, so background load and clock changes hit them alike and
+each fraction compares the step with the matmul rate of the same minutes (this VM's rate moves by 2x between runs).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import functools
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -47,19 +49,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_rate(device: torch.device, n: int, repeats: int = 5) -> float:
-    """Dense ``n^3`` matmul rate in GFLOP/s (fp32 on CPU, bf16 on CUDA), best of ``repeats``."""
+def matmul_op(device: torch.device, n: int) -> Callable[[], torch.Tensor]:
+    """A dense ``n^3`` matmul (fp32 on CPU, bf16 on CUDA) as a callable, warmed up; ``2 n^3`` FLOPs a call."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
+    return lambda: a @ b
 
 
 # --- the reference's block order, restated on attractorlab's weights -------------------------------------------
@@ -148,11 +143,21 @@ def _row(name: str, variant: str, step: str, batch: int, seconds: float, flops: 
          ratio: str = "") -> str:
     rate = batch / seconds
     return (f"{name:<8} {variant:<10} {step:<9} {batch:>5} {rate:>10.1f} {flops / 1e9:>8.3f} "
-            f"{rate * flops / 1e9:>9.1f} {rate * flops / 1e9 / peak:>6.2f} {ratio:>10}")
+            f"{rate * flops / 1e9:>9.1f} {peak:>8.1f} {rate * flops / 1e9 / peak:>6.2f} {ratio:>10}")
+
+
+def _interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median seconds of each callable over ``repeats`` rounds that call them in turn, so that background load and
+    clock changes hit every one alike (the matmul among them gives the rate of the same window)."""
+    times = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            times[key].append(_timed(fn, device))
+    return {key: statistics.median(v) for key, v in times.items()}
 
 
 def measure(name: str, variant: str, settings: dict, args: argparse.Namespace, device: torch.device,
-            peak: float) -> list[str]:
+            matmul: Callable[[], torch.Tensor], matmul_flops: float) -> list[str]:
     torch.manual_seed(args.seed)
     task = get_task(settings["task"])
     batch = args.batch if name == "shipped" else args.paper_batch
@@ -165,9 +170,9 @@ def measure(name: str, variant: str, settings: dict, args: argparse.Namespace, d
     with torch.inference_mode():
         state = model.init_state(tokens, generator=gen)
         x = model.embed(tokens)
-        if x.dtype == torch.float32:  # the two orders compute the same step (bf16 rounding differs more)
+        if x.dtype == torch.float32:  # the two orders compute the same step up to float32 summation order
             torch.testing.assert_close(reference_step(model, state, x).z_H,
-                                       model.step(state, tokens, noise=False, x=x).z_H)
+                                       model.step(state, tokens, noise=False, x=x).z_H, rtol=1e-4, atol=1e-4)
         forwards = {"forward": lambda: model.step(state, tokens, generator=gen, x=x),
                     "ref": lambda: reference_step(model, state, x)}
         if args.compile:
@@ -176,20 +181,18 @@ def measure(name: str, variant: str, settings: dict, args: argparse.Namespace, d
         flops = _flops(forwards["forward"]) / batch
         for fn in forwards.values():
             fn()
-        times = {key: [] for key in forwards}
-        for _ in range(args.repeats):  # interleaved, so background load hits every variant alike
-            for key, fn in forwards.items():
-                times[key].append(_timed(fn, device))
-    t = {key: statistics.median(v) for key, v in times.items()}
+        t = _interleaved(forwards | {"matmul": matmul}, args.repeats, device)
+    peak = matmul_flops / t["matmul"] / 1e9
     for key in forwards.keys() - {"ref"}:
         lines.append(_row(name, variant, key, batch, t[key], flops, peak, f"{t['ref'] / t[key]:.2f}x"))
     for label, compiled in (("train", False), ("train+c", True))[:1 + args.compile]:
         train_cfg = TrainConfig(model=cfg, batch_size=batch, n_train=batch, augment=False, warmup_steps=0)
         trainer = Trainer(train_cfg, device, pool=pool, compile_model=compiled)
         trainer.train_step()
-        step_flops = _flops(trainer.train_step) / batch
-        t_step = statistics.median([_timed(trainer.train_step, device) for _ in range(args.repeats)])
-        lines.append(_row(name, variant, label, batch, t_step, step_flops, peak))
+        if not compiled:  # counted on the eager step (the compiled one does the same matmuls)
+            step_flops = _flops(trainer.train_step) / batch
+        t = _interleaved({"train": trainer.train_step, "matmul": matmul}, args.repeats, device)
+        lines.append(_row(name, variant, label, batch, t["train"], step_flops, matmul_flops / t["matmul"] / 1e9))
     return sorted(lines, key=lambda line: line.split()[2])
 
 
@@ -211,16 +214,17 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     n = args.matmul_n or (8192 if device.type == "cuda" else 2048)
-    peak = matmul_rate(device, n)
+    matmul, matmul_flops = matmul_op(device, n), 2 * n**3
     dtype = "bf16" if device.type == "cuda" else "fp32"
-    print(f"{device}, {torch.get_num_threads()} threads: dense {n}^3 {dtype} matmul {peak:.1f} GFLOP/s")
+    start = matmul_flops / min(_timed(matmul, device) for _ in range(5)) / 1e9
+    print(f"{device}, {torch.get_num_threads()} threads: dense {n}^3 {dtype} matmul {start:.1f} GFLOP/s at the start "
+          "(best of 5); each row's fraction uses the median matmul rate timed in turn with that row's repeats (mm)")
     print(f"{'size':<8} {'variant':<10} {'step':<9} {'batch':>5} {'puzzle-st/s':>10} {'GFLOP/pz':>8} "
-          f"{'GFLOP/s':>9} {'/peak':>6} {'vs ref':>10}")
+          f"{'GFLOP/s':>9} {'mm':>8} {'/mm':>6} {'vs ref':>10}")
     for name in args.sizes.split(","):
         for variant in args.variants.split(","):
-            for line in measure(name, variant, SIZES[name][variant], args, device, peak):
+            for line in measure(name, variant, SIZES[name][variant], args, device, matmul, matmul_flops):
                 print(line, flush=True)
-
 
 if __name__ == "__main__":
     main()
