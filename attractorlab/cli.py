@@ -585,6 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from attractorlab.runtime import tune_cpu_memory
+
+    tune_cpu_memory()  # before build_parser imports torch
     parser = build_parser()
     args = parser.parse_args(argv)
     from attractorlab.errors import USER_ERRORS

@@ -289,23 +289,25 @@ class Attention(nn.Module):
             self.register_buffer("sin_rot", sin * sign.repeat(self.rope_parts), persistent=False)
 
     def _rope(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, L, ..., head_dim] (queries and keys together) -> ``x * cos + rotate_half(x) * sin``, rotating
-        the whole head (1-D RoPE) or each half of it (2-D): the halves of each rotated part swap places in one
-        copy, their signs folded into the stored sin table (the same numbers as rotating explicitly)."""
+        """x: [..., L, head_dim] (heads first: queries and keys together) -> ``x * cos + rotate_half(x) * sin``,
+        rotating the whole head (1-D RoPE) or each half of it (2-D): the halves of each rotated part swap places in
+        one copy, their signs folded into the stored sin table (the same numbers as rotating explicitly)."""
         if self.cos is None:
             return x
-        shape = (x.shape[1],) + (1,) * (x.ndim - 3) + (self.head_dim,)
         xf = x.float()
         parts = xf.unflatten(-1, (self.rope_parts, 2, -1))
         swapped = torch.stack((parts[..., 1, :], parts[..., 0, :]), dim=-2).flatten(-3)
-        return (xf * self.cos.view(shape) + swapped * self.sin_rot.view(shape)).to(x.dtype)
+        return (xf * self.cos + swapped * self.sin_rot).to(x.dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        qkv = self.qkv_proj(x).view(b, n, 3, self.num_heads, self.head_dim)
-        q, k = self._rope(qkv[:, :, :2]).unbind(2)
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), qkv[:, :, 2].transpose(1, 2))
-        return self.o_proj(y.transpose(1, 2).reshape(b, n, -1))
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + attention(x)`` for ``x [B, L, D]``. Queries, keys and values are laid out heads first
+        (``[3, B, H, L, head_dim]``, one copy) so that RoPE runs on contiguous rows and the attention kernel gets
+        contiguous inputs; the residual is added inside the output projection (one ``addmm``)."""
+        b, n, d = x.shape
+        qkv = self.qkv_proj(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).contiguous()
+        q, k = self._rope(qkv[:2]).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, qkv[2]).transpose(1, 2).reshape(b * n, d)
+        return torch.addmm(x.reshape(b * n, d), y, self.o_proj.weight.to(x.dtype).t()).view(b, n, d)
 
 
 class Block(nn.Module):
@@ -324,7 +326,7 @@ class Block(nn.Module):
         if hasattr(self, "mlp_t"):  # mixing across cells, normalised over cells (the reference's transposed block)
             x = rms_norm(self.mlp_t.residual_along_rows(x), self.eps, dim=-2)
         else:
-            x = rms_norm(x + self.self_attn(x), self.eps)
+            x = rms_norm(self.self_attn.residual(x), self.eps)
         return rms_norm(self.mlp.residual(x), self.eps)
 
 

@@ -27,6 +27,7 @@ from attractorlab import checkpoint
 from attractorlab.cli import SHIPPED
 from attractorlab.model import pick_device
 from attractorlab.rollout import RolloutConfig, convergence_score, rollout, select_lowest_score
+from attractorlab.runtime import rerun_with_huge_pages, retain_freed_memory
 from attractorlab.solve import solve_puzzles as solve
 from attractorlab.tasks import PuzzleSet, Task, get_task
 
@@ -241,6 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, ...")
     parser.add_argument("--plot", help="adaptive: write the accuracy-vs-steps curve to this HTML file")
     args = parser.parse_args(argv)
+    retain_freed_memory()
     torch.set_num_threads(args.threads)
     try:
         device = pick_device(args.device)
@@ -253,4 +255,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    rerun_with_huge_pages()  # as the CLI runs (attractorlab.runtime)
     main()

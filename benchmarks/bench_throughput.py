@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from attractorlab.model import EquilibriumReasoner, LatentState, ReasonerConfig, pick_device, rope_tables, rotate_half
+from attractorlab.runtime import HUGE_PAGES, rerun_with_huge_pages, retain_freed_memory
 from attractorlab.tasks import get_task
 from attractorlab.train import TrainConfig, Trainer
 
@@ -207,9 +209,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto, ...")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
+    p.add_argument("--malloc", choices=("retain", "system"), default="retain",
+                   help="retain: keep freed memory for reuse and back big tensors by huge pages (attractorlab.runtime, "
+                        "what the CLI does); system: glibc's and torch's defaults (the baseline of those settings)")
     p.add_argument("--compile", action="store_true",
                    help="also time the torch.compile'd forward (forward+c) and training step (train+c)")
     args = p.parse_args(argv)
+    if args.malloc == "retain":
+        if argv is None:  # run as a script: torch is imported, so huge pages need a fresh start
+            rerun_with_huge_pages()
+        if not retain_freed_memory():
+            p.error("--malloc retain needs glibc's malloc (Linux); use --malloc system")
+    elif os.environ.get(HUGE_PAGES):
+        p.error(f"--malloc system: unset {HUGE_PAGES} first")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -217,8 +229,10 @@ def main(argv: list[str] | None = None) -> None:
     matmul, matmul_flops = matmul_op(device, n), 2 * n**3
     dtype = "bf16" if device.type == "cuda" else "fp32"
     start = matmul_flops / min(_timed(matmul, device) for _ in range(5)) / 1e9
-    print(f"{device}, {torch.get_num_threads()} threads: dense {n}^3 {dtype} matmul {start:.1f} GFLOP/s at the start "
-          "(best of 5); each row's fraction uses the median matmul rate timed in turn with that row's repeats (mm)")
+    huge = f", {HUGE_PAGES}={os.environ.get(HUGE_PAGES, '')}"
+    print(f"{device}, {torch.get_num_threads()} threads, malloc {args.malloc}{huge}: dense {n}^3 {dtype} matmul "
+          f"{start:.1f} GFLOP/s at the start (best of 5); each row's fraction uses the median matmul rate timed in "
+          "turn with that row's repeats (mm)")
     print(f"{'size':<8} {'variant':<10} {'step':<9} {'batch':>5} {'puzzle-st/s':>10} {'GFLOP/pz':>8} "
           f"{'GFLOP/s':>9} {'mm':>8} {'/mm':>6} {'vs ref':>10}")
     for name in args.sizes.split(","):

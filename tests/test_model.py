@@ -270,9 +270,9 @@ def test_rope_gather_equals_explicit_rotate_half_bit_for_bit(pos):
     from attractorlab.model import Attention, rope_tables, rotate_half
 
     c = ReasonerConfig(task="maze11", mlp_t=False, pos_encodings=pos, hidden_size=64, num_heads=4)
-    x = torch.randn(3, c.seq_len, 2, 4, 16, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 3, 4, c.seq_len, 16, generator=torch.Generator().manual_seed(0))  # [q/k, B, H, L, head_dim]
     board = (c.board_height, c.board_width) if pos == "rope2d" else None
-    cos, sin = (t[:, None, None, :] for t in rope_tables(16, c.seq_len, c.rope_theta, board))
+    cos, sin = rope_tables(16, c.seq_len, c.rope_theta, board)
     parts = (slice(0, 8), slice(8, 16)) if pos == "rope2d" else (slice(0, 16),)
     want = torch.cat([x[..., p] * cos[..., p] + rotate_half(x[..., p]) * sin[..., p] for p in parts], -1)
     assert torch.equal(Attention(c)._rope(x), want)
