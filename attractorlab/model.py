@@ -208,6 +208,13 @@ def swiglu_width(width: int, expansion: float) -> int:
     return -(round(expansion * width * 2 / 3) // -256) * 256
 
 
+def add_projected(x: torch.Tensor, h: torch.Tensor, proj: Linear) -> torch.Tensor:
+    """``x + proj(h)`` for ``x [..., D]``, ``h [..., K]`` (same leading shape) in one ``addmm``: the residual is
+    added inside the projection's matmul (``proj`` without bias)."""
+    out = torch.addmm(x.reshape(-1, x.shape[-1]), h.reshape(-1, h.shape[-1]), proj.weight.to(x.dtype).t())
+    return out.view(x.shape)
+
+
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """``silu(gate) * up``; without autograd the silu is taken in place and the product written over it."""
     if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
@@ -227,12 +234,9 @@ class SwiGLU(nn.Module):
         return self.down_proj(silu_mul(gate, up))
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        """``x + forward(x)`` for ``x [..., D]``, the residual added inside the down projection (one ``addmm``)."""
+        """``x + forward(x)`` for ``x [..., D]``, the residual added inside the down projection."""
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        act = silu_mul(gate, up)
-        out = torch.addmm(x.reshape(-1, x.shape[-1]), act.reshape(-1, act.shape[-1]),
-                          self.down_proj.weight.to(x.dtype).t())
-        return out.view(x.shape)
+        return add_projected(x, silu_mul(gate, up), self.down_proj)
 
     def residual_along_rows(self, x: torch.Tensor) -> torch.Tensor:
         """The same map applied along axis -2, with the residual: ``x [B, L, D] -> x + forward(x.mT).mT``,
@@ -302,12 +306,12 @@ class Attention(nn.Module):
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """``x + attention(x)`` for ``x [B, L, D]``. Queries, keys and values are laid out heads first
         (``[3, B, H, L, head_dim]``, one copy) so that RoPE runs on contiguous rows and the attention kernel gets
-        contiguous inputs; the residual is added inside the output projection (one ``addmm``)."""
+        contiguous inputs; the residual is added inside the output projection."""
         b, n, d = x.shape
         qkv = self.qkv_proj(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).contiguous()
         q, k = self._rope(qkv[:2]).unbind(0)
-        y = F.scaled_dot_product_attention(q, k, qkv[2]).transpose(1, 2).reshape(b * n, d)
-        return torch.addmm(x.reshape(b * n, d), y, self.o_proj.weight.to(x.dtype).t()).view(b, n, d)
+        y = F.scaled_dot_product_attention(q, k, qkv[2]).transpose(1, 2)  # [B, L, H, head_dim]
+        return add_projected(x, y.reshape(b, n, d), self.o_proj)
 
 
 class Block(nn.Module):

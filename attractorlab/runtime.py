@@ -56,15 +56,12 @@ def prefer_huge_pages() -> bool:
     return os.environ.get(HUGE_PAGES) == "1"
 
 
-def tune_cpu_memory() -> None:
-    """Both settings; call it first thing (before torch is imported)."""
-    prefer_huge_pages()
-    retain_freed_memory()
-
-
-def rerun_with_huge_pages() -> None:
-    """For a script whose imports already loaded torch: run it again (``os.execv``, same arguments) with
-    ``THP_MEM_ALLOC_ENABLE=1`` in the environment, unless that is already where it came from."""
-    if HUGE_PAGES not in os.environ:
+def tune_cpu_memory(rerun: bool = False) -> bool:
+    """Both settings; call it first thing, before torch is imported. With ``rerun`` (a script whose imports
+    already loaded torch) the process starts again (``os.execv``, same arguments) with huge pages in the
+    environment, unless that is where it came from. Returns whether freed memory is retained."""
+    if rerun and "torch" in sys.modules and HUGE_PAGES not in os.environ:
         os.environ[HUGE_PAGES] = "1"
         os.execv(sys.executable, [sys.executable, *sys.argv])
+    prefer_huge_pages()
+    return retain_freed_memory()

@@ -27,7 +27,7 @@ import torch
 from attractorlab import checkpoint, train
 from attractorlab.model import TRM_SETTINGS
 from attractorlab.rollout import RolloutConfig, convergence_score, rollout, select_lowest_score
-from attractorlab.runtime import rerun_with_huge_pages, retain_freed_memory
+from attractorlab.runtime import tune_cpu_memory
 from attractorlab.tasks import get_task
 
 
@@ -105,7 +105,6 @@ def _evaluate(model, puzzles, rung: Rung, breadth: int, depths: list[int], args)
 
 
 def run(args: argparse.Namespace) -> None:
-    retain_freed_memory()
     torch.set_num_threads(args.threads)
     wanted = args.rungs.split(",") if args.rungs else [r.name for r in RUNGS]
     unknown = set(wanted) - {r.name for r in RUNGS}
@@ -207,5 +206,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    rerun_with_huge_pages()  # as the CLI runs (attractorlab.runtime)
+    tune_cpu_memory(rerun=True)  # as the CLI runs
     main()

@@ -27,7 +27,7 @@ from attractorlab import checkpoint
 from attractorlab.cli import SHIPPED
 from attractorlab.model import pick_device
 from attractorlab.rollout import RolloutConfig, convergence_score, rollout, select_lowest_score
-from attractorlab.runtime import rerun_with_huge_pages, retain_freed_memory
+from attractorlab.runtime import tune_cpu_memory
 from attractorlab.solve import solve_puzzles as solve
 from attractorlab.tasks import PuzzleSet, Task, get_task
 
@@ -242,7 +242,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, ...")
     parser.add_argument("--plot", help="adaptive: write the accuracy-vs-steps curve to this HTML file")
     args = parser.parse_args(argv)
-    retain_freed_memory()
     torch.set_num_threads(args.threads)
     try:
         device = pick_device(args.device)
@@ -255,5 +254,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    rerun_with_huge_pages()  # as the CLI runs (attractorlab.runtime)
+    tune_cpu_memory(rerun=True)  # as the CLI runs
     main()

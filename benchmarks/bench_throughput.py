@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from attractorlab.model import EquilibriumReasoner, LatentState, ReasonerConfig, pick_device, rope_tables, rotate_half
-from attractorlab.runtime import HUGE_PAGES, rerun_with_huge_pages, retain_freed_memory
+from attractorlab.runtime import HUGE_PAGES, tune_cpu_memory
 from attractorlab.tasks import get_task
 from attractorlab.train import TrainConfig, Trainer
 
@@ -215,12 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile", action="store_true",
                    help="also time the torch.compile'd forward (forward+c) and training step (train+c)")
     args = p.parse_args(argv)
-    if args.malloc == "retain":
-        if argv is None:  # run as a script: torch is imported, so huge pages need a fresh start
-            rerun_with_huge_pages()
-        if not retain_freed_memory():
-            p.error("--malloc retain needs glibc's malloc (Linux); use --malloc system")
-    elif os.environ.get(HUGE_PAGES):
+    if args.malloc == "retain" and not tune_cpu_memory(rerun=argv is None):  # a script starts again for huge pages
+        p.error("--malloc retain needs glibc's malloc (Linux); use --malloc system")
+    if args.malloc == "system" and os.environ.get(HUGE_PAGES):
         p.error(f"--malloc system: unset {HUGE_PAGES} first")
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -10,6 +10,7 @@ import pytest
 
 GLIBC = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+ENV = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}  # each child decides for itself
 
 KEEP = """
 import sys
@@ -42,8 +43,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def _run(program: str, mode: str) -> int:
-    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    out = subprocess.run([sys.executable, "-c", program, mode], capture_output=True, text=True, check=True, env=env)
+    out = subprocess.run([sys.executable, "-c", program, mode], capture_output=True, text=True, check=True, env=ENV)
     return int(out.stdout)
 
 
@@ -63,11 +63,9 @@ def test_big_tensors_fault_in_far_fewer_pages_with_huge_pages():
 def test_huge_pages_are_only_asked_for_before_torch_is_imported():
     code = ("import os, sys; {first}from attractorlab.runtime import prefer_huge_pages; "
             "print(prefer_huge_pages(), os.environ.get('THP_MEM_ALLOC_ENABLE'))")
-    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-
     def run(first: str) -> list[str]:
         return subprocess.run([sys.executable, "-c", code.format(first=first)], capture_output=True, text=True,
-                              check=True, env=env).stdout.split()
+                              check=True, env=ENV).stdout.split()
 
     assert run("") == ["True", "1"]
     assert run("import torch; ") == ["False", "None"]
