@@ -5,13 +5,16 @@
 
 Prints, side by side: the dense matmul rate (fp32 on CPU, bf16 on CUDA), then for each model size and token-mixing
 variant the rollout forward (one outer step, inference, path noise on) and the training step (forward with the
-gradient through the last H-cycle, stable-max loss, backward, AdamW, EMA), in puzzle-steps/s and in GFLOP/s
-(matmul FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode``) with their fraction of the matmul rate, and
-the same forward written in the reference's block order (``reference_step``: the ``mlp_t`` block on transposed
-``[B, D, L]`` boards, weights cast at every call) on the same weights, as a ratio. With ``--compile`` the forward
-and the training step are also timed under ``torch.compile`` (rows ``forward+c``, ``train+c``). Timings alternate
-between the forwards and a dense matmul and report medians, so background load and clock changes hit them alike and
-each fraction compares the step with the matmul rate of the same minutes (this VM's rate moves by 2x between runs).
+gradient through the last H-cycle, stable-max loss, backward, AdamW, EMA), in puzzle-steps/s and in GFLOP/s (matmul
+FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode``, with the attention kernel's ``Q K^T`` and ``P V``,
+which torch counts on CUDA only, counted on the CPU too) with their fraction of the matmul rate, and the same forward
+written in the reference's block order (``reference_step``: the ``mlp_t`` block on transposed ``[B, D, L]`` boards,
+weights cast at every call) on the same weights, as a ratio. With ``--compile`` the forward and the training step are
+also timed under ``torch.compile`` (rows ``forward+c``, ``train+c``). For attention, row ``attn-core`` times the
+attention kernel alone (as often as a step calls it, same shapes) and ``fwd-bound`` is the forward's ceiling if
+everything but that kernel ran at the matmul rate. Timings alternate between the forwards and a dense matmul and
+report medians, so background load and clock changes hit them alike and each fraction compares the step with the
+matmul rate of the same minutes (this VM's rate moves by 2x between runs).
 """
 
 from __future__ import annotations
@@ -102,6 +105,15 @@ def _attention(x: torch.Tensor, attn, c: ReasonerConfig) -> torch.Tensor:
     return _linear(y.transpose(1, 2).reshape(b, n, -1), attn.o_proj.weight)
 
 
+def _attention_core(model: EquilibriumReasoner, batch: int, x: torch.Tensor) -> Callable[[], list[torch.Tensor]]:
+    """The attention kernel alone, as often as one outer step calls it, on random heads-first queries, keys and
+    values of the step's shapes."""
+    c, attn = model.config, model.layers[0].self_attn
+    q, k, v = torch.randn(3, batch, attn.num_heads, c.seq_len, attn.head_dim, device=x.device, dtype=x.dtype)
+    calls = c.H_cycles * (c.L_cycles + 1) * c.L_layers
+    return lambda: [F.scaled_dot_product_attention(q, k, v) for _ in range(calls)]
+
+
 def reference_step(model: EquilibriumReasoner, state: LatentState, x: torch.Tensor) -> LatentState:
     """One outer step in the reference's order (``Blocks``/``Block`` of models/eqr.py), noise off."""
     c = model.config
@@ -127,8 +139,25 @@ def reference_step(model: EquilibriumReasoner, state: LatentState, x: torch.Tens
 
 # --- measurements ----------------------------------------------------------------------------------------------
 
+def _cpu_attention_flops(q, k, v, *args, out_shape=None, **kwargs) -> int:
+    """The two matmuls of attention, ``Q K^T`` and ``P V``, for shapes ``[B, H, L, head_dim]`` (torch counts them
+    for its CUDA kernels, not for the CPU flash kernel)."""
+    return 2 * q[0] * q[1] * q[2] * k[2] * (q[3] + v[3])
+
+
+def _cpu_attention_backward_flops(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
+    """The five matmuls of attention's backward: ``Q K^T`` again, ``dP = dO V^T``, ``dV = P^T dO``, ``dQ = dS K``,
+    ``dK = dS^T Q``."""
+    return 2 * q[0] * q[1] * q[2] * k[2] * (3 * q[3] + 2 * v[3])
+
+
+CPU_ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+                       torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
+                           _cpu_attention_backward_flops}
+
+
 def _flops(fn) -> int:
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
         fn()
     return counter.get_total_flops()
 
@@ -180,13 +209,19 @@ def measure(name: str, variant: str, settings: dict, args: argparse.Namespace, d
         if args.compile:
             compiled = model.compiled_step()
             forwards["forward+c"] = lambda: compiled(state, tokens, generator=gen, x=x)
+        parts = {} if cfg.mlp_t else {"attn-core": _attention_core(model, batch, x)}
         flops = _flops(forwards["forward"]) / batch
-        for fn in forwards.values():
+        for fn in (forwards | parts).values():
             fn()
-        t = _interleaved(forwards | {"matmul": matmul}, args.repeats, device)
+        t = _interleaved(forwards | parts | {"matmul": matmul}, args.repeats, device)
     peak = matmul_flops / t["matmul"] / 1e9
     for key in forwards.keys() - {"ref"}:
         lines.append(_row(name, variant, key, batch, t[key], flops, peak, f"{t['ref'] / t[key]:.2f}x"))
+    if parts:  # the forward's ceiling if all but the attention kernel ran at the matmul rate
+        core_flops = _flops(parts["attn-core"]) / batch
+        lines.append(_row(name, variant, "attn-core", batch, t["attn-core"], core_flops, peak))
+        bound = t["attn-core"] + (flops - core_flops) * batch / (peak * 1e9)
+        lines.append(_row(name, variant, "fwd-bound", batch, bound, flops, peak))
     for label, compiled in (("train", False), ("train+c", True))[:1 + args.compile]:
         train_cfg = TrainConfig(model=cfg, batch_size=batch, n_train=batch, augment=False, warmup_steps=0)
         trainer = Trainer(train_cfg, device, pool=pool, compile_model=compiled)

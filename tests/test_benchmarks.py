@@ -158,6 +158,12 @@ def test_throughput_benchmark_prints_rates_beside_the_matmul_peak_and_the_refere
     assert all(float(rate) > 0 and float(gflop) > 0 for _, _, rate, gflop in rows)
     # by hand: 16 blocks per outer step, each 2 SwiGLUs of 2 x (81 x 512 x 128 + 81 x 256 x 128) FLOPs per puzzle
     assert rows[0][3] == f"{16 * 2 * 2 * (81 * 512 * 128 + 81 * 256 * 128) / 1e9:.3f}"
+    # attention (11 x 11 maze): per block the q/k/v, output and SwiGLU projections, and Q K^T and P V of 8 heads
+    per_block = 2 * 121 * 128 * (384 + 128 + 512) + 2 * 121 * 256 * 128 + 2 * 2 * 8 * 121 * 121 * 16
+    assert rows[2][3] == f"{16 * per_block / 1e9:.3f}"
+    core = re.findall(r"^shipped\s+attention\s+(attn-core|fwd-bound)\s+2\s+([\d.]+)\s+([\d.]+)", out, flags=re.M)
+    assert [(s, g) for s, _, g in core] == [("attn-core", f"{16 * 2 * 2 * 8 * 121 * 121 * 16 / 1e9:.3f}"),
+                                            ("fwd-bound", rows[2][3])]
     assert len(re.findall(r"[\d.]+x$", out, flags=re.M)) == 2  # the reference-order ratio of both forwards
 
 
