@@ -259,6 +259,12 @@ def _error_files(tmp_path) -> dict:
     return files
 
 
+def test_writer_creates_missing_directories(tmp_path):
+    path = str(tmp_path / "runs" / "today" / "run.h5")
+    batches = write_run(path, [2])
+    check_equal(rec.open_run(path), batches)
+
+
 @pytest.mark.parametrize("case, match", [
     ("missing", "no such run file"), ("directory", "not a file"), ("text", "not an HDF5 file"),
     ("no schema", "not an attractorlab run"), ("schema 99", "newer"), ("truncated", "truncated")])

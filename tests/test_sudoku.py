@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attractorlab import sudoku as S
+from attractorlab.errors import InputError
 
 SAMPLE = Path(__file__).parent / "data" / "sudoku_sample.csv"
 HEADER = "source,question,answer,rating\n"
@@ -170,8 +171,9 @@ def _invalid_answer() -> str:
 )
 def test_malformed_rows_name_file_and_line(tmp_path: Path, bad_row: str, reason: str) -> None:
     path = write(tmp_path, HEADER + row() + "\n" + bad_row + row())
-    with pytest.raises(ValueError, match=re.escape(f"{path}:4: {reason}")):
+    with pytest.raises(ValueError, match=re.escape(f"{path}:4: {reason}")) as info:
         S.load_csv(path)
+    assert isinstance(info.value, InputError)  # the CLI shows it as one line, no traceback
     ps = S.load_csv(path, skip_invalid=True)
     assert len(ps) == 2 and ps.skipped == 1
 

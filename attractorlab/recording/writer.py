@@ -229,6 +229,7 @@ class RunWriter:
         self.n_done = rows_done(self._f)
 
     def _create(self) -> h5py.File:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)  # as checkpoints do
         f = open_h5(self.path, "w")
         created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         write_attrs(f, {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": created,

@@ -146,10 +146,10 @@ def _parse_plain_block(
     }
 
 
-def _row_error(path: Path, line_no: int, code: int, buf: np.ndarray, start: int, end: int) -> ValueError:
+def _row_error(path: Path, line_no: int, code: int, buf: np.ndarray, start: int, end: int) -> InputError:
     text = buf[start:end].tobytes().decode("utf-8", "replace")
     shown = text if len(text) <= 200 else text[:200] + "..."
-    return ValueError(f"{path}:{line_no}: {_REASONS[code]}: {shown!r}")
+    return InputError(f"{path}:{line_no}: {_REASONS[code]}: {shown!r}")
 
 
 def load_csv(
@@ -177,7 +177,7 @@ def load_csv(
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: ``"<path>:<line>: <reason>: <row>"`` for the first malformed row (unless
+        InputError (a ValueError): ``"<path>:<line>: <reason>: <row>"`` for the first malformed row (unless
             ``skip_invalid``), or a bad header.
     """
     path = Path(path)
