@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from attractorlab import reference
-from attractorlab.errors import AttractorlabError
+from attractorlab.errors import AttractorlabError, make_parent_dirs
 from attractorlab.model import TRM_SETTINGS, EquilibriumReasoner, ReasonerConfig, swiglu_width
 from attractorlab.tasks import get_task, names
 
@@ -37,7 +37,7 @@ class CheckpointError(AttractorlabError, ValueError):
 def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
     """Write ``obj`` to ``path`` via a temporary file in the same folder and an atomic rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parent_dirs(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:

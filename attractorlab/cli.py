@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from attractorlab import __version__
-from attractorlab.errors import InputError
+from attractorlab.errors import InputError, make_dirs
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
@@ -448,7 +448,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from attractorlab.tasks import get_task
     from attractorlab.train import TrainConfig, train
 
-    os.makedirs(args.out_dir, exist_ok=True)
+    make_dirs(args.out_dir)
     ckpt = args.checkpoint or SHIPPED[args.task]
     if args.checkpoint and not os.path.exists(ckpt):
         raise InputError(f"--checkpoint {ckpt} does not exist")

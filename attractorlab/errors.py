@@ -5,6 +5,10 @@ bug (any other exception) keeps its traceback. Bad input raises :class:`InputErr
 ``ValueError`` (so ``except ValueError`` and scikit-learn-style callers keep working).
 """
 
+from __future__ import annotations
+
+import os
+
 
 class AttractorlabError(Exception):
     """Base class of every expected failure (bad input, unreadable files, a diverged training run)."""
@@ -16,6 +20,20 @@ class InputError(AttractorlabError, ValueError):
 
 class MissingFileError(InputError, FileNotFoundError):
     """A file or directory the caller named does not exist."""
+
+
+def make_dirs(directory: str | os.PathLike) -> None:
+    """``os.makedirs(directory, exist_ok=True)``, with :class:`InputError` (one line) where that is impossible (a
+    file stands where a directory should, no permission)."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create the directory {os.fspath(directory)} ({err.strerror})") from None
+
+
+def make_parent_dirs(path: str | os.PathLike) -> None:
+    """:func:`make_dirs` for the directory an output file ``path`` will sit in."""
+    make_dirs(os.path.dirname(os.path.abspath(os.fspath(path))))
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (AttractorlabError,)

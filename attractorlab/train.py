@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from attractorlab import checkpoint, seeds
-from attractorlab.errors import AttractorlabError, InputError
+from attractorlab.errors import AttractorlabError, InputError, make_parent_dirs
 from attractorlab.model import EquilibriumReasoner, LatentState, ReasonerConfig, autocast, pick_device
 from attractorlab.optim import AdamATan2
 from attractorlab.rollout import accuracy_at_depths
@@ -546,6 +546,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", res
     cfg = dataclasses.replace(cfg, **schedule)
     if payload is not None and cfg.steps < int(payload["train_state"]["step"]):
         raise InputError(f"{out} is already at step {payload['train_state']['step']}, past --steps {cfg.steps}")
+    make_parent_dirs(out)  # before any training: a checkpoint that cannot be written would lose it
     pool, held = load_data(cfg, progress and dist_info.main)
     trainer = Trainer(cfg, dev, dist_info, pool, compile_model=compile_model)
     if payload is not None:

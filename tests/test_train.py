@@ -145,12 +145,16 @@ def test_cli_resume_may_start_a_decay_and_equals_a_straight_run(tmp_path, capsys
     assert "already at step 6" in capsys.readouterr().err
 
 
-def test_cli_train_errors(tmp_path, capsys):
+def test_cli_train_errors(tmp_path, capsys, monkeypatch):
     assert main(["train", "--data", str(tmp_path / "none.csv"), "--out", str(tmp_path / "x.pt")]) == 2
     err = capsys.readouterr().err
     assert "none.csv" in err and "Traceback" not in err
     assert main(["train", "--resume", "--out", str(tmp_path / "missing.pt")]) == 2
     assert "not found" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")  # a file where the output's directory should be: refused before training
+    monkeypatch.setattr(train, "load_data", lambda *a: pytest.fail("training started"))
+    assert main(["train", "--preset", "tiny", "--out", str(tmp_path / "file" / "x.pt")]) == 2
+    assert "cannot create the directory" in capsys.readouterr().err
 
 
 def test_ddp_two_gloo_processes_match_one_process(tmp_path):

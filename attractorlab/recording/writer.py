@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from attractorlab import __version__
-from attractorlab.errors import InputError
+from attractorlab.errors import InputError, make_parent_dirs
 
 from .files import (
     attr_value,
@@ -229,7 +229,7 @@ class RunWriter:
         self.n_done = rows_done(self._f)
 
     def _create(self) -> h5py.File:
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)  # as checkpoints do
+        make_parent_dirs(self.path)  # as checkpoints do
         f = open_h5(self.path, "w")
         created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         write_attrs(f, {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": created,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attractorlab.errors import InputError
+from attractorlab.errors import InputError, make_parent_dirs
 from attractorlab.reference.errors import ReferenceFormatError, first_line, is_int
 
 METADATA_FIELDS = ("pad_id", "ignore_label_id", "blank_identifier_id", "vocab_size", "seq_len",
@@ -235,7 +235,7 @@ def _write_folder(target: Path, metadata: dict, arrays: dict[str, np.ndarray], o
         raise InputError(f"{target} exists and is not a directory")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise InputError(f"{target} is not empty (pass overwrite=True to replace it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_parent_dirs(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         umask = os.umask(0)
