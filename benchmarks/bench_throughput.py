@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from attractorlab.model import EquilibriumReasoner, LatentState, ReasonerConfig, pick_device, rope_tables, rotate_half
@@ -110,8 +111,7 @@ def _attention_core(model: EquilibriumReasoner, batch: int, x: torch.Tensor) -> 
     values of the step's shapes."""
     c, attn = model.config, model.layers[0].self_attn
     q, k, v = torch.randn(3, batch, attn.num_heads, c.seq_len, attn.head_dim, device=x.device, dtype=x.dtype)
-    calls = c.H_cycles * (c.L_cycles + 1) * c.L_layers
-    return lambda: [F.scaled_dot_product_attention(q, k, v) for _ in range(calls)]
+    return lambda: [F.scaled_dot_product_attention(q, k, v) for _ in range(c.layer_equivalents_per_step)]
 
 
 def reference_step(model: EquilibriumReasoner, state: LatentState, x: torch.Tensor) -> LatentState:
@@ -139,21 +139,12 @@ def reference_step(model: EquilibriumReasoner, state: LatentState, x: torch.Tens
 
 # --- measurements ----------------------------------------------------------------------------------------------
 
-def _cpu_attention_flops(q, k, v, *args, out_shape=None, **kwargs) -> int:
-    """The two matmuls of attention, ``Q K^T`` and ``P V``, for shapes ``[B, H, L, head_dim]`` (torch counts them
-    for its CUDA kernels, not for the CPU flash kernel)."""
-    return 2 * q[0] * q[1] * q[2] * k[2] * (q[3] + v[3])
-
-
-def _cpu_attention_backward_flops(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
-    """The five matmuls of attention's backward: ``Q K^T`` again, ``dP = dO V^T``, ``dV = P^T dO``, ``dQ = dS K``,
-    ``dK = dS^T Q``."""
-    return 2 * q[0] * q[1] * q[2] * k[2] * (3 * q[3] + 2 * v[3])
-
-
-CPU_ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
-                       torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
-                           _cpu_attention_backward_flops}
+CPU_ATTENTION_FLOPS = {  # torch's own attention formulas, registered by it for the CUDA kernels only
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+        lambda q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_flop_count(q, k, v),
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        lambda grad, q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_backward_flop_count(grad, q, k, v),
+}
 
 
 def _flops(fn) -> int:
