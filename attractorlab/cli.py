@@ -105,7 +105,8 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--compile", dest="compile_model", action="store_true",
-                   help="torch.compile the outer step (worth it on GPUs for long runs)")
+                   help="torch.compile: on CUDA the outer step; on a CPU each block where gradients flow (the "
+                        "training step's last H-cycle), after a compile of some seconds")
     p.add_argument("--no-act", dest="act", action="store_false", default=None,
                    help="no halting loss: every row runs --halt-max-steps segments (an ablation rung)")
     p.add_argument("--full-backprop", dest="full_backprop", action="store_true", default=None,

@@ -15,9 +15,12 @@ Two switches exist for the paper's ablation ladder: ``act=False`` drops the halt
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -317,6 +320,25 @@ def _gather(t: torch.Tensor, d: Dist) -> torch.Tensor:
 
 # --- the trainer ----------------------------------------------------------------------------------------------
 
+def compile_gradient_blocks(model: EquilibriumReasoner) -> None:
+    """Run each block of ``model`` under ``torch.compile`` (static shapes) whenever autograd records it, and eagerly
+    otherwise: ``train --compile`` on a CPU. Inductor's gain there is the fused backward of the norms and SwiGLUs;
+    without gradients the eager block, with its in-place silu and gate product, is faster than the compiled one, and
+    compiling the whole outer step made the training step slower than eager (``benchmarks/bench_throughput.py
+    --compile``, row ``train+c``). Weights, names and checkpoints are unchanged."""
+    for block in model.layers:
+        block.forward = functools.partial(_compiled_under_grad, block.forward, torch.compile(block.forward,
+                                                                                               dynamic=False))
+
+
+def _compiled_under_grad(eager: Callable, compiled: Callable, x: torch.Tensor) -> torch.Tensor:
+    if not torch.is_grad_enabled():
+        return eager(x)
+    with warnings.catch_warnings():  # Dynamo reads .grad of the (non-leaf) input while it traces
+        warnings.filterwarnings("ignore", "The .grad attribute of a Tensor that is not a leaf", UserWarning)
+        return compiled(x)
+
+
 class Trainer:
     """Holds model, optimizer, EMA, carry and RNG; ``train_step`` is one segmented step."""
 
@@ -333,7 +355,9 @@ class Trainer:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.net = self.ddp or self.model  # forward = one outer step
-        if compile_model:
+        if compile_model and device.type == "cpu":
+            compile_gradient_blocks(self.model)
+        elif compile_model:
             self.net = torch.compile(self.net)
         self.optimizer = self._make_optimizer()
         self.ema = {k: v.detach().clone() for k, v in self.model.named_parameters()}

@@ -10,11 +10,12 @@ FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode``, with the attentio
 which torch counts on CUDA only, counted on the CPU too) with their fraction of the matmul rate, and the same forward
 written in the reference's block order (``reference_step``: the ``mlp_t`` block on transposed ``[B, D, L]`` boards,
 weights cast at every call) on the same weights, as a ratio. With ``--compile`` the forward and the training step are
-also timed under ``torch.compile`` (rows ``forward+c``, ``train+c``). For attention, row ``attn-core`` times the
-attention kernel alone (as often as a step calls it, same shapes) and ``fwd-bound`` is the forward's ceiling if
-everything but that kernel ran at the matmul rate. Timings alternate between the forwards and a dense matmul and
-report medians, so background load and clock changes hit them alike and each fraction compares the step with the
-matmul rate of the same minutes (this VM's rate moves by 2x between runs).
+also timed under ``torch.compile`` (rows ``forward+c``, ``train+c``; the training step as ``train --compile`` runs
+it: on a CPU, the blocks where gradients flow), each in turn with its eager row. For attention, row ``attn-core``
+times the attention kernel alone (as often as a step calls it, same shapes) and ``fwd-bound`` is the forward's
+ceiling if everything but that kernel ran at the matmul rate. Timings alternate between the forwards and a dense
+matmul and report medians, so background load and clock changes hit them alike and each fraction compares the step
+with the matmul rate of the same minutes (this VM's rate moves by 2x between runs).
 """
 
 from __future__ import annotations
@@ -213,14 +214,15 @@ def measure(name: str, variant: str, settings: dict, args: argparse.Namespace, d
         lines.append(_row(name, variant, "attn-core", batch, t["attn-core"], core_flops, peak))
         bound = t["attn-core"] + (flops - core_flops) * batch / (peak * 1e9)
         lines.append(_row(name, variant, "fwd-bound", batch, bound, flops, peak))
-    for label, compiled in (("train", False), ("train+c", True))[:1 + args.compile]:
-        train_cfg = TrainConfig(model=cfg, batch_size=batch, n_train=batch, augment=False, warmup_steps=0)
-        trainer = Trainer(train_cfg, device, pool=pool, compile_model=compiled)
-        trainer.train_step()
-        if not compiled:  # counted on the eager step (the compiled one does the same matmuls)
-            step_flops = _flops(trainer.train_step) / batch
-        t = _interleaved({"train": trainer.train_step, "matmul": matmul}, args.repeats, device)
-        lines.append(_row(name, variant, label, batch, t["train"], step_flops, matmul_flops / t["matmul"] / 1e9))
+    train_cfg = TrainConfig(model=cfg, batch_size=batch, n_train=batch, augment=False, warmup_steps=0)
+    steps = {label: Trainer(train_cfg, device, pool=pool, compile_model=compiled).train_step
+             for label, compiled in (("train", False), ("train+c", True))[:1 + args.compile]}
+    for step in steps.values():
+        step()
+    step_flops = _flops(steps["train"]) / batch  # counted on the eager step (the compiled one does the same matmuls)
+    t = _interleaved(steps | {"matmul": matmul}, args.repeats, device)
+    for label in steps:
+        lines.append(_row(name, variant, label, batch, t[label], step_flops, matmul_flops / t["matmul"] / 1e9))
     return sorted(lines, key=lambda line: line.split()[2])
 
 

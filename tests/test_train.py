@@ -157,15 +157,16 @@ def test_cli_train_errors(tmp_path, capsys, monkeypatch):
     assert "cannot create the directory" in capsys.readouterr().err
 
 
-def test_ddp_two_gloo_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("compiled", [False, True])  # the ranks' blocks compiled where gradients flow
+def test_ddp_two_gloo_processes_match_one_process(tmp_path, compiled):
     single, multi = tmp_path / "single.pt", tmp_path / "ddp.pt"
     args = ["train", "--preset", "tiny", "--steps", "3", *CLI_FLAGS]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "attractorlab", *args, "--out", str(single)], check=True, env=env,
                    capture_output=True)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                           "--master-port", "29517", "-m", "attractorlab", *args, "--out", str(multi)],
-                          env=env, capture_output=True, text=True)
+                           "--master-port", str(29517 + compiled), "-m", "attractorlab", *args,
+                           *["--compile"] * compiled, "--out", str(multi)], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = checkpoint.read(single)["train_state"], checkpoint.read(multi)["train_state"]
     for k, v in a["params"].items():
@@ -174,10 +175,12 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:.*torch.jit.script.* is deprecated:DeprecationWarning")  # inside torch.compile
-def test_compiled_training_step_matches_eager(pool):
-    kw = dict(hidden_size=16, expansion=1.0, H_cycles=1, L_cycles=1, L_layers=1, batch_size=4, noise_scale=0.0)
+@pytest.mark.parametrize("h_cycles", [1, 2])  # 2: the first H-cycle runs without gradients, so eagerly
+def test_compiled_training_step_matches_eager(pool, h_cycles):
+    kw = dict(hidden_size=16, expansion=1.0, H_cycles=h_cycles, L_cycles=1, L_layers=1, batch_size=4, noise_scale=0.0)
     eager = make_trainer(pool, **kw)
     compiled = train.Trainer(eager.cfg, torch.device("cpu"), pool=pool, compile_model=True)
+    assert compiled.net is compiled.model  # on a CPU the blocks are compiled, not the outer step
     for _ in range(2):
         a, b = eager.train_step(), compiled.train_step()
         assert a["lm_loss"] == pytest.approx(b["lm_loss"], rel=1e-5)
