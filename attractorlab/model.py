@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -499,6 +501,7 @@ class EquilibriumReasoner(nn.Module):
         --compile``), so measure it where it runs; results agree with :meth:`step` to float32 rounding, not bit for
         bit."""
         if getattr(self, "_compiled_step", None) is None:
+            require_compiler(self.device)
             inner = torch.compile(self.step, dynamic=True)
 
             def step(state: LatentState, tokens: torch.Tensor, *, noise: bool = True,
@@ -536,6 +539,14 @@ def pick_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {name!r} requested but CUDA is not available on this machine")
     return device
+
+
+def require_compiler(device: torch.device) -> None:
+    """``torch.compile`` on a CPU builds C++ kernels: an :class:`InputError` up front when no compiler is on PATH
+    (``$CXX``, ``g++``, ``clang++``), instead of a deep error at the first compiled call."""
+    if device.type == "cpu" and not any(shutil.which(cxx) for cxx in (os.environ.get("CXX"), "g++", "clang++") if cxx):
+        raise InputError("--compile on a CPU needs a C++ compiler for torch.compile's kernels (g++, clang++ or the "
+                         "one $CXX names), and none is on PATH; install one or run without --compile")
 
 
 def autocast(device: torch.device):

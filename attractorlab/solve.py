@@ -16,7 +16,7 @@ import torch
 
 from attractorlab import reference
 from attractorlab.errors import InputError
-from attractorlab.model import EquilibriumReasoner, LatentState
+from attractorlab.model import EquilibriumReasoner, LatentState, require_compiler
 from attractorlab.rollout import RolloutConfig, RolloutResult, inner_updates, reference_score, rollout
 from attractorlab.tasks import PuzzleSet, Task, get_task
 from attractorlab.tasks.base import number_groups
@@ -165,6 +165,8 @@ def solve_puzzles(model: EquilibriumReasoner, puzzles: PuzzleSet, config: Rollou
         raise InputError(f"batch size must be >= 1, got {batch_size}")
     if len(puzzles) == 0:
         raise InputError("no puzzles to solve (the data holds no rows)")
+    if compile:
+        require_compiler(model.device)
     task = get_task(model.config.task)
     task.check(puzzles)
     state_fn, shape, basis = _state_layout(model, project, config.seed)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from attractorlab import checkpoint, seeds
 from attractorlab.errors import AttractorlabError, InputError, make_parent_dirs
-from attractorlab.model import EquilibriumReasoner, LatentState, ReasonerConfig, autocast, pick_device
+from attractorlab.model import EquilibriumReasoner, LatentState, ReasonerConfig, autocast, pick_device, require_compiler
 from attractorlab.optim import AdamATan2
 from attractorlab.rollout import accuracy_at_depths
 from attractorlab.tasks import PuzzleSet, Task, get_task
@@ -355,6 +355,8 @@ class Trainer:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.net = self.ddp or self.model  # forward = one outer step
+        if compile_model:
+            require_compiler(device)
         if compile_model and device.type == "cpu":
             compile_gradient_blocks(self.model)
         elif compile_model:
@@ -571,6 +573,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", res
     if payload is not None and cfg.steps < int(payload["train_state"]["step"]):
         raise InputError(f"{out} is already at step {payload['train_state']['step']}, past --steps {cfg.steps}")
     make_parent_dirs(out)  # before any training: a checkpoint that cannot be written would lose it
+    if compile_model:
+        require_compiler(dev)
     pool, held = load_data(cfg, progress and dist_info.main)
     trainer = Trainer(cfg, dev, dist_info, pool, compile_model=compile_model)
     if payload is not None:

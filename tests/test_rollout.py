@@ -219,6 +219,15 @@ def test_cli_solve_missing_checkpoint_and_unwritable_output(ckpt, tmp_path, caps
     assert "error" in err and "cannot create the directory" in err and len(err.strip().splitlines()) == 1
 
 
+def test_cli_solve_compile_without_a_compiler_is_one_line(ckpt, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: None)  # no C++ compiler on PATH
+    out = tmp_path / "r.h5"
+    assert main(["solve", str(ckpt), "--generate", "2", "--compile", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "C++ compiler" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
 def test_torchrun_sharded_solve_merges_into_one_run(ckpt, tmp_path):
     import os
     import subprocess

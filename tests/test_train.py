@@ -155,6 +155,10 @@ def test_cli_train_errors(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(train, "load_data", lambda *a: pytest.fail("training started"))
     assert main(["train", "--preset", "tiny", "--out", str(tmp_path / "file" / "x.pt")]) == 2
     assert "cannot create the directory" in capsys.readouterr().err
+    monkeypatch.setattr("shutil.which", lambda name: None)  # --compile with no C++ compiler on PATH
+    assert main(["train", "--preset", "tiny", "--compile", "--out", str(tmp_path / "y.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "C++ compiler" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("compiled", [False, True])  # the ranks' blocks compiled where gradients flow
