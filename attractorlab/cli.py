@@ -105,8 +105,8 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--compile", dest="compile_model", action="store_true",
-                   help="torch.compile: on CUDA the outer step; on a CPU each block where gradients flow (the "
-                        "training step's last H-cycle), after a compile of some seconds")
+                   help="torch.compile: on CUDA the outer step; on a CPU each block (the cycles around them "
+                        "stay eager), after a compile of some seconds; needs a C++ compiler")
     p.add_argument("--no-act", dest="act", action="store_false", default=None,
                    help="no halting loss: every row runs --halt-max-steps segments (an ablation rung)")
     p.add_argument("--full-backprop", dest="full_backprop", action="store_true", default=None,
@@ -247,9 +247,9 @@ def add_solve(p: argparse.ArgumentParser) -> None:
                    help="store each cell's [z_H, z_L] projected on a fixed random orthonormal basis of K dims "
                    "(states [L, K] per snapshot; 0 = full states [2, L, D])")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the outer step after a compile of up to a minute: 0.87x-1.2x the eager "
-                   "speed on one CPU thread on different days, so measure it (results agree to float32 rounding; "
-                   "not with --states cycles)")
+                   help="torch.compile the outer step after a compile of up to a minute (1.16x-1.17x the eager "
+                   "speed of the shipped sizes on one CPU thread; needs a C++ compiler; results agree to float32 "
+                   "rounding; not with --states cycles)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

@@ -320,20 +320,17 @@ def _gather(t: torch.Tensor, d: Dist) -> torch.Tensor:
 
 # --- the trainer ----------------------------------------------------------------------------------------------
 
-def compile_gradient_blocks(model: EquilibriumReasoner) -> None:
-    """Run each block of ``model`` under ``torch.compile`` (static shapes) whenever autograd records it, and eagerly
-    otherwise: ``train --compile`` on a CPU. Inductor's gain there is the fused backward of the norms and SwiGLUs;
-    without gradients the eager block, with its in-place silu and gate product, is faster than the compiled one, and
-    compiling the whole outer step made the training step slower than eager (``benchmarks/bench_throughput.py
-    --compile``, row ``train+c``). Weights, names and checkpoints are unchanged."""
+def compile_blocks(model: EquilibriumReasoner) -> None:
+    """Run each block of ``model`` under ``torch.compile`` (static shapes; one graph with gradients, one without),
+    while the outer step around the blocks (damping, path noise, the H-/L-cycles) stays eager: ``train --compile`` on
+    a CPU. Compiling the whole outer step made the training step slower than eager there, and the path noise would
+    come from Inductor's generator instead of torch's (``benchmarks/bench_throughput.py --compile``, row
+    ``train+c``). Weights, names and checkpoints are unchanged."""
     for block in model.layers:
-        block.forward = functools.partial(_compiled_under_grad, block.forward, torch.compile(block.forward,
-                                                                                               dynamic=False))
+        block.forward = functools.partial(_quiet_trace, torch.compile(block.forward, dynamic=False))
 
 
-def _compiled_under_grad(eager: Callable, compiled: Callable, x: torch.Tensor) -> torch.Tensor:
-    if not torch.is_grad_enabled():
-        return eager(x)
+def _quiet_trace(compiled: Callable, x: torch.Tensor) -> torch.Tensor:
     with warnings.catch_warnings():  # Dynamo reads .grad of the (non-leaf) input while it traces
         warnings.filterwarnings("ignore", "The .grad attribute of a Tensor that is not a leaf", UserWarning)
         return compiled(x)
@@ -358,7 +355,7 @@ class Trainer:
         if compile_model:
             require_compiler(device)
         if compile_model and device.type == "cpu":
-            compile_gradient_blocks(self.model)
+            compile_blocks(self.model)
         elif compile_model:
             self.net = torch.compile(self.net)
         self.optimizer = self._make_optimizer()
