@@ -354,10 +354,10 @@ class Trainer:
         self.net = self.ddp or self.model  # forward = one outer step
         if compile_model:
             require_compiler(device)
-        if compile_model and device.type == "cpu":
-            compile_blocks(self.model)
-        elif compile_model:
-            self.net = torch.compile(self.net)
+            if device.type == "cpu":
+                compile_blocks(self.model)
+            else:
+                self.net = torch.compile(self.net)
         self.optimizer = self._make_optimizer()
         self.ema = {k: v.detach().clone() for k, v in self.model.named_parameters()}
         self.step_count = 0

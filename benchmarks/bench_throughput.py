@@ -11,7 +11,7 @@ which torch counts on CUDA only, counted on the CPU too) with their fraction of 
 written in the reference's block order (``reference_step``: the ``mlp_t`` block on transposed ``[B, D, L]`` boards,
 weights cast at every call) on the same weights, as a ratio. With ``--compile`` the forward and the training step are
 also timed under ``torch.compile`` (rows ``forward+c``, ``train+c``; the training step as ``train --compile`` runs
-it: on a CPU, the blocks where gradients flow), each in turn with its eager row. For attention, row ``attn-core``
+it: on a CPU, each block compiled), each in turn with its eager row. For attention, row ``attn-core``
 times the attention kernel alone (as often as a step calls it, same shapes) and ``fwd-bound`` is the forward's
 ceiling if everything but that kernel ran at the matmul rate. Timings alternate between the forwards and a dense
 matmul and report medians, so background load and clock changes hit them alike and each fraction compares the step

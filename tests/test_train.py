@@ -161,7 +161,7 @@ def test_cli_train_errors(tmp_path, capsys, monkeypatch):
     assert "C++ compiler" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("compiled", [False, True])  # the ranks' blocks compiled where gradients flow
+@pytest.mark.parametrize("compiled", [False, True])  # with --compile: each rank's blocks compiled
 def test_ddp_two_gloo_processes_match_one_process(tmp_path, compiled):
     single, multi = tmp_path / "single.pt", tmp_path / "ddp.pt"
     args = ["train", "--preset", "tiny", "--steps", "3", *CLI_FLAGS]
