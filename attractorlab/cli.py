@@ -250,6 +250,10 @@ def add_solve(p: argparse.ArgumentParser) -> None:
                    help="torch.compile the outer step after a compile of up to a minute (1.16x-1.17x the eager "
                    "speed of the shipped sizes on one CPU thread; needs a C++ compiler; results agree to float32 "
                    "rounding; not with --states cycles)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="replay the outer step from CUDA graphs recorded on buckets of rows, so that its many small "
+                   "kernels launch at once (CUDA only; with --compile the compiled step is recorded; not with "
+                   "--states cycles)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -321,7 +325,8 @@ def run_solve(args: argparse.Namespace) -> int:
               "states": {"mode": args.states, "stride": args.state_stride, "dtype": args.state_dtype,
                          "project": args.project, "updates": list(updates)},
               "data": args.data or f"generated:{args.difficulty}:{len(puzzles)}:seed{args.seed}",
-              "protocol": args.protocol or "attractorlab", "compile": args.compile}
+              "protocol": args.protocol or "attractorlab", "compile": args.compile,
+              **({"cuda_graphs": True} if args.cuda_graphs else {})}  # runs recorded before the flag still resume
     attrs = {"config_json": json.dumps(config, sort_keys=True), "checkpoint_path": os.path.abspath(args.checkpoint),
              "checkpoint_sha256": checkpoint.file_sha256(args.checkpoint)}
     out = args.out if dist_info.world == 1 else recording.shard_path(args.out, dist_info.rank, dist_info.world)
@@ -329,7 +334,8 @@ def run_solve(args: argparse.Namespace) -> int:
     try:
         summary = solve.solve_puzzles(model, puzzles, cfg, out, batch_size=args.batch_size, states=args.states,
                                 state_stride=args.state_stride, state_dtype=args.state_dtype, project=args.project,
-                                updates=updates, compile=args.compile, resume=args.resume,
+                                updates=updates, compile=args.compile, cuda_graphs=args.cuda_graphs,
+                                resume=args.resume,
                                 overwrite=args.overwrite, attrs=attrs,
                                 progress=args.progress and dist_info.main, rank=dist_info.rank,
                                 world=dist_info.world)

@@ -18,6 +18,7 @@ import torch
 
 from attractorlab import dynamics
 from attractorlab.errors import InputError
+from attractorlab.graphed import graphed_step
 from attractorlab.model import EquilibriumReasoner, LatentState, autocast
 from attractorlab.tasks import Task, get_task
 
@@ -342,7 +343,8 @@ def _grade(task: Task, answer: torch.Tensor, tok: torch.Tensor, sol: torch.Tenso
 def rollout(model: EquilibriumReasoner, tokens: torch.Tensor, solution: torch.Tensor | None, config: RolloutConfig,
             *, state_fn: Callable[[LatentState], torch.Tensor] | None = None, state_stride: int = 1,
             states: str = "none", updates: tuple[str, ...] | None = None,
-            on_step: Callable[[int, int], None] | None = None, compile: bool = False) -> RolloutResult:
+            on_step: Callable[[int, int], None] | None = None, compile: bool = False,
+            cuda_graphs: bool = False) -> RolloutResult:
     """Run ``n`` instances x ``B`` restarts for up to ``config.depth`` outer steps.
 
     tokens: ``[n, L]`` token encoding; solution: ``[n, L]`` labels in the task's answer encoding (0 = unknown) or
@@ -352,7 +354,8 @@ def rollout(model: EquilibriumReasoner, tokens: torch.Tensor, solution: torch.Te
     (default: stack of z_H, z_L).
     on_step(t, active_rows) is called after every outer step (progress reporting). ``compile`` runs the outer step
     under ``torch.compile`` (:meth:`EquilibriumReasoner.compiled_step`; not with ``states="cycles"``, whose capture
-    needs the eager step).
+    needs the eager step). ``cuda_graphs`` replays the outer step from CUDA graphs on buckets of rows
+    (:func:`attractorlab.graphed.graphed_step`; CUDA only, not with ``states="cycles"``).
     """
     device, cfg, task = model.device, config, get_task(model.config.task)
     n, b, T = tokens.shape[0], cfg.breadth, cfg.depth
@@ -365,7 +368,13 @@ def rollout(model: EquilibriumReasoner, tokens: torch.Tensor, solution: torch.Te
     by_attractor = cfg.select == "attractor" and b > 1
     ends = _Snapshots("final" if by_attractor else "none", 1, T, lambda s: s.flatten())
     halting = HALTING[cfg.halt]
-    step = model.compiled_step() if compile and states != "cycles" else model.step
+    if cuda_graphs:
+        if states == "cycles":
+            raise InputError("CUDA graphs replay whole outer steps: they cannot capture the states inside them "
+                             "(states='cycles')")
+        step = graphed_step(model, n * b, compile=compile)
+    else:
+        step = model.compiled_step() if compile and states != "cycles" else model.step
     with torch.inference_mode(), autocast(device):
         state = model.init_state(tok, generator=gen, restart_std=cfg.restart_std if b > 1 else None)
         x = model.embed(tok)

@@ -151,12 +151,13 @@ def solve_puzzles(model: EquilibriumReasoner, puzzles: PuzzleSet, config: Rollou
                   batch_size: int = 64, states: str = "none", state_stride: int = 1, state_dtype: str = "float16",
                   project: int = 0, updates: tuple[str, ...] | None = None, resume: bool = False,
                   overwrite: bool = False, attrs: dict | None = None,
-                  progress: bool = True, rank: int = 0, world: int = 1, compile: bool = False) -> SolveSummary:
+                  progress: bool = True, rank: int = 0, world: int = 1, compile: bool = False,
+                  cuda_graphs: bool = False) -> SolveSummary:
     """Roll out every instance (batch by batch) and append each finished batch to the run file ``out``.
 
     ``states``, ``state_stride``, ``state_dtype``, ``project`` and ``updates`` (the inner updates ``states="cycles"``
     keeps: names or patterns, default all) say which latent states the run file stores; ``compile`` runs the outer
-    step under ``torch.compile``."""
+    step under ``torch.compile``; ``cuda_graphs`` replays it from CUDA graphs (:mod:`attractorlab.graphed`)."""
     from tqdm import tqdm
 
     from attractorlab import recording  # h5py only when a run is actually solved
@@ -167,6 +168,11 @@ def solve_puzzles(model: EquilibriumReasoner, puzzles: PuzzleSet, config: Rollou
         raise InputError("no puzzles to solve (the data holds no rows)")
     if compile:
         require_compiler(model.device)
+    if cuda_graphs and model.device.type != "cuda":
+        raise InputError(f"CUDA graphs need a CUDA device; the model is on {model.device}")
+    if cuda_graphs and states == "cycles":
+        raise InputError("CUDA graphs replay whole outer steps: they cannot keep the states inside them "
+                         "(states='cycles')")
     task = get_task(model.config.task)
     task.check(puzzles)
     state_fn, shape, basis = _state_layout(model, project, config.seed)
@@ -196,7 +202,7 @@ def solve_puzzles(model: EquilibriumReasoner, puzzles: PuzzleSet, config: Rollou
             cfg = dataclasses.replace(config, seed=config.seed + index)
             res = rollout(model, torch.tensor(chunk.tokens, dtype=torch.long), torch.tensor(chunk.solution),
                           cfg, state_fn=state_fn, state_stride=state_stride, states=states, updates=updates,
-                          compile=compile)
+                          compile=compile, cuda_graphs=cuda_graphs)
             if writer is not None:
                 states_np = None if res.states is None else res.states.astype(state_dtype)
                 writer.append(chunk, res.as_dict(), states_np)

@@ -48,13 +48,19 @@ def throughput(model, puzzles, args) -> None:
     cfg = RolloutConfig(depth=args.depth, breadth=args.breadth, seed=args.seed)
     rows_steps = len(puzzles) * args.breadth * args.depth
     with tempfile.TemporaryDirectory() as tmp:
-        solve(model, puzzles[: args.batch_size], cfg, None, batch_size=args.batch_size, progress=False)  # warm-up
+        runs = [("rollout only", None, "none", False),
+                ("rollout + recording (no states)", os.path.join(tmp, "a.h5"), "none", False),
+                ("rollout + recording (--states all, float16)", os.path.join(tmp, "b.h5"), "all", False)]
+        if model.device.type == "cuda":
+            runs.append(("rollout only, CUDA graphs", None, "none", True))
+        for graphs in {run[3] for run in runs}:  # warm-up (records the graphs)
+            solve(model, puzzles[: args.batch_size], cfg, None, batch_size=args.batch_size, progress=False,
+                  cuda_graphs=graphs)
         timings = {}
-        for label, out, states in (("rollout only", None, "none"),
-                                   ("rollout + recording (no states)", os.path.join(tmp, "a.h5"), "none"),
-                                   ("rollout + recording (--states all, float16)", os.path.join(tmp, "b.h5"), "all")):
+        for label, out, states, graphs in runs:
             t0 = time.perf_counter()
-            solve(model, puzzles, cfg, out, batch_size=args.batch_size, states=states, progress=False)
+            solve(model, puzzles, cfg, out, batch_size=args.batch_size, states=states, progress=False,
+                  cuda_graphs=graphs)
             timings[label] = (time.perf_counter() - t0, out)
         base = timings["rollout only"][0]
         print(f"{len(puzzles)} puzzles x B{args.breadth} x T{args.depth} = {rows_steps} puzzle-steps, "

@@ -11,7 +11,8 @@ which torch counts on CUDA only, counted on the CPU too) with their fraction of 
 written in the reference's block order (``reference_step``: the ``mlp_t`` block on transposed ``[B, D, L]`` boards,
 weights cast at every call) on the same weights, as a ratio. With ``--compile`` the forward and the training step are
 also timed under ``torch.compile`` (rows ``forward+c``, ``train+c``; the training step as ``train --compile`` runs
-it: on a CPU, each block compiled), each in turn with its eager row. For attention, row ``attn-core``
+it: on a CPU, each block compiled), each in turn with its eager row. On CUDA, row ``forward+g`` replays the step from
+a CUDA graph (``rollout(cuda_graphs=True)``; ``forward+gc`` the compiled step's graph). For attention, row ``attn-core``
 times the attention kernel alone (as often as a step calls it, same shapes) and ``fwd-bound`` is the forward's
 ceiling if everything but that kernel ran at the matmul rate. Timings alternate between the forwards and a dense
 matmul and report medians, so background load and clock changes hit them alike and each fraction compares the step
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
+from attractorlab.graphed import BucketedStep
 from attractorlab.model import EquilibriumReasoner, LatentState, ReasonerConfig, pick_device, rope_tables, rotate_half
 from attractorlab.runtime import HUGE_PAGES, tune_cpu_memory
 from attractorlab.tasks import get_task
@@ -201,6 +203,12 @@ def measure(name: str, variant: str, settings: dict, args: argparse.Namespace, d
         if args.compile:
             compiled = model.compiled_step()
             forwards["forward+c"] = lambda: compiled(state, tokens, generator=gen, x=x)
+        if device.type == "cuda":  # the step replayed from a CUDA graph, as rollout(cuda_graphs=True) runs it
+            graphed = {"forward+g": BucketedStep(model, batch)}
+            if args.compile:
+                graphed["forward+gc"] = BucketedStep(model, batch, compile=True)
+            for key, step in graphed.items():
+                forwards[key] = functools.partial(step, state, tokens, generator=gen, x=x)
         parts = {} if cfg.mlp_t else {"attn-core": _attention_core(model, batch, x)}
         flops = _flops(forwards["forward"]) / batch
         for fn in (forwards | parts).values():
