@@ -403,7 +403,7 @@ def rollout(model: EquilibriumReasoner, tokens: torch.Tensor, solution: torch.Te
             if t == T - 1:
                 done = torch.ones_like(done)
             snaps.after_step(t + 1, state, active)
-            if done.any():
+            if (cfg.halt != "never" or t == T - 1) and done.any():  # fixed depth: no device sync per step
                 rec.steps[active[done]] = t + 1
                 snaps.halted(state, active, done)
                 ends.halted(state, active, done)

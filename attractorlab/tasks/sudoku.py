@@ -12,6 +12,7 @@ to the first solution; ``0`` means naked and hidden singles alone solve it.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Sequence
@@ -145,6 +146,13 @@ class PuzzleSet(base.PuzzleSet):
 # ----------------------------------------------------------------------------------------------- validity
 
 
+@functools.lru_cache(maxsize=8)
+def _device_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """:data:`_POW2` and :data:`_UNITS` on ``device``, copied there once (a copy per call would make every graded
+    rollout step wait for the GPU)."""
+    return torch.as_tensor(_POW2, device=device), torch.as_tensor(_UNITS, device=device)
+
+
 def is_valid_solution(puzzle: Any, grid: Any) -> Any:
     """True iff ``grid`` is a complete valid Sudoku grid that keeps every given of ``puzzle``.
 
@@ -169,8 +177,9 @@ def is_valid_solution(puzzle: Any, grid: Any) -> Any:
         )
     if is_torch:
         g, p = g.long(), p.long()
-        bits = torch.as_tensor(_POW2, device=g.device)[g.clamp(0, 10)]
-        ok = (bits[..., torch.as_tensor(_UNITS, device=g.device)].sum(-1) == 0x3FE).all(-1)
+        pow2, units = _device_tables(g.device)
+        bits = pow2[g.clamp(0, 10)]
+        ok = (bits[..., units].sum(-1) == 0x3FE).all(-1)
         return ok & ~((p >= 2) & (g != p - 1)).any(-1)
     if g.dtype.kind not in "iu" or p.dtype.kind not in "iu":
         raise InputError(f"puzzle and grid must be integer arrays, got {p.dtype} and {g.dtype}")
