@@ -23,6 +23,16 @@ from attractorlab.errors import InputError
 from attractorlab.model import EquilibriumReasoner, LatentState
 
 
+def require_cuda_graphs(device: torch.device, states: str = "none") -> None:
+    """An :class:`InputError` unless a rollout on ``device`` keeping ``states`` can replay CUDA graphs: they need a CUDA
+    device, and they replay whole outer steps, so the states inside them (``states="cycles"``) cannot be kept."""
+    if device.type != "cuda":
+        raise InputError(f"CUDA graphs need a CUDA device; the model is on {device}")
+    if states == "cycles":
+        raise InputError("CUDA graphs replay whole outer steps: they cannot keep the states inside them "
+                         "(states='cycles')")
+
+
 def bucket_sizes(rows: int, smallest: int = 8) -> list[int]:
     """Bucket sizes for a batch of ``rows``: powers of two from ``smallest`` below ``rows``, then ``rows`` itself,
     ascending (so the padding is less than half of any bucket above the smallest)."""
@@ -90,8 +100,8 @@ class BucketedStep:
     required; ``tokens`` is not read. ``compile`` runs :func:`torch.compile` of the step inside the buckets."""
 
     def __init__(self, model: EquilibriumReasoner, rows: int, *, capture: bool = True, compile: bool = False) -> None:
-        if capture and model.device.type != "cuda":
-            raise InputError(f"CUDA graphs need a CUDA device; the model is on {model.device}")
+        if capture:
+            require_cuda_graphs(model.device)
         self.model, self.sizes, self.capture = model, bucket_sizes(rows), capture
         self.step_fn = torch.compile(model.step, dynamic=True) if compile else model.step
         self.pool = torch.cuda.graph_pool_handle() if capture else None

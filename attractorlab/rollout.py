@@ -18,7 +18,7 @@ import torch
 
 from attractorlab import dynamics
 from attractorlab.errors import InputError
-from attractorlab.graphed import graphed_step
+from attractorlab.graphed import graphed_step, require_cuda_graphs
 from attractorlab.model import EquilibriumReasoner, LatentState, autocast
 from attractorlab.tasks import Task, get_task
 
@@ -369,9 +369,7 @@ def rollout(model: EquilibriumReasoner, tokens: torch.Tensor, solution: torch.Te
     ends = _Snapshots("final" if by_attractor else "none", 1, T, lambda s: s.flatten())
     halting = HALTING[cfg.halt]
     if cuda_graphs:
-        if states == "cycles":
-            raise InputError("CUDA graphs replay whole outer steps: they cannot capture the states inside them "
-                             "(states='cycles')")
+        require_cuda_graphs(device, states)
         step = graphed_step(model, n * b, compile=compile)
     else:
         step = model.compiled_step() if compile and states != "cycles" else model.step

@@ -16,6 +16,7 @@ import torch
 
 from attractorlab import reference
 from attractorlab.errors import InputError
+from attractorlab.graphed import require_cuda_graphs
 from attractorlab.model import EquilibriumReasoner, LatentState, require_compiler
 from attractorlab.rollout import RolloutConfig, RolloutResult, inner_updates, reference_score, rollout
 from attractorlab.tasks import PuzzleSet, Task, get_task
@@ -168,11 +169,8 @@ def solve_puzzles(model: EquilibriumReasoner, puzzles: PuzzleSet, config: Rollou
         raise InputError("no puzzles to solve (the data holds no rows)")
     if compile:
         require_compiler(model.device)
-    if cuda_graphs and model.device.type != "cuda":
-        raise InputError(f"CUDA graphs need a CUDA device; the model is on {model.device}")
-    if cuda_graphs and states == "cycles":
-        raise InputError("CUDA graphs replay whole outer steps: they cannot keep the states inside them "
-                         "(states='cycles')")
+    if cuda_graphs:
+        require_cuda_graphs(model.device, states)
     task = get_task(model.config.task)
     task.check(puzzles)
     state_fn, shape, basis = _state_layout(model, project, config.seed)

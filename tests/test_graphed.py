@@ -65,6 +65,7 @@ def test_rollout_through_buckets_agrees_with_the_eager_one(monkeypatch):
         return built[-1]
 
     monkeypatch.setattr("attractorlab.rollout.graphed_step", uncaptured)
+    monkeypatch.setattr("attractorlab.rollout.require_cuda_graphs", lambda device, states: None)
     eager, ours = rollout(model, tok, sol, cfg), rollout(model, tok, sol, cfg, cuda_graphs=True)
     assert len(set(eager.steps.ravel())) > 1  # rows left the batch at different steps
     assert len(built[0].buckets) > 1  # and the rollout moved down the buckets
@@ -78,8 +79,10 @@ def test_cuda_graphs_refuse_a_cpu_model_and_inner_states():
     tok = torch.as_tensor(sudoku.generate(1, seed=0, difficulty="singles").tokens, dtype=torch.long)
     with pytest.raises(InputError, match="CUDA device"):
         graphed.graphed_step(model, 4)
+    with pytest.raises(InputError, match="CUDA device"):
+        rollout(model, tok, None, RolloutConfig(depth=2), cuda_graphs=True)
     with pytest.raises(InputError, match="cycles"):
-        rollout(model, tok, None, RolloutConfig(depth=2), states="cycles", cuda_graphs=True)
+        graphed.require_cuda_graphs(torch.device("cuda"), "cycles")
     with pytest.raises(InputError, match="on_update"):
         BucketedStep(model, 4, capture=False)(model.init_state(tok), tok, x=model.embed(tok), on_update=print)
 
