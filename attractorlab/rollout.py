@@ -332,6 +332,17 @@ class _Records:
         return out
 
 
+def relative_change(new: LatentState, old: LatentState) -> torch.Tensor:
+    """``||new - old|| / ||new||`` per row over both streams ``[rows]`` (float32): the norms of the concatenated
+    flat states, taken stream by stream (no copy of the two into one)."""
+    def norms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.linalg.vector_norm(a.float(), dim=(1, 2)),
+                            torch.linalg.vector_norm(b.float(), dim=(1, 2))]).norm(dim=0)
+
+    change = norms(new.z_H - old.z_H, new.z_L - old.z_L)
+    return change / norms(new.z_H, new.z_L).clamp_min(1e-30)
+
+
 def _grade(task: Task, answer: torch.Tensor, tok: torch.Tensor, sol: torch.Tensor | None) -> dict[str, torch.Tensor]:
     valid = task.is_valid(tok, answer)
     if sol is None:
@@ -384,11 +395,10 @@ def rollout(model: EquilibriumReasoner, tokens: torch.Tensor, solution: torch.Te
         ends.start(state)
         compute = 0
         for t in range(T):
-            flat_prev = state.flatten()
+            prev = state
             state = step(state, tok[active], noise=cfg.noise, generator=gen, x=x, on_update=snaps.inside(t + 1, active))
             compute += int(active.numel())
-            flat = state.flatten()
-            res = (flat - flat_prev).float().norm(dim=1) / flat.float().norm(dim=1).clamp_min(1e-30)
+            res = relative_change(state, prev)
             logits, q = model.readout(state)
             logits = logits.float()
             delta = logits - prev_logits

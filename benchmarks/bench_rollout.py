@@ -73,19 +73,33 @@ def throughput(model, puzzles, args) -> None:
 
 
 def batching(model, puzzles, args) -> None:
-    """Puzzle-steps per second against rows per batch (puzzles x breadth), side by side in one run: on a CPU the
-    rows that fit in cache run fastest, on a GPU the largest batch."""
+    """Puzzle-steps per second against rows per batch (puzzles x breadth), side by side in one run. On a CPU each
+    batch also runs with its layers in one pass over all rows (``model.row_chunk_bytes = 0``) beside the default
+    (chunks of ``model.row_chunk(rows)`` boards for large batches), in turn, and the two must give the same
+    answers."""
     tok = torch.as_tensor(puzzles.tokens, dtype=torch.long)
     rollout(model, tok[:4], None, RolloutConfig(depth=1, seed=args.seed))  # warm-up
-    print(f"depth {args.depth}, {model.device}, {torch.get_num_threads()} threads")
+    chunked = model.row_chunk_bytes
+    passes = {"chunks": chunked, "one pass": 0} if model.device.type == "cpu" else {"": chunked}
+    print(f"depth {args.depth}, {model.device}, {torch.get_num_threads()} threads"
+          + (f", chunks of {model.row_chunk(1 << 30)} boards above {8 * model.row_chunk(1 << 30)} rows"
+             if len(passes) > 1 else ""))
     for rows in (int(r) for r in args.rows.split(",")):
         n = min(rows, len(puzzles))
         breadth = max(1, rows // n)
-        t0 = time.perf_counter()
-        rollout(model, tok[:n], None, RolloutConfig(depth=args.depth, breadth=breadth, seed=args.seed))
-        sec = time.perf_counter() - t0
-        print(f"  {n * breadth:>6} rows ({n} puzzles x breadth {breadth}): {n * breadth * args.depth / sec:8.1f} "
-              f"puzzle-steps/s")
+        rates, answers = {}, {}
+        for label, chunk_bytes in passes.items():
+            model.row_chunk_bytes = chunk_bytes
+            t0 = time.perf_counter()
+            res = rollout(model, tok[:n], None, RolloutConfig(depth=args.depth, breadth=breadth, seed=args.seed))
+            rates[label] = n * breadth * args.depth / (time.perf_counter() - t0)
+            answers[label] = res.pred
+        model.row_chunk_bytes = chunked
+        line = "  ".join(f"{label} {rate:8.1f}" for label, rate in rates.items())
+        if len(passes) > 1:
+            same = np.array_equal(answers["chunks"], answers["one pass"])
+            line += f"  ({rates['chunks'] / rates['one pass']:.2f}x, {'same' if same else 'DIFFERENT'} answers)"
+        print(f"  {n * breadth:>6} rows ({n} puzzles x breadth {breadth}): puzzle-steps/s {line}")
 
 
 def adaptive(model, puzzles, args) -> None:

@@ -64,7 +64,8 @@ def test_rollout_benchmarks_print_their_tables(capsys, tmp_path):
     assert "fixed depth" in out and plot.stat().st_size > 0
     bench.main(["batching", "--n", "2", "--depth", "2", "--rows", "1,4"])
     out = capsys.readouterr().out
-    assert re.search(r"4 rows \(2 puzzles x breadth 2\):\s+[\d.]+ puzzle-steps/s", out), out
+    assert re.search(r"4 rows \(2 puzzles x breadth 2\): puzzle-steps/s chunks\s+[\d.]+\s+one pass\s+[\d.]+\s+"
+                     r"\([\d.]+x, same answers\)", out), out
     bench.main(["throughput", "--n", "2", "--depth", "2", "--batch-size", "2"])
     out = capsys.readouterr().out
     assert "puzzle-steps/s" in out and "--states all" in out

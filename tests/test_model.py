@@ -276,3 +276,33 @@ def test_rope_gather_equals_explicit_rotate_half_bit_for_bit(pos):
     parts = (slice(0, 8), slice(8, 16)) if pos == "rope2d" else (slice(0, 16),)
     want = torch.cat([x[..., p] * cos[..., p] + rotate_half(x[..., p]) * sin[..., p] for p in parts], -1)
     assert torch.equal(Attention(c)._rope(x), want)
+
+
+@pytest.mark.parametrize("mlp_t,pos", [(True, "rope"), (False, "rope2d")])
+def test_layers_on_chunks_of_boards_give_the_one_pass_numbers(mlp_t, pos):
+    model = EquilibriumReasoner(tiny_config(mlp_t=mlp_t, pos_encodings=pos)).eval()
+    c = model.config
+    widest = max(c.seq_len * 2 * swiglu_width(c.hidden_size, c.expansion),
+                 (2 * swiglu_width(c.seq_len, c.expansion) if mlp_t else 3 * c.seq_len) * c.hidden_size)
+    model.row_chunk_bytes = 2 * widest * 4  # 2 boards a chunk: 17 rows (more than 8 chunks) run as 8 x 2 + 1
+    assert model.row_chunk(17) == 2 and model.row_chunk(16) == 16  # 8 chunks' worth or less: one pass
+    tok = tokens(17, seed=1)
+    state = model.init_state(tok, generator=torch.Generator().manual_seed(2))
+    steps = {}
+    for chunk_bytes in (model.row_chunk_bytes, 0):
+        model.row_chunk_bytes = chunk_bytes
+        with torch.inference_mode():
+            steps[chunk_bytes] = model.step(state, tok, generator=torch.Generator().manual_seed(3))
+    chunked, one_pass = steps.values()
+    torch.testing.assert_close(chunked.z_H, one_pass.z_H, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(chunked.z_L, one_pass.z_L, rtol=1e-6, atol=1e-6)
+
+
+def test_row_chunks_keep_a_block_within_the_budget():
+    shipped = EquilibriumReasoner(ReasonerConfig(hidden_size=128, expansion=2.0, L_layers=2, H_cycles=2, L_cycles=3))
+    assert shipped.row_chunk(1024) == (4 << 20) // (2 * 256 * 128 * 4)  # 16 boards of the [512, 128] gate-up rows
+    assert shipped.row_chunk(128) == 128 and shipped.row_chunk(129) == 16
+    maze = EquilibriumReasoner(ReasonerConfig(task="maze", mlp_t=False, hidden_size=128, num_heads=8, L_layers=1))
+    assert maze.row_chunk(64) == 1  # 900 cells: one board at a time
+    shipped.row_chunk_bytes = 0
+    assert shipped.row_chunk(1024) == 1024

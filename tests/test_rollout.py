@@ -6,10 +6,11 @@ import torch
 
 from attractorlab import checkpoint, recording, sudoku
 from attractorlab.cli import DEFAULT_CHECKPOINT, main
-from attractorlab.model import EquilibriumReasoner, ReasonerConfig
+from attractorlab.model import EquilibriumReasoner, LatentState, ReasonerConfig
 from attractorlab.rollout import (
     RolloutConfig,
     convergence_score,
+    relative_change,
     rollout,
     select_by_attractor,
     select_lowest_score,
@@ -318,3 +319,12 @@ def test_reference_protocol_on_an_exported_reference_split(tmp_path, capsys):
         assert run.config["rollout"]["select"] == "reference" and run.config["rollout"]["full_vocab"]
         final = run.rollout.correct[:, :, -1]
         assert f"exact_accuracy                   {final.mean():.4f}" in text  # mean pass rate over all rows
+
+
+def test_relative_change_is_that_of_the_flat_states():
+    g = torch.Generator().manual_seed(0)
+    old = LatentState(torch.randn(5, 81, 16, generator=g), torch.randn(5, 81, 16, generator=g))
+    new = LatentState(old.z_H + 0.1 * torch.randn(5, 81, 16, generator=g), 2 * old.z_L)
+    flat_new, flat_old = new.flatten(), old.flatten()
+    expect = (flat_new - flat_old).norm(dim=1) / flat_new.norm(dim=1)
+    torch.testing.assert_close(relative_change(new, old), expect, rtol=1e-6, atol=0)
