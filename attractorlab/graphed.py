@@ -55,8 +55,7 @@ class _Bucket:
         shape = (rows, c.seq_len, c.hidden_size)
         options = {"device": model.device, "dtype": model.state_dtype}
         self.z_H, self.z_L, self.x = (torch.zeros(shape, **options) for _ in range(3))
-        n = c.H_cycles * (c.L_cycles + 1)
-        self.eps = [torch.zeros(shape, **options) for _ in range(n)] if noisy else None
+        self.eps = [torch.zeros(shape, **options) for _ in model.update_names()] if noisy else None
         self.step_fn, self.graph = step_fn, None
         if capture:  # warm up on a side stream (allocator, lazy inits, compiled kernels), then record
             device = model.device

@@ -407,8 +407,8 @@ class EquilibriumReasoner(nn.Module):
         """The damped, noisy update of one stream: (1 - lambda) z + lambda layers(z + injection) + noise (drawn
         from ``generator``, or ``eps`` when it was drawn beforehand)."""
         h = z + injection
-        cached = h.device.type == "cpu" and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-        chunk = self.row_chunk(h.shape[0]) if cached else h.shape[0]
+        chunkable = h.device.type == "cpu" and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        chunk = self.row_chunk(h.shape[0]) if chunkable else h.shape[0]
         if chunk < h.shape[0]:  # the layers on chunks of boards, so that their activations stay in cache
             out = torch.empty_like(h)
             for part, dst in zip(h.split(chunk), out.split(chunk), strict=True):
@@ -429,16 +429,21 @@ class EquilibriumReasoner(nn.Module):
             h = layer(h)
         return h
 
-    def row_chunk(self, rows: int) -> int:
-        """Boards per chunk when :meth:`module` runs its layers on ``rows`` boards chunk by chunk (on a CPU, without
-        autograd): as many as keep the widest activation of a block (the gate-up projection of a SwiGLU, or
-        attention's q, k, v) within ``row_chunk_bytes`` (:data:`ROW_CHUNK_BYTES`), or all ``rows`` (one pass) while
-        they fit in 8 such chunks (they stay in a large last-level cache then; measured no gain from chunks there)
-        or when ``row_chunk_bytes`` is 0. Every operation acts on one board, so the chunks give the same numbers."""
+    @property
+    def chunk_boards(self) -> int:
+        """Boards in a chunk of :meth:`row_chunk`: as many as keep the widest activation of a block (the gate-up
+        projection of a SwiGLU, or attention's q, k, v) within ``row_chunk_bytes`` (:data:`ROW_CHUNK_BYTES`)."""
         c = self.config
         mixing = 2 * swiglu_width(c.seq_len, c.expansion) if c.mlp_t else 3 * c.seq_len
         widest = max(c.seq_len * 2 * swiglu_width(c.hidden_size, c.expansion), mixing * c.hidden_size)
-        chunk = max(1, self.row_chunk_bytes // (widest * self.state_dtype.itemsize))
+        return max(1, self.row_chunk_bytes // (widest * self.state_dtype.itemsize))
+
+    def row_chunk(self, rows: int) -> int:
+        """Boards per chunk when :meth:`module` runs its layers on ``rows`` boards chunk by chunk (on a CPU, without
+        autograd): :attr:`chunk_boards`, or all ``rows`` (one pass) while they fit in 8 chunks (they stay in a large
+        last-level cache then; chunks measured no gain there) or when ``row_chunk_bytes`` is 0. Every operation acts
+        on one board, so the chunks give the same numbers."""
+        chunk = self.chunk_boards
         return chunk if self.row_chunk_bytes and rows > 8 * chunk else rows
 
     def draw_noise(self, state: LatentState, generator: torch.Generator | None) -> list[torch.Tensor]:

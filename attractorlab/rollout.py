@@ -336,8 +336,8 @@ def relative_change(new: LatentState, old: LatentState) -> torch.Tensor:
     """``||new - old|| / ||new||`` per row over both streams ``[rows]`` (float32): the norms of the concatenated
     flat states, taken stream by stream (no copy of the two into one)."""
     def norms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.stack([torch.linalg.vector_norm(a.float(), dim=(1, 2)),
-                            torch.linalg.vector_norm(b.float(), dim=(1, 2))]).norm(dim=0)
+        return torch.hypot(torch.linalg.vector_norm(a.float(), dim=(1, 2)),
+                           torch.linalg.vector_norm(b.float(), dim=(1, 2)))
 
     change = norms(new.z_H - old.z_H, new.z_L - old.z_L)
     return change / norms(new.z_H, new.z_L).clamp_min(1e-30)

@@ -82,8 +82,7 @@ def batching(model, puzzles, args) -> None:
     chunked = model.row_chunk_bytes
     passes = {"chunks": chunked, "one pass": 0} if model.device.type == "cpu" else {"": chunked}
     print(f"depth {args.depth}, {model.device}, {torch.get_num_threads()} threads"
-          + (f", chunks of {model.row_chunk(1 << 30)} boards above {8 * model.row_chunk(1 << 30)} rows"
-             if len(passes) > 1 else ""))
+          + (f", chunks of {model.chunk_boards} boards above {8 * model.chunk_boards} rows" if len(passes) > 1 else ""))
     for rows in (int(r) for r in args.rows.split(",")):
         n = min(rows, len(puzzles))
         breadth = max(1, rows // n)
