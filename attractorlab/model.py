@@ -280,8 +280,22 @@ def rope_tables(head_dim: int, seq_len: int, theta: float,
     return angles.cos(), angles.sin()
 
 
+def rope_pair_order(head_dim: int, parts: int) -> torch.Tensor:
+    """The head dimensions in pair order: ``[head_dim]`` indices that put the two members of each RoPE pair side by
+    side. Rotating half rotates dims ``i`` and ``i + half`` of each rotated part (the whole head, or each half of it
+    for 2-D RoPE) together; in pair order they are dims ``2 j`` and ``2 j + 1``, so a rotation is a complex product."""
+    half = head_dim // (2 * parts)
+    order = [p * 2 * half + i + h * half for p in range(parts) for i in range(half) for h in (0, 1)]
+    return torch.tensor(order)
+
+
 class Attention(nn.Module):
-    """Non-causal multi-head self-attention with (1-D or 2-D) rotary position embeddings."""
+    """Non-causal multi-head self-attention with (1-D or 2-D) rotary position embeddings.
+
+    Queries and keys are computed in pair order (:func:`rope_pair_order`: the rows of ``qkv_proj`` for them gathered
+    head by head at each call; the stored weights keep the reference layout). Attention scores are sums over a head's
+    dimensions, so the order changes nothing but the order of that sum; it lets RoPE run as one complex product.
+    """
 
     def __init__(self, config: ReasonerConfig) -> None:
         super().__init__()
@@ -291,35 +305,41 @@ class Attention(nn.Module):
         self.qkv_proj = Linear(config.hidden_size, 3 * config.hidden_size)
         self.o_proj = Linear(config.hidden_size, config.hidden_size)
         if config.pos_encodings == "none":
-            self.cos = self.sin_rot = None
+            self.cos = self.sin_rot = self.qkv_order = None
         else:
             board = (config.board_height, config.board_width) if self.two_d else None
             cos, sin = rope_tables(self.head_dim, config.seq_len, config.rope_theta, board)
-            # rotate_half(p) = (-p2, p1) for each rotated part p (the head, or each half of it for 2-D RoPE)
-            self.rope_parts = 2 if self.two_d else 1
-            sign = torch.tensor([-1.0, 1.0]).repeat_interleave(self.head_dim // (2 * self.rope_parts))
-            self.register_buffer("cos", cos, persistent=False)
-            self.register_buffer("sin_rot", sin * sign.repeat(self.rope_parts), persistent=False)
+            order = rope_pair_order(self.head_dim, 2 if self.two_d else 1)
+            # in pair order, rotate_half(p) of a pair (a, b) is (-b, a): its sign folded into the stored sin table
+            sign = torch.tensor([-1.0, 1.0]).repeat(self.head_dim // 2)
+            self.register_buffer("cos", cos[:, order], persistent=False)  # [L, head_dim], pair order
+            self.register_buffer("sin_rot", sin[:, order] * sign, persistent=False)
+            rows = torch.arange(3 * config.hidden_size).view(3, self.num_heads, self.head_dim)
+            rows[:2] = rows[:2, :, order]
+            self.register_buffer("qkv_order", rows.flatten(), persistent=False)
 
-    def _rope(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [..., L, head_dim] (heads first: queries and keys together) -> ``x * cos + rotate_half(x) * sin``,
-        rotating the whole head (1-D RoPE) or each half of it (2-D): the halves of each rotated part swap places in
-        one copy, their signs folded into the stored sin table (the same numbers as rotating explicitly)."""
-        if self.cos is None:
-            return x
-        xf = x.float()
-        parts = xf.unflatten(-1, (self.rope_parts, 2, -1))
-        swapped = torch.stack((parts[..., 1, :], parts[..., 0, :]), dim=-2).flatten(-3)
-        return (xf * self.cos + swapped * self.sin_rot).to(x.dtype)
+    def _rope(self, qk: torch.Tensor) -> torch.Tensor:
+        """qk: ``[B, L, 2, H, head_dim]`` queries and keys in pair order -> ``x * cos + rotate_half(x) * sin`` for
+        each of them, in pair order. In eager float32 (or float64) it is one complex product per pair; otherwise (bf16,
+        or under ``torch.compile``, which does not generate complex kernels) the same products in float32 reals."""
+        cos, sin_rot = self.cos[:, None, None], self.sin_rot[:, None, None]
+        if qk.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling():
+            rot = torch.complex(cos[..., 0::2].to(qk.dtype), sin_rot[..., 1::2].to(qk.dtype))
+            return torch.view_as_real(torch.view_as_complex(qk.unflatten(-1, (-1, 2))) * rot).flatten(-2)
+        x = qk.float()
+        swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+        return (x * cos + swapped * sin_rot).to(qk.dtype)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        """``x + attention(x)`` for ``x [B, L, D]``. Queries, keys and values are laid out heads first
-        (``[3, B, H, L, head_dim]``, one copy) so that RoPE runs on contiguous rows and the attention kernel gets
-        contiguous inputs; the residual is added inside the output projection."""
+        """``x + attention(x)`` for ``x [B, L, D]``. RoPE writes the rotated queries and keys cells first in one pass;
+        the attention kernel takes heads-first views of them and of the values (no layout copies), and the residual is
+        added inside the output projection."""
         b, n, d = x.shape
-        qkv = self.qkv_proj(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).contiguous()
-        q, k = self._rope(qkv[:2]).unbind(0)
-        y = F.scaled_dot_product_attention(q, k, qkv[2]).transpose(1, 2)  # [B, L, H, head_dim]
+        w = self.qkv_proj.weight if self.qkv_order is None else self.qkv_proj.weight[self.qkv_order]
+        qkv = F.linear(x, w.to(x.dtype)).view(b, n, 3, self.num_heads, self.head_dim)
+        qk = qkv[:, :, :2] if self.cos is None else self._rope(qkv[:, :, :2])
+        q, k, v = (t.transpose(1, 2) for t in (*qk.unbind(2), qkv[:, :, 2]))  # [B, H, L, head_dim]
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # [B, L, H, head_dim]
         return add_projected(x, y.reshape(b, n, d), self.o_proj)
 
 

@@ -266,8 +266,9 @@ def test_noise_drawn_ahead_is_the_noise_the_step_draws(hierarchical):
 
 
 @pytest.mark.parametrize("pos", ["rope", "rope2d"])
-def test_rope_gather_equals_explicit_rotate_half_bit_for_bit(pos):
-    from attractorlab.model import Attention, rope_tables, rotate_half
+@pytest.mark.parametrize("path", ["complex", "reals"])
+def test_rope_in_pair_order_equals_explicit_rotate_half_bit_for_bit(pos, path, monkeypatch):
+    from attractorlab.model import Attention, rope_pair_order, rope_tables, rotate_half
 
     c = ReasonerConfig(task="maze11", mlp_t=False, pos_encodings=pos, hidden_size=64, num_heads=4)
     x = torch.randn(2, 3, 4, c.seq_len, 16, generator=torch.Generator().manual_seed(0))  # [q/k, B, H, L, head_dim]
@@ -275,7 +276,34 @@ def test_rope_gather_equals_explicit_rotate_half_bit_for_bit(pos):
     cos, sin = rope_tables(16, c.seq_len, c.rope_theta, board)
     parts = (slice(0, 8), slice(8, 16)) if pos == "rope2d" else (slice(0, 16),)
     want = torch.cat([x[..., p] * cos[..., p] + rotate_half(x[..., p]) * sin[..., p] for p in parts], -1)
-    assert torch.equal(Attention(c)._rope(x), want)
+    order = rope_pair_order(16, len(parts))
+    assert sorted(order.tolist()) == list(range(16)) and not torch.equal(order, torch.arange(16))
+    if path == "reals":  # the branch bf16 and torch.compile take
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    got = Attention(c)._rope(x[..., order].permute(1, 3, 0, 2, 4)).permute(2, 0, 3, 1, 4)  # via [B, L, 2, H, hd]
+    assert torch.equal(got[..., order.argsort()], want)
+
+
+def test_attention_in_pair_order_keeps_the_reference_weights_and_scores():
+    from attractorlab.model import Attention, rope_tables, rotate_half
+
+    c = ReasonerConfig(task="maze11", mlp_t=False, pos_encodings="rope2d", hidden_size=64, num_heads=4)
+    attn = Attention(c)
+    x = torch.randn(3, c.seq_len, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = attn.residual(x)
+        attn.qkv_order = torch.arange(3 * 64)  # the stored (reference) row order: RoPE on it would pair wrong dims
+        wrong = attn.residual(x)
+    b, n, h, hd = 3, c.seq_len, 4, 16
+    qkv = F.linear(x, attn.qkv_proj.weight).view(b, n, 3, h, hd).permute(2, 0, 3, 1, 4)  # [3, B, H, L, hd]
+    cos, sin = rope_tables(hd, n, c.rope_theta, (c.board_height, c.board_width))
+    halves = (slice(0, 8), slice(8, 16))
+    q, k = (torch.cat([t[..., p] * cos[..., p] + rotate_half(t[..., p]) * sin[..., p] for p in halves], -1)
+            for t in qkv[:2])
+    y = torch.softmax(q @ k.mT / math.sqrt(hd), -1) @ qkv[2]
+    want = x + F.linear(y.transpose(1, 2).reshape(b, n, 64), attn.o_proj.weight)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(wrong, want, rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("mlp_t,pos", [(True, "rope"), (False, "rope2d")])
