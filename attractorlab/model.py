@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from attractorlab.errors import InputError
 from attractorlab.tasks import get_task
@@ -536,7 +537,10 @@ class EquilibriumReasoner(nn.Module):
         """The deterministic outer step as a flat map ``F: [N, 2 L D] -> [N, 2 L D]`` for the dynamics tools.
 
         tokens: ``[1, L]`` (one puzzle, broadcast over N) or ``[N, L]``. Noise is off and the full graph is kept
-        (also in training mode), so F is a pure function whose Jacobian covers the whole outer step.
+        (also in training mode), so F is a pure function whose Jacobian covers the whole outer step. Attention runs
+        on the math kernel of ``scaled_dot_product_attention`` inside F: the fused kernels have no forward-mode or
+        second derivatives (Jacobian-vector products and ``Linearization``), the math kernel is plain matmuls and a
+        softmax.
         """
         x_fixed = self.embed(tokens.to(self.device)).detach()
         seq_len, hidden = self.config.seq_len, self.config.hidden_size
@@ -548,7 +552,8 @@ class EquilibriumReasoner(nn.Module):
             state = LatentState.unflatten(z, seq_len, hidden)
             x = x_fixed.expand(z.shape[0], -1, -1) if x_fixed.shape[0] == 1 else x_fixed
             kwargs = {"noise": False, "x": x.to(z.dtype), "grad_last_only": False}
-            return torch.func.functional_call(self, weights, (state, tokens), kwargs).flatten()
+            with sdpa_kernel(SDPBackend.MATH):
+                return torch.func.functional_call(self, weights, (state, tokens), kwargs).flatten()
 
         return step_map
 

@@ -214,6 +214,24 @@ def test_as_map_keeps_the_full_jacobian_in_training_mode():
     torch.testing.assert_close(jv_train, jv_eval)
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script.* is deprecated:DeprecationWarning")  # torch's own jvp
+def test_jacobian_products_of_an_attention_model_match_finite_differences():
+    from attractorlab.dynamics import Linearization
+
+    torch.manual_seed(0)  # the fused CPU attention kernel has neither forward-mode nor second derivatives
+    model = EquilibriumReasoner(tiny_config(mlp_t=False, pos_encodings="rope2d", H_cycles=1, L_cycles=1)).double()
+    f = model.as_map(tokens(1))
+    z = model.init_state(tokens(2), generator=torch.Generator().manual_seed(0)).flatten()
+    v, u = torch.randn_like(z), torch.randn_like(z)
+    _, jv = torch.func.jvp(f, (z,), (v,))
+    lin = Linearization(f, z, double_backward=True)
+    torch.testing.assert_close(lin.matvec(v), jv, rtol=1e-7, atol=1e-9)  # two exact derivatives, rounding apart
+    torch.testing.assert_close((lin.rmatvec(u) * v).sum(), (u * jv).sum())
+    h = 1e-3  # the norms run in float32 (as in the reference), so differences need a wide step
+    numeric = (f(z + h * v) - f(z - h * v)) / (2 * h)
+    assert (jv - numeric).norm() < 1e-3 * numeric.norm()
+
+
 def test_bfloat16_forward_carries_the_state_in_bf16_and_stays_close_to_float32():
     torch.manual_seed(0)
     cfg = tiny_config(H_cycles=2)
