@@ -470,9 +470,9 @@ class EquilibriumReasoner(nn.Module):
     def draw_noise(self, state: LatentState, generator: torch.Generator | None) -> list[torch.Tensor]:
         """The path noise of one outer step drawn ahead, one tensor per module application in order: exactly the
         numbers :meth:`step` would draw from ``generator`` itself (so a compiled step needs no RNG call inside)."""
-        n = self.config.H_cycles * (self.config.L_cycles + 1)
         z = state.z_H
-        return [torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator) for _ in range(n)]
+        return [torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
+                for _ in self.update_names()]
 
     def update_names(self) -> list[str]:
         """:func:`update_names` of this model's cycles."""

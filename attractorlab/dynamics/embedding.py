@@ -8,7 +8,9 @@ attributes end in ``_``, bad input raises ``ValueError``. ``X`` is a numpy array
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -37,6 +39,17 @@ def _as_matrix(X, name: str = "X") -> tuple[np.ndarray, tuple[int, ...]]:
     if not np.isfinite(X).all():
         raise ValueError(f"{name} contains NaN or inf")
     return X, lead
+
+
+@contextlib.contextmanager
+def _torch_threads_kept() -> Iterator[None]:
+    """Restore torch's intra-op thread count on exit: UMAP's numba kernels set the OpenMP runtime that torch shares
+    to every core (a caller's ``torch.set_num_threads(1)`` came back as 2 on a 2-core machine)."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _check_n_components(n_components: int) -> None:
@@ -156,7 +169,8 @@ class UMAPEmbedder:
             n_jobs=1,
             **self.umap_kwargs,
         )
-        self.embedding_ = self.umap_.fit_transform(self._reduce(Xf))
+        with _torch_threads_kept():
+            self.embedding_ = self.umap_.fit_transform(self._reduce(Xf))
         self.n_features_in_ = X.shape[1]
         return self.embedding_
 
@@ -172,7 +186,9 @@ class UMAPEmbedder:
         X, lead = _as_matrix(X)
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} features, the embedder was fitted on {self.n_features_in_}")
-        return np.asarray(self.umap_.transform(self._reduce(X))).reshape(*lead, self.n_components)
+        with _torch_threads_kept():
+            placed = self.umap_.transform(self._reduce(X))
+        return np.asarray(placed).reshape(*lead, self.n_components)
 
     def fit_transform(self, X) -> np.ndarray:
         """Fit on a subsample of ``X [..., d]``; fitted rows keep their embedding, others are transformed."""
@@ -182,7 +198,8 @@ class UMAPEmbedder:
         out[self.fit_indices_] = fitted
         rest = np.setdiff1d(np.arange(X.shape[0]), self.fit_indices_)
         if rest.size:
-            out[rest] = self.umap_.transform(self._reduce(X[rest]))
+            with _torch_threads_kept():
+                out[rest] = self.umap_.transform(self._reduce(X[rest]))
         return out.reshape(*lead, self.n_components)
 
 
