@@ -140,6 +140,11 @@ class UMAPEmbedder:
     def _reduce(self, X: np.ndarray) -> np.ndarray:
         return X if self.pca_ is None else self.pca_.transform(X)
 
+    def _place(self, X: np.ndarray) -> np.ndarray:
+        """``X [N, d]`` placed in the fitted embedding, ``[N, n_components]``."""
+        with _torch_threads_kept():
+            return np.asarray(self.umap_.transform(self._reduce(X)))
+
     def _fit(self, X: np.ndarray) -> np.ndarray:
         _check_n_components(self.n_components)
         if not isinstance(self.max_fit, int) or self.max_fit < 2:
@@ -186,9 +191,7 @@ class UMAPEmbedder:
         X, lead = _as_matrix(X)
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} features, the embedder was fitted on {self.n_features_in_}")
-        with _torch_threads_kept():
-            placed = self.umap_.transform(self._reduce(X))
-        return np.asarray(placed).reshape(*lead, self.n_components)
+        return self._place(X).reshape(*lead, self.n_components)
 
     def fit_transform(self, X) -> np.ndarray:
         """Fit on a subsample of ``X [..., d]``; fitted rows keep their embedding, others are transformed."""
@@ -198,8 +201,7 @@ class UMAPEmbedder:
         out[self.fit_indices_] = fitted
         rest = np.setdiff1d(np.arange(X.shape[0]), self.fit_indices_)
         if rest.size:
-            with _torch_threads_kept():
-                out[rest] = self.umap_.transform(self._reduce(X[rest]))
+            out[rest] = self._place(X[rest])
         return out.reshape(*lead, self.n_components)
 
 
