@@ -94,6 +94,9 @@ class AnalyzeOptions:
                      "basin_samples", "grid", "max_steps", "max_embed"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.basin_samples < 3:
+            raise InputError(f"basin_samples must be >= 3 (the basin map's plane passes through three of them), "
+                             f"got {self.basin_samples}")
         if self.restart_std is not None and not self.restart_std > 0:
             raise InputError(f"restart_std must be > 0, got {self.restart_std!r}")
         if self.embed_method not in ("pca", "umap"):
@@ -458,9 +461,10 @@ def resolve_checkpoint(run: recording.Run, given: str | None) -> str | None:
     path = given or run.attrs.get("checkpoint_path")
     if not path:
         return None
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
         if given:
-            raise InputError(f"checkpoint not found: {given}")
+            raise InputError(f"{given} is a directory, not a checkpoint file" if os.path.isdir(given)
+                             else f"checkpoint not found: {given}")
         return None
     expected = run.attrs.get("checkpoint_sha256")
     if expected and ckpt.file_sha256(path) != expected:
@@ -515,6 +519,10 @@ def analyze(run_path: str, *, checkpoint: str | None = None, only: list[str] | N
                 continue
             if name == "probes" and (run.states.mode != "all"):
                 skip(name, "probes need states at every recorded step (solve with --states all)")
+                continue
+            if name == "probes" and run.n < probing.N_SPLITS:
+                skip(name, f"probes are cross-validated over puzzles: they need at least {probing.N_SPLITS} "
+                     f"puzzles, the run has {run.n}")
                 continue
             if name in ("end_states", "lyapunov") and not (run.has_states and run.states.projection is None
                                                            and _ends_stored(run)):

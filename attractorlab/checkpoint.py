@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from attractorlab import reference
-from attractorlab.errors import AttractorlabError, make_parent_dirs
+from attractorlab.errors import AttractorlabError, OutputError, make_parent_dirs
 from attractorlab.model import TRM_SETTINGS, EquilibriumReasoner, ReasonerConfig, swiglu_width
 from attractorlab.tasks import get_task, names
 
@@ -38,7 +38,10 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
     """Write ``obj`` to ``path`` via a temporary file in the same folder and an atomic rename."""
     path = Path(path)
     make_parent_dirs(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise OutputError(f"cannot write the checkpoint {path} ({err.strerror or err})") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(obj, fh)
@@ -48,8 +51,10 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise OutputError(f"cannot write the checkpoint {path} ({err.strerror or err})") from None
         raise
 
 
@@ -67,6 +72,8 @@ def save(model: EquilibriumReasoner, path: str | os.PathLike, *, meta: dict | No
 def read(path: str | os.PathLike) -> dict:
     """Load a checkpoint dict (CPU tensors) without executing code; clear errors for bad files."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -252,6 +259,12 @@ def import_reference(state_dict_or_path: dict | str | os.PathLike, *, weights: s
     if "task" not in settings:
         board = (settings["board_height"], settings["board_width"]) if settings.get("board_height") else None
         settings["task"] = _task_for(vocab, settings.get("seq_len"), board, source)
+    elif "task" in config:  # a task given by hand must fit the weights
+        task = get_task(config["task"])
+        for name, value in (("vocab_size", vocab), ("seq_len", inferred.get("seq_len"))):
+            if value is not None and value != getattr(task, name):
+                raise CheckpointError(f"{source}: the weights have {name}={value}, but task {task.name} has "
+                                      f"{name}={getattr(task, name)}")
     _check_expansion(mapped, settings.get("expansion", ReasonerConfig.expansion), source)
     try:
         model_config = ReasonerConfig.from_dict(settings)

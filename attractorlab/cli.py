@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import shlex
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from attractorlab import __version__
-from attractorlab.errors import InputError, make_dirs
+from attractorlab.errors import InputError, check_output_file, make_dirs
+from attractorlab.seeds import check_seed
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    """argparse type of a comma-separated list of integers (``1,16,64``)."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,16,64, got {text!r}") from None
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
@@ -57,6 +68,8 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in --out exactly where it stopped (only --steps, --lr-min-ratio and "
                    "--decay-start may change)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run even though --out exists (its checkpoint is replaced at the first save)")
     p.add_argument("--steps", type=int, help="optimizer steps in total")
     p.add_argument("--batch-size", type=int, dest="batch_size", help="global batch size (split over DDP ranks)")
     p.add_argument("--lr", type=float, help="peak learning rate")
@@ -93,7 +106,7 @@ def add_train(p: argparse.ArgumentParser) -> None:
     aug.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                      help="train without symmetry augmentation")
     p.add_argument("--eval-every", type=int, dest="eval_every", help="steps between held-out evaluations")
-    p.add_argument("--eval-depths", type=lambda s: tuple(int(v) for v in s.split(",")), dest="eval_depths",
+    p.add_argument("--eval-depths", type=_int_list, dest="eval_depths",
                    help="comma-separated depths for held-out accuracy, e.g. 1,16,64")
     p.add_argument("--checkpoint-every", type=int, dest="checkpoint_every", help="steps between checkpoints")
     p.add_argument("--snapshot-every", type=int, dest="snapshot_every",
@@ -142,12 +155,19 @@ def run_train(args: argparse.Namespace) -> int:
     from attractorlab.model import TRM_SETTINGS
     from attractorlab.train import SCHEDULE_FIELDS, TrainConfig, train
 
-    not_fields = ("command", "preset", "out", "resume", "device", "progress", "func", "threads", "compile_model",
-                  "trm")
+    not_fields = ("command", "preset", "out", "resume", "overwrite", "device", "progress", "func", "threads",
+                  "compile_model", "trm")
     overrides = {k: v for k, v in vars(args).items() if v is not None and k not in not_fields}
     if args.trm:
         overrides = {**TRM_SETTINGS, **overrides}
     schedule = {k: overrides.pop(k) for k in SCHEDULE_FIELDS if k in overrides}
+    if args.resume and args.overwrite:
+        raise InputError("--resume and --overwrite exclude each other")
+    check_output_file(args.out, "checkpoint")
+    if args.resume and not os.path.exists(args.out):
+        raise InputError(f"cannot resume: checkpoint not found: {args.out} (train without --resume to start it)")
+    if os.path.exists(args.out) and not (args.resume or args.overwrite):
+        raise InputError(f"{args.out} exists: pass --resume to continue its run or --overwrite to start over")
     if args.resume and overrides:
         flags = ", ".join("--" + k.rstrip("_").replace("_", "-") for k in sorted(overrides))
         raise InputError(f"{flags} cannot change on --resume (the run keeps its stored configuration)")
@@ -303,6 +323,7 @@ def run_solve(args: argparse.Namespace) -> int:
         raise InputError("--capture needs --states cycles")
     if args.resume and args.overwrite:
         raise InputError("--resume and --overwrite exclude each other")
+    check_output_file(args.out, "run file")
     if os.path.exists(args.out) and not (args.resume or args.overwrite):
         raise InputError(f"{args.out} exists: pass --resume to continue it or --overwrite to replace it")
     dist_info, device = init_distributed(args.device)
@@ -418,7 +439,11 @@ def run_analyze(args: argparse.Namespace) -> int:
                                   basin_samples=args.basin_samples, grid=args.grid, max_steps=args.max_steps,
                                   embed_method=args.embed, max_embed=args.max_embed, seed=args.seed,
                                   restart_std=args.restart_std)
-    only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
+    only = None if args.only is None else [x.strip() for x in args.only.split(",") if x.strip()]
+    if only == []:
+        raise InputError("--only needs at least one analysis name")
+    if args.report and args.out:
+        check_output_file(args.out, "report")  # before the analyses, not after them
     print(f"analyzing {args.run}")
     analyze.analyze(args.run, checkpoint=args.checkpoint, only=only, force=args.force, options=opts,
                     device=pick_device(args.device), progress=args.progress)
@@ -455,6 +480,15 @@ def run_demo(args: argparse.Namespace) -> int:
     from attractorlab.tasks import get_task
     from attractorlab.train import TrainConfig, train
 
+    for flag, value in (("--n-dynamics", args.n_dynamics), ("--grid", args.grid)):
+        if value < 1:
+            raise InputError(f"{flag} must be >= 1, got {value}")
+    opts = analyze.AnalyzeOptions(n_puzzles=args.n_dynamics, grid=args.grid, basin_samples=args.basin_samples,
+                                  max_steps=max(args.depth, 8), restarts=min(8, 2 * max(args.breadth, 1)),
+                                  seed=args.seed)  # checked before the run, not after it
+    # Noise off: the trajectories are those of the deterministic map whose fixed points and basins are analysed,
+    # and convergence halting can fire (path noise keeps the residual above its tolerance).
+    cfg = rollout.RolloutConfig(depth=args.depth, breadth=args.breadth, halt="converge", noise=False, seed=args.seed)
     make_dirs(args.out_dir)
     ckpt = args.checkpoint or SHIPPED[args.task]
     if args.checkpoint and not os.path.exists(ckpt):
@@ -473,17 +507,12 @@ def run_demo(args: argparse.Namespace) -> int:
     run = os.path.join(args.out_dir, "demo.h5")
     print(f"[3/4] solving: depth {args.depth}, breadth {args.breadth}, halting by convergence (no path noise) "
           f"-> {run}")
-    # Noise off: the trajectories are those of the deterministic map whose fixed points and basins are analysed,
-    # and convergence halting can fire (path noise keeps the residual above its tolerance).
-    cfg = rollout.RolloutConfig(depth=args.depth, breadth=args.breadth, halt="converge", noise=False, seed=args.seed)
     attrs = {"config_json": json.dumps({"model": model.config.to_dict(), "rollout": dataclasses.asdict(cfg),
                                         "data": f"generated:mixed:{args.n}"}, sort_keys=True),
              "checkpoint_path": os.path.abspath(ckpt), "checkpoint_sha256": checkpoint.file_sha256(ckpt)}
     summary = solve.solve_puzzles(model, puzzles, cfg, run, states="all", state_stride=2, project=16, overwrite=True,
                                   attrs=attrs, progress=args.progress)
     print(f"[4/4] analyzing (fixed points, spectra, basins for {args.n_dynamics} puzzles)")
-    opts = analyze.AnalyzeOptions(n_puzzles=args.n_dynamics, grid=args.grid, basin_samples=args.basin_samples,
-                                  max_steps=max(args.depth, 8), restarts=min(8, 2 * args.breadth), seed=args.seed)
     analyze.analyze(run, checkpoint=ckpt, force=True, options=opts, progress=args.progress)
     html = os.path.join(args.out_dir, "demo_report.html")
     report.write_report(run, html)
@@ -540,9 +569,15 @@ def add_landscape(p: argparse.ArgumentParser) -> None:
 def run_landscape(args: argparse.Namespace) -> int:
     from attractorlab import checkpoint, landscape
     from attractorlab.model import pick_device
+    from attractorlab.report import write_html
     from attractorlab.tasks import get_task
 
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoints[0])), "landscape.html")
     task = get_task(checkpoint.load(args.checkpoints[0]).config.task)
+    check_output_file(out, "figure")
+    for flag in ("restarts", "samples", "max_steps", "depth"):
+        if getattr(args, flag) < 1:
+            raise InputError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.generate is None and args.data is None:
         args.generate = 8
     puzzles = load_puzzles(args, task)
@@ -554,8 +589,7 @@ def run_landscape(args: argparse.Namespace) -> int:
     born = result.correct_birth[result.correct_birth >= 0]
     print(f"correct attractor first found at step: {', '.join(map(str, born)) or 'never'} "
           f"({len(born)} of {len(puzzles)} puzzles)")
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoints[0])), "landscape.html")
-    landscape.figure(result).write_html(out, include_plotlyjs=True)
+    write_html(landscape.figure(result), out, "figure")
     print(f"figure: {out}")
     return 0
 
@@ -600,6 +634,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from attractorlab.errors import USER_ERRORS
 
     try:
+        if getattr(args, "seed", None) is not None:
+            check_seed(args.seed, "--seed")
         threads = getattr(args, "threads", None)
         if threads is not None:
             if threads < 1:
@@ -607,13 +643,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(threads)
-        return args.func(args)
+        with _terminate_as_interrupt():
+            return args.func(args)
     except USER_ERRORS as err:
-        print(f"attractorlab {args.command}: error: {err}", file=sys.stderr)
+        message = " ".join(str(err).split())  # one line, whatever a library put in the message
+        print(f"attractorlab {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"attractorlab {args.command}: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print(f"attractorlab {args.command}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+
+
+class _Terminated(BaseException):
+    """SIGTERM (a scheduler's or torchrun's stop) unwinds like Ctrl-C, so open files are closed and committed."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    def stop(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,9 @@ def track(paths: list[str | os.PathLike], puzzles: PuzzleSet, *, restarts: int =
     runs ``depth`` outer steps with path noise unless ``noise=False``."""
     if not paths:
         raise InputError("give at least one checkpoint")
+    for name, value in (("restarts", restarts), ("samples", samples), ("max_steps", max_steps), ("depth", depth)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
     step_of = {path: checkpoint_step(path) for path in paths}  # each file's meta read once
     ordered = sorted(paths, key=step_of.__getitem__)
     tasks = set()

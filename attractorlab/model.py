@@ -92,13 +92,13 @@ class ReasonerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"ReasonerConfig.{name} must be a positive integer, got {value!r}")
-        if not self.expansion > 0:
-            raise InputError(f"ReasonerConfig.expansion must be > 0, got {self.expansion!r}")
+        if not 0 < self.expansion < math.inf:
+            raise InputError(f"ReasonerConfig.expansion must be a finite number > 0, got {self.expansion!r}")
         if not 0.0 < self.lambda_ <= 1.0:
             raise InputError(f"ReasonerConfig.lambda_ (damping) must be in (0, 1], got {self.lambda_!r}")
         for name in ("noise_scale", "H_init_std", "L_init_std", "halt_exploration_prob"):
-            if getattr(self, name) < 0:
-                raise InputError(f"ReasonerConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+            if not 0 <= getattr(self, name) < math.inf:
+                raise InputError(f"ReasonerConfig.{name} must be a finite number >= 0, got {getattr(self, name)!r}")
         if self.halt_exploration_prob > 1:
             raise InputError(f"ReasonerConfig.halt_exploration_prob must be <= 1, got {self.halt_exploration_prob}")
         if self.initial_state not in INITIAL_STATES:

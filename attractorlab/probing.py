@@ -24,6 +24,9 @@ from sklearn.preprocessing import StandardScaler
 
 from attractorlab.errors import InputError
 
+N_SPLITS = 3
+"""Cross-validation folds of the probes (folds split puzzles, so a run needs at least this many)."""
+
 
 @dataclass
 class ProbeResult:
@@ -114,7 +117,7 @@ def probe_cells(
     targets,
     *,
     steps=None,
-    n_splits: int = 3,
+    n_splits: int = N_SPLITS,
     max_samples: int = 10000,
     max_iter: int = 200,
     C: float = 1.0,
@@ -177,7 +180,7 @@ def probe_correctness(
     correct,
     *,
     steps=None,
-    n_splits: int = 3,
+    n_splits: int = N_SPLITS,
     max_iter: int = 200,
     C: float = 1.0,
     seed: int = 0,

@@ -97,12 +97,14 @@ class RolloutConfig:
             raise InputError(f"unknown halt rule {self.halt!r}; choose one of {', '.join(HALTING)}")
         if self.select not in SELECT_RULES:
             raise InputError(f"unknown selection rule {self.select!r}; choose one of {', '.join(SELECT_RULES)}")
-        if not self.tol > 0:
-            raise InputError(f"tol must be > 0, got {self.tol!r}")
+        if not 0 < self.tol < float("inf"):
+            raise InputError(f"tol must be a finite number > 0, got {self.tol!r}")
         if self.patience < 1 or self.window < 1:
             raise InputError("patience and window must be >= 1")
-        if not self.restart_std > 0:
-            raise InputError(f"restart_std must be > 0, got {self.restart_std!r}")
+        if not 0 < self.restart_std < float("inf"):
+            raise InputError(f"restart_std must be a finite number > 0, got {self.restart_std!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise InputError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
 
 
 @dataclass

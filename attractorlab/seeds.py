@@ -6,6 +6,12 @@ command still reproduces its numbers; new streams get new names here, never a ma
 
 from __future__ import annotations
 
+from attractorlab.errors import InputError
+
+MAX_SEED = 2**32 - 1
+"""The largest run seed: every stream seed derived from it (and the per-batch offsets) stays inside the 64-bit
+range that torch's and numpy's generators take."""
+
 STREAMS: dict[str, tuple[int, int]] = {
     # name: (multiplier, offset): the stream's seed is seed * multiplier + offset + index
     "train.init": (1, 0),  # model initialisation; generated training pool
@@ -28,3 +34,10 @@ def stream(seed: int, name: str, index: int = 0) -> int:
         raise KeyError(f"unknown random stream {name!r}; add it to attractorlab.seeds.STREAMS")
     multiplier, offset = STREAMS[name]
     return int(seed) * multiplier + offset + int(index)
+
+
+def check_seed(seed: object, name: str = "seed") -> int:
+    """``seed`` as an int if it is an integer in ``[0, MAX_SEED]``; else :class:`InputError` (one line)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InputError(f"{name} must be an integer in [0, 2**32 - 1], got {seed!r}")
+    return seed

@@ -42,28 +42,39 @@ class SolveSummary:
     groups: int = 0  # puzzles when the data groups copies of one puzzle (a reference split's augmentations), else 0
     group_accuracy: float = float("nan")  # mean over groups of the share of its copies solved
     group_all_correct: float = float("nan")  # share of groups with every copy solved
+    graded: int = -1  # instances with a known answer (the accuracies' denominator); -1: all n
+
+    def __post_init__(self) -> None:
+        if self.graded < 0:
+            self.graded = self.n
 
     def table(self) -> str:
-        lines = [f"puzzles            {self.n}",
-                 f"accuracy (select)  {self.accuracy:.4f}",
-                 f"accuracy (vote)    {self.majority_accuracy:.4f}",
-                 f"pass@B (oracle)    {self.pass_at_b:.4f}",
+        graded = "" if self.graded == self.n else (f" ({self.graded} with a known answer; the rest are not graded)"
+                                                   if self.graded else " (none with a known answer: nothing graded)")
+        lines = [f"puzzles            {self.n}{graded}",
+                 f"accuracy (select)  {_rate(self.accuracy)}",
+                 f"accuracy (vote)    {_rate(self.majority_accuracy)}",
+                 f"pass@B (oracle)    {_rate(self.pass_at_b)}",
                  f"steps mean/median  {self.mean_steps:.1f} / {self.median_steps:.0f}"]
         if self.groups:
             lines += [f"groups             {self.groups} (augmented copies of one puzzle count as one)",
-                      f"accuracy (group)   {self.group_accuracy:.4f}",
-                      f"all copies solved  {self.group_all_correct:.4f}"]
+                      f"accuracy (group)   {_rate(self.group_accuracy)}",
+                      f"all copies solved  {_rate(self.group_all_correct)}"]
         if self.seconds:
             lines.append(f"time               {self.seconds:.1f} s ({self.compute_steps / self.seconds:.0f} "
                          "puzzle-steps/s)")
         rows = [(f"{title} {key}", count, acc) for title, table in (("band", self.by_band), ("source", self.by_source))
                 for key, (count, acc) in table.items()]
         width = max([31] + [len(name) for name, _, _ in rows])
-        lines += [f"{name:<{width}} {count:>6}  {acc:.4f}" for name, count, acc in rows]
+        lines += [f"{name:<{width}} {count:>6}  {_rate(acc)}" for name, count, acc in rows]
         if self.paper:
             lines.append(f"paper metrics ({self.protocol or 'this run'}; the reference evaluation's definitions)")
-            lines += [f"  {k:<32} {v:.4f}" for k, v in self.paper.items() if k not in ("puzzles", "breadth")]
+            lines += [f"  {k:<32} {_rate(v)}" for k, v in self.paper.items() if k not in ("puzzles", "breadth")]
         return "\n".join(lines)
+
+
+def _rate(x: float) -> str:
+    return "n/a" if np.isnan(x) else f"{x:.4f}"
 
 
 def summarize(solution: np.ndarray, rating: np.ndarray, source: np.ndarray, correct: np.ndarray,
@@ -88,7 +99,8 @@ def summarize(solution: np.ndarray, rating: np.ndarray, source: np.ndarray, corr
     used = steps[rows, selected]
     out = SolveSummary(n=n, accuracy=mean(sel, known), majority_accuracy=mean(maj, known),
                        pass_at_b=mean(final.any(axis=1), known), mean_steps=float(used.mean()) if n else 0.0,
-                       median_steps=float(np.median(used)) if n else 0.0, by_band=by_band, by_source=by_source)
+                       median_steps=float(np.median(used)) if n else 0.0, by_band=by_band, by_source=by_source,
+                       graded=int(known.sum()))
     if group is not None and known.any():
         g = number_groups(np.asarray(group)[known])
         if g.max() + 1 < known.sum():  # some puzzle has several copies

@@ -105,8 +105,13 @@ class TrainConfig:
         for name in ("batch_size", "steps", "n_train", "n_eval", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0 or self.warmup_steps < 0 or self.weight_decay < 0 or not 0 <= self.ema_decay < 1:
-            raise InputError("need lr > 0, warmup_steps >= 0, weight_decay >= 0 and 0 <= ema_decay < 1")
+        inf = float("inf")
+        if not (0 < self.lr < inf and self.warmup_steps >= 0 and 0 <= self.weight_decay < inf
+                and 0 <= self.ema_decay < 1 and 0 <= self.grad_clip < inf):
+            raise InputError("need a finite lr > 0, warmup_steps >= 0, a finite weight_decay >= 0, 0 <= ema_decay < 1 "
+                             "and a finite grad_clip >= 0 (0: no clipping)")
+        if not self.eval_depths or min(self.eval_depths) < 1:
+            raise InputError(f"eval_depths must be positive integers, got {self.eval_depths!r}")
         if self.snapshot_every < 0:
             raise InputError(f"snapshot_every must be >= 0, got {self.snapshot_every}")
         if not 0 < self.lr_min_ratio <= 1:
@@ -116,6 +121,7 @@ class TrainConfig:
         if self.augmentations < 0 or (self.augmentations and not self.augment):
             raise InputError(f"augmentations must be >= 0 and needs augmentation on, got {self.augmentations} "
                              f"(augment={self.augment})")
+        seeds.check_seed(self.seed)
         if self.optimizer not in ("adamw", "adam-atan2"):
             raise InputError(f"unknown optimizer {self.optimizer!r} (adamw or adam-atan2)")
 
@@ -427,7 +433,7 @@ class Trainer:
         stats = _reduce_sum(stats, self.dist) / self.cfg.batch_size
         if not torch.isfinite(stats[:2]).all():
             raise TrainingError(f"non-finite loss at step {self.step_count} (lm {stats[0].item():.4g}, "
-                                f"halt {stats[1].item():.4g}); the last good checkpoint is kept")
+                                f"halt {stats[1].item():.4g}); training stopped, a checkpoint written before is kept")
         self.optimizer.zero_grad(set_to_none=True)
         loss.float().backward()
         if cfg.grad_clip > 0:

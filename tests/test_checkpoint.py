@@ -103,6 +103,19 @@ def test_import_eqr_cli(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+def test_import_eqr_refuses_a_task_that_does_not_fit_the_weights(tmp_path, capsys):
+    ref = small_model(mlp_t=True)  # Sudoku weights: 11 tokens, 81 cells
+    sd = {"_orig_mod.model.inner." + k.replace("layers.", "L_level.layers.").replace(
+        "embed_tokens.weight", "embed_tokens.embedding_weight"): v for k, v in ref.state_dict().items()}
+    src = tmp_path / "ref.pt"
+    torch.save(sd, src)
+    out = tmp_path / "ours.pt"
+    assert main(["import-eqr", str(src), "--out", str(out), "--expansion", "2", "--task", "maze"]) == 2
+    err = capsys.readouterr().err
+    assert "the weights have vocab_size=11, but task maze" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
 def _training_checkpoint(tmp_path, arch, state):
     """A reference training checkpoint (carry of a class that cannot be imported when read, EMA != raw)."""
     import importlib

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import h5py
@@ -263,6 +264,23 @@ def test_writer_creates_missing_directories(tmp_path):
     path = str(tmp_path / "runs" / "today" / "run.h5")
     batches = write_run(path, [2])
     check_equal(rec.open_run(path), batches)
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_commits_a_batch(tmp_path):
+    path = str(tmp_path / "run.h5")
+    old = write_run(path, [3])
+    before = Path(path).read_bytes()
+    w = rec.RunWriter(path, breadth=B, depth=T, attrs=ATTRS, overwrite=True)  # a failed start: nothing committed
+    w.close()
+    assert Path(path).read_bytes() == before and os.listdir(tmp_path) == ["run.h5"]
+    check_equal(rec.open_run(path), old)
+    new = [(*make_batch(2, 7), None), (*make_batch(1, 8), None)]
+    with rec.RunWriter(path, breadth=B, depth=T, attrs=ATTRS, overwrite=True) as w:
+        w.append(*new[0])
+        check_equal(rec.open_run(path, swmr=True), new[:1])  # replaced at the first commit, readable live
+        w.append(*new[1])
+    check_equal(rec.open_run(path), new)
+    assert os.listdir(tmp_path) == ["run.h5"]
 
 
 @pytest.mark.parametrize("case, match", [

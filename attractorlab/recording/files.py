@@ -55,8 +55,9 @@ def same_json(a: Any, b: Any) -> bool:
 
 
 def error_detail(err: BaseException) -> str:
-    """The informative part of an h5py error message (the last parenthesis)."""
-    m = re.search(r"\(([^()]*)\)\s*$", str(err))
+    """The informative part of an h5py error message: the system's reason where HDF5 quotes one, else the last
+    parenthesis."""
+    m = re.search(r"error message = '([^']*)'", str(err)) or re.search(r"\(([^()]*)\)\s*$", str(err))
     return m.group(1) if m else str(err)
 
 
@@ -70,11 +71,14 @@ def open_h5(path: str, mode: str, swmr: bool = False) -> h5py.File:
     except OSError as err:
         msg = str(err)
         if "already open for" in msg:
-            problem = "open for writing by another process, or its writer was killed (repair_run/resume it)"
+            problem = ("open for writing by another process, or its writer was killed (continue it with "
+                       "`attractorlab solve --resume`, or repair it with attractorlab.recording.repair_run)")
         elif "unable to lock" in msg:
             problem = "locked by another process that is writing it"
         elif "signature" in msg:
             problem = "not an HDF5 file"
+        elif mode == "w":
+            problem = f"cannot create the run file ({error_detail(err)})"
         else:
             kind = "truncated" if "truncated" in msg else "corrupt or unreadable"
             problem = f"{kind} HDF5 file ({error_detail(err)})"

@@ -191,7 +191,8 @@ class RunWriter:
     SWMR writing starts at the first append, so ``open_run(path, swmr=True)`` can follow a live run.
     ``resume=True`` continues an existing run (or starts one if the file is missing) after checking that
     breadth, depth, state spec, ``config_json`` and ``checkpoint_sha256`` match; rows past its ``n_done``
-    are dropped. An existing file is only replaced with ``overwrite=True``. ``attrs`` become root
+    are dropped. An existing file is only replaced with ``overwrite=True``, and only once the new run has
+    committed its first batch (until then it is written beside it, to ``PATH.new-PID``). ``attrs`` become root
     attributes (``config_json`` may be a dict; ``None`` values are left out); ``task`` and ``seq_len`` say
     which task the instances belong to and how many tokens each has.
     """
@@ -220,17 +221,20 @@ class RunWriter:
             tail = (self.breadth, len(self.states.steps(self.depth)), *self.states.shape)
             self._fields["states/data"] = (self.states.dtype, tail)
         self._f: h5py.File | None = None
+        self._beside: str | None = None  # where a replacing run is written until its first batch is committed
         if resume and os.path.exists(self.path):
             self._f = self._reopen()
         elif os.path.exists(self.path) and not overwrite:
             raise InputError(f"{self.path} exists; pass resume=True to continue it or overwrite=True")
         else:
-            self._f = self._create()
+            if os.path.exists(self.path):
+                self._beside = f"{self.path}.new-{os.getpid()}"
+            self._f = self._create(self._beside or self.path)
         self.n_done = rows_done(self._f)
 
-    def _create(self) -> h5py.File:
-        make_parent_dirs(self.path)  # as checkpoints do
-        f = open_h5(self.path, "w")
+    def _create(self, path: str) -> h5py.File:
+        make_parent_dirs(path)  # as checkpoints do
+        f = open_h5(path, "w")
         created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         write_attrs(f, {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": created,
                          "attractorlab_version": __version__, "breadth": self.breadth, "depth": self.depth,
@@ -372,12 +376,23 @@ class RunWriter:
         self._f.attrs.modify("n_done", n_done)
         self._f.flush()
         self.n_done = n_done
+        if self._beside is not None:  # the replacing run holds work now: it takes the old run's place
+            self._f.close()
+            os.replace(self._beside, self.path)
+            self._beside = None
+            self._f = open_h5(self.path, "r+")
+            self._f.swmr_mode = True
 
     def close(self) -> None:
-        """Flush and close the file (idempotent)."""
+        """Flush and close the file (idempotent); a replacing run without a committed batch is discarded, so the
+        run it was to replace stays as it was."""
         if self._f is not None:
             self._f.close()
             self._f = None
+        if self._beside is not None:
+            if os.path.exists(self._beside):
+                os.remove(self._beside)
+            self._beside = None
 
     def __enter__(self) -> RunWriter:
         return self

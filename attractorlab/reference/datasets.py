@@ -234,7 +234,7 @@ def _write_folder(target: Path, metadata: dict, arrays: dict[str, np.ndarray], o
     if target.exists() and not target.is_dir():
         raise InputError(f"{target} exists and is not a directory")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise InputError(f"{target} is not empty (pass overwrite=True to replace it)")
+        raise InputError(f"{target} is not empty (pass --overwrite, or overwrite=True in Python, to replace it)")
     make_parent_dirs(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:

@@ -18,6 +18,7 @@ import re
 import plotly.graph_objects as go
 import plotly.offline
 
+from attractorlab.errors import OutputError, check_output_file
 from attractorlab.recording import Run, open_run
 from attractorlab.report import attractors
 from attractorlab.report import figures as plots
@@ -215,16 +216,27 @@ def write_report(run_path: str | os.PathLike, out_html: str | os.PathLike) -> li
     same folder, then ``os.replace``). Missing or skipped analyses are listed at the end with their reason.
     """
     out_html = os.fspath(out_html)
+    check_output_file(out_html, "report")
     with open_run(run_path) as run:
         figures, missing = _collect(run)
         text = _render(run, figures, missing)
-    tmp = f"{out_html}.{os.getpid()}.tmp"
+    write_html(text, out_html)
+    return list(figures)
+
+
+def write_html(page: str | go.Figure, path: str | os.PathLike, what: str = "report") -> None:
+    """Write an HTML page (or a figure, with plotly.js inlined) to ``path`` atomically: a temporary file in the
+    same folder, then ``os.replace``; a failure leaves no partial file and raises :class:`OutputError`."""
+    path = os.fspath(path)
+    text = page if isinstance(page, str) else page.to_html(include_plotlyjs=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "x", encoding="utf-8") as fh:
             fh.write(text)
-        os.replace(tmp, out_html)
-    except BaseException:
+        os.replace(tmp, path)
+    except BaseException as err:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(err, OSError):
+            raise OutputError(f"cannot write the {what} {path} ({err.strerror or err})") from None
         raise
-    return list(figures)

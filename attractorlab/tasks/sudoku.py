@@ -37,6 +37,7 @@ CSV_HEADER = "source,question,answer,rating"
 
 _UNITS = _k.UNITS  # [27, 9] cell indices of rows, columns, boxes
 _POW2 = np.array([0] + [1 << d for d in range(1, 10)] + [0], dtype=np.int16)  # digit -> bit, 0 outside 1..9
+_POPCOUNT = np.array([bin(v).count("1") for v in range(1 << 13)], dtype=np.int8)  # set bits of sums of _POW2
 
 # Byte -> value lookup tables for parsing; 255 marks an invalid character.
 Q_LUT = np.full(256, 255, dtype=np.uint8)  # question character -> token
@@ -187,6 +188,16 @@ def is_valid_solution(puzzle: Any, grid: Any) -> Any:
     ok = (bits[..., _UNITS].sum(-1, dtype=np.int16) == 0x3FE).all(-1)
     ok &= ~((p >= 2) & (g.astype(np.int16) != p.astype(np.int16) - 1)).any(-1)
     return bool(ok) if g.ndim == 1 else ok
+
+
+def givens_conflict(puzzle: np.ndarray) -> np.ndarray:
+    """``[N] bool``: True where the givens of ``puzzle [N, 81]`` (token encoding) repeat a digit in a row, column or
+    box, so that no solution can exist. Vectorised: the distinct powers of two 2**d of a unit's given digits sum
+    without a carry, so the sum's popcount equals their count iff no digit repeats."""
+    p = np.asarray(puzzle)
+    digit = np.where((p >= 2) & (p <= 10), p.astype(np.int16) - 1, 0)[..., _UNITS]  # [N, 27, 9]
+    total = _POW2[digit].sum(-1, dtype=np.int16)  # at most 9 x 2**9
+    return (_POPCOUNT[total] != (digit > 0).sum(-1)).any(-1)
 
 
 # ------------------------------------------------------------------------------------------- augmentation

@@ -19,6 +19,7 @@ from attractorlab.tasks.sudoku import (
     Q_LUT,
     PuzzleSet,
     decode,
+    givens_conflict,
     is_valid_solution,
     solve,
 )
@@ -34,6 +35,7 @@ _REASONS = {
     7: "answer is not a valid Sudoku solution (a row, column or box repeats a digit)",
     8: "rating is not a non-negative integer (or empty when unknown)",
     9: "line must hold an 81-character puzzle (1-9, '.' or '0')",
+    10: "question repeats a given digit in a row, column or box (it has no solution)",
 }
 
 
@@ -96,6 +98,7 @@ def _parse_csv_block(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> d
     flag(2, c2 - c1 != 82)
     tokens = Q_LUT[_gather(buf, c1 + 1, 81)]
     flag(3, (tokens == 255).any(axis=1))
+    flag(10, givens_conflict(tokens))
     answer_len = c3 - c2 - 1
     flag(4, (answer_len != 81) & (answer_len != 0))
     solution = np.where((answer_len == 81)[:, None], A_LUT[_gather(buf, c2 + 1, 81)], 0).astype(np.uint8)
@@ -136,6 +139,7 @@ def _parse_plain_block(
     reason = np.where(ends - starts != 81, 9, 0).astype(np.int8)
     tokens = Q_LUT[_gather(buf, starts, 81)]
     reason[(reason == 0) & (tokens == 255).any(axis=1)] = 9
+    reason[(reason == 0) & givens_conflict(tokens)] = 10
     ok = reason == 0
     return {
         "reason": reason,
