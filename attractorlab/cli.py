@@ -10,7 +10,7 @@ import os
 import shlex
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from attractorlab import __version__
 from attractorlab.errors import InputError, check_output_file, make_dirs
@@ -173,8 +173,9 @@ def run_train(args: argparse.Namespace) -> int:
         raise InputError(f"{flags} cannot change on --resume (the run keeps its stored configuration)")
     cfg = TrainConfig.from_preset(args.preset, **overrides, **schedule)
     os.environ.setdefault("ATTRACTORLAB_COMMAND", "attractorlab " + shlex.join(sys.argv[1:]))
-    result = train(cfg, args.out, device=args.device, resume=args.resume, progress=args.progress,
-                   compile_model=args.compile_model, schedule=schedule if args.resume else None)
+    with _stop_after_the_step() as stop:
+        result = train(cfg, args.out, device=args.device, resume=args.resume, progress=args.progress,
+                       compile_model=args.compile_model, schedule=schedule if args.resume else None, stop=stop)
     evals = result["evals"]
     last = evals[max(evals, key=int)] if evals else {}
     print(f"saved {args.out} after {result['step']} steps; held-out exact accuracy "
@@ -649,12 +650,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(err).split())  # one line, whatever a library put in the message
         print(f"attractorlab {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"attractorlab {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"attractorlab {args.command}: interrupted{f': {err}' if str(err) else ''}", file=sys.stderr)
         return 130
     except _Terminated:
         print(f"attractorlab {args.command}: terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _stop_after_the_step() -> Iterator[Callable[[], bool] | None]:
+    """Ctrl-C or SIGTERM asks training to stop after the current step, with a checkpoint of it; a second one stops at
+    once (losing the steps since the last checkpoint). Yields the question :func:`~attractorlab.train.train` asks."""
+    asked: list[int] = []
+
+    def ask(signum: int, frame: object) -> None:
+        if asked:
+            raise KeyboardInterrupt
+        asked.append(signum)
+        print("attractorlab train: stopping after this step with a checkpoint (again to stop at once)",
+              file=sys.stderr)
+
+    try:
+        previous = {sig: signal.signal(sig, ask) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: leave signals alone
+        yield None
+        return
+    try:
+        yield lambda: bool(asked)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class _Terminated(BaseException):

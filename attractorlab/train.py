@@ -152,6 +152,10 @@ class TrainConfig:
         return cls(**values)
 
 
+class TrainingStopped(KeyboardInterrupt):
+    """Training stopped on request (Ctrl-C, SIGTERM) at a step boundary, after checkpointing that step."""
+
+
 class TrainingError(AttractorlabError):
     """Training stopped (e.g. a non-finite loss); the last good checkpoint is kept."""
 
@@ -525,6 +529,13 @@ class Trainer:
             dist.barrier()
 
 
+def _any_rank(flag: bool, device: torch.device, d: Dist) -> bool:
+    """``flag`` or'ed over the ranks, so that every rank stops at the same step."""
+    if d.world == 1:
+        return bool(flag)
+    return bool(_reduce_sum(torch.tensor([float(flag)], device=device), d).item() > 0)
+
+
 def _reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
     if d.world > 1:
         dist.all_reduce(t)
@@ -550,11 +561,13 @@ def snapshot_path(out: str | os.PathLike, step: int) -> Path:
 
 def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", resume: bool = False,
           steps: int | None = None, progress: bool = True, compile_model: bool = False,
-          schedule: dict | None = None) -> dict:
+          schedule: dict | None = None, stop: Callable[[], bool] | None = None) -> dict:
     """Run (or resume) training, checkpointing atomically to ``out``; returns the final metrics.
 
     On resume the configuration stored in ``out`` is used; ``steps`` may extend the run and ``schedule`` (keys in
     :data:`SCHEDULE_FIELDS`) may change the learning-rate schedule from the resume point on, e.g. start a decay.
+    ``stop`` is asked after every step (the CLI's answer: was Ctrl-C or SIGTERM received?); once it says yes on any
+    rank, that step is checkpointed and :class:`TrainingStopped` raised, so ``resume=True`` continues from it.
     """
     from tqdm import tqdm
 
@@ -608,12 +621,17 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, device: str = "auto", res
             if dist_info.main:
                 bar.write(f"step {step}: held-out exact accuracy " +
                           ", ".join(f"D{k}={v:.3f}" for k, v in acc.items()))
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        stopping = stop is not None and _any_rank(stop(), dev, dist_info)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
             elapsed = float(payload["meta"].get("train_seconds", 0.0)) if payload else 0.0
             trainer.save(out, meta={**meta, "evals": evals, "step": step,
                                     "train_seconds": elapsed + time.time() - t0})
         if cfg.snapshot_every and step % cfg.snapshot_every == 0 and dist_info.main:
             checkpoint.save(trainer.ema_model(), snapshot_path(out, step),
                             meta={**meta, "step": step, "evals": dict(evals)})
+        if stopping:
+            bar.close()
+            raise TrainingStopped(f"stopped at step {step} of {cfg.steps}; {out} holds that step (continue it with "
+                                  "--resume)")
     bar.close()
     return {"metrics": metrics, "evals": evals, "step": trainer.step_count}

@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 
@@ -112,6 +113,59 @@ def test_cli_train_and_resume_equal_straight_run(tmp_path, capsys):
     for k, v in a["train_state"]["params"].items():
         assert torch.equal(v, b["train_state"]["params"][k]), k
     assert b["meta"]["step"] == 6
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_stops_training_after_the_step_with_a_checkpoint_that_resumes(tmp_path, capsys, monkeypatch, sig):
+    straight, stopped = tmp_path / "a.pt", tmp_path / "b.pt"
+    assert main(["train", "--preset", "tiny", "--steps", "5", "--out", str(straight), *CLI_FLAGS]) == 0
+    step = train.Trainer.train_step
+
+    def signalling_step(self):
+        metrics = step(self)
+        if self.step_count == 2:  # the signal arrives during step 2: the step ends, then training stops
+            os.kill(os.getpid(), getattr(signal, sig))
+        return metrics
+
+    monkeypatch.setattr(train.Trainer, "train_step", signalling_step)
+    args = ["train", "--preset", "tiny", "--steps", "5", "--checkpoint-every", "100", "--out", str(stopped)]
+    capsys.readouterr()
+    assert main([*args, *CLI_FLAGS]) == 130
+    err = capsys.readouterr().err
+    assert "stopping after this step" in err and "stopped at step 2 of 5" in err and "--resume" in err
+    assert checkpoint.read(stopped)["meta"]["step"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.undo()
+    assert main(["train", "--resume", "--out", str(stopped), "--no-progress"]) == 0
+    a, b = checkpoint.read(straight), checkpoint.read(stopped)
+    for k, v in a["train_state"]["params"].items():
+        assert torch.equal(v, b["train_state"]["params"][k]), k
+
+
+def _stop_vote(rank: int, init: str, votes: list, out) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        out.put((rank, [train._any_rank(v, torch.device("cpu"), train.Dist(rank=rank, world=2)) for v in votes]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_stop_asked_on_one_rank_stops_every_rank(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    init = f"file://{tmp_path / 'store'}"
+    votes = {0: [False, True, False], 1: [False, False, False]}  # rank 0 alone is asked at the second step
+    procs = [ctx.Process(target=_stop_vote, args=(r, init, votes[r], out)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    got = dict(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    assert got == {0: [False, True, False], 1: [False, True, False]}
 
 
 def test_lr_schedule_warmup_constant_and_cosine_decay():
