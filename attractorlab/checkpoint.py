@@ -38,11 +38,9 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
     """Write ``obj`` to ``path`` via a temporary file in the same folder and an atomic rename."""
     path = Path(path)
     make_parent_dirs(path)
+    tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise OutputError(f"cannot write the checkpoint {path} ({err.strerror or err})") from None
-    try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(obj, fh)
             fh.flush()
@@ -52,7 +50,8 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError):
             raise OutputError(f"cannot write the checkpoint {path} ({err.strerror or err})") from None
         raise

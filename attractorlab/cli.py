@@ -25,6 +25,16 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,16,64, got {text!r}") from None
 
 
+def _check_out(args: argparse.Namespace, what: str) -> None:
+    """``--out`` of a command with ``--resume`` and ``--overwrite``: writable, and an existing file never replaced
+    by accident."""
+    if args.resume and args.overwrite:
+        raise InputError("--resume and --overwrite exclude each other")
+    check_output_file(args.out, what)
+    if os.path.exists(args.out) and not (args.resume or args.overwrite):
+        raise InputError(f"{args.out} exists: pass --resume to continue it or --overwrite to replace it")
+
+
 def _model_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (override the preset)")
     g.add_argument("--hidden-size", type=int, dest="hidden_size", help="latent width D")
@@ -161,13 +171,9 @@ def run_train(args: argparse.Namespace) -> int:
     if args.trm:
         overrides = {**TRM_SETTINGS, **overrides}
     schedule = {k: overrides.pop(k) for k in SCHEDULE_FIELDS if k in overrides}
-    if args.resume and args.overwrite:
-        raise InputError("--resume and --overwrite exclude each other")
-    check_output_file(args.out, "checkpoint")
+    _check_out(args, "checkpoint")
     if args.resume and not os.path.exists(args.out):
         raise InputError(f"cannot resume: checkpoint not found: {args.out} (train without --resume to start it)")
-    if os.path.exists(args.out) and not (args.resume or args.overwrite):
-        raise InputError(f"{args.out} exists: pass --resume to continue its run or --overwrite to start over")
     if args.resume and overrides:
         flags = ", ".join("--" + k.rstrip("_").replace("_", "-") for k in sorted(overrides))
         raise InputError(f"{flags} cannot change on --resume (the run keeps its stored configuration)")
@@ -322,11 +328,7 @@ def run_solve(args: argparse.Namespace) -> int:
         raise InputError("--state-stride must be >= 1 and --project >= 0")
     if args.capture is not None and args.states != "cycles":
         raise InputError("--capture needs --states cycles")
-    if args.resume and args.overwrite:
-        raise InputError("--resume and --overwrite exclude each other")
-    check_output_file(args.out, "run file")
-    if os.path.exists(args.out) and not (args.resume or args.overwrite):
-        raise InputError(f"{args.out} exists: pass --resume to continue it or --overwrite to replace it")
+    _check_out(args, "run file")
     dist_info, device = init_distributed(args.device)
     model = checkpoint.load(args.checkpoint, device)
     puzzles = load_puzzles(args, get_task(model.config.task))
@@ -576,9 +578,6 @@ def run_landscape(args: argparse.Namespace) -> int:
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoints[0])), "landscape.html")
     task = get_task(checkpoint.load(args.checkpoints[0]).config.task)
     check_output_file(out, "figure")
-    for flag in ("restarts", "samples", "max_steps", "depth"):
-        if getattr(args, flag) < 1:
-            raise InputError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.generate is None and args.data is None:
         args.generate = 8
     puzzles = load_puzzles(args, task)
@@ -644,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(threads)
-        with _terminate_as_interrupt():
+        with _handling((signal.SIGTERM,), _terminate):
             return args.func(args)
     except USER_ERRORS as err:
         message = " ".join(str(err).split())  # one line, whatever a library put in the message
@@ -671,36 +670,32 @@ def _stop_after_the_step() -> Iterator[Callable[[], bool] | None]:
         print("attractorlab train: stopping after this step with a checkpoint (again to stop at once)",
               file=sys.stderr)
 
-    try:
-        previous = {sig: signal.signal(sig, ask) for sig in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread: leave signals alone
-        yield None
-        return
-    try:
-        yield lambda: bool(asked)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with _handling((signal.SIGINT, signal.SIGTERM), ask) as installed:
+        yield (lambda: bool(asked)) if installed else None
 
 
 class _Terminated(BaseException):
     """SIGTERM (a scheduler's or torchrun's stop) unwinds like Ctrl-C, so open files are closed and committed."""
 
 
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    def stop(signum: int, frame: object) -> None:
-        raise _Terminated
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
 
+
+@contextlib.contextmanager
+def _handling(signals: tuple[int, ...], handler: Callable[[int, object], None]) -> Iterator[bool]:
+    """``handler`` for ``signals`` inside the block, the previous handlers after it; yields whether it was installed
+    (signals can be handled in the main thread only)."""
     try:
-        previous = signal.signal(signal.SIGTERM, stop)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
+        previous = {sig: signal.signal(sig, handler) for sig in signals}
+    except ValueError:
+        yield False
         return
     try:
-        yield
+        yield True
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from attractorlab import dynamics
 from attractorlab.errors import InputError
 from attractorlab.graphed import graphed_step, require_cuda_graphs
 from attractorlab.model import EquilibriumReasoner, LatentState, autocast
+from attractorlab.seeds import check_seed
 from attractorlab.tasks import Task, get_task
 
 SELECT_RULES = ("convergence", "reference", "majority", "attractor")
@@ -103,8 +104,7 @@ class RolloutConfig:
             raise InputError("patience and window must be >= 1")
         if not 0 < self.restart_std < float("inf"):
             raise InputError(f"restart_std must be a finite number > 0, got {self.restart_std!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise InputError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        check_seed(self.seed, limit=2**63 - 1)  # batch i of a solve runs seed + i: more than any run seed
 
 
 @dataclass

@@ -36,8 +36,8 @@ def stream(seed: int, name: str, index: int = 0) -> int:
     return int(seed) * multiplier + offset + int(index)
 
 
-def check_seed(seed: object, name: str = "seed") -> int:
-    """``seed`` as an int if it is an integer in ``[0, MAX_SEED]``; else :class:`InputError` (one line)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise InputError(f"{name} must be an integer in [0, 2**32 - 1], got {seed!r}")
+def check_seed(seed: object, name: str = "seed", limit: int = MAX_SEED) -> int:
+    """``seed`` as an int if it is an integer in ``[0, limit]``; else :class:`InputError` (one line)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= limit:
+        raise InputError(f"{name} must be an integer in [0, {limit}], got {seed!r}")
     return seed

@@ -42,11 +42,7 @@ class SolveSummary:
     groups: int = 0  # puzzles when the data groups copies of one puzzle (a reference split's augmentations), else 0
     group_accuracy: float = float("nan")  # mean over groups of the share of its copies solved
     group_all_correct: float = float("nan")  # share of groups with every copy solved
-    graded: int = -1  # instances with a known answer (the accuracies' denominator); -1: all n
-
-    def __post_init__(self) -> None:
-        if self.graded < 0:
-            self.graded = self.n
+    graded: int = 0  # instances with a known answer (the accuracies' denominator)
 
     def table(self) -> str:
         graded = "" if self.graded == self.n else (f" ({self.graded} with a known answer; the rest are not graded)"

@@ -62,7 +62,7 @@ def test_seed_out_of_range_is_refused_before_any_file_changes(ckpt, tmp_path, ca
     before = run.read_bytes()
     capsys.readouterr()
     assert main(small_solve(ckpt, run, "--overwrite", "--seed", seed)) == 2
-    one_line_error(capsys, "--seed must be an integer in [0, 2**32 - 1]")
+    one_line_error(capsys, "--seed must be an integer in [0, 4294967295]")
     assert run.read_bytes() == before
     with pytest.raises(InputError, match="seed"):
         RolloutConfig(seed=2**63)
@@ -224,12 +224,11 @@ def test_landscape_checks_its_figure_path_first(ckpt, tmp_path, capsys, monkeypa
     assert main(["landscape", str(ckpt), "--out", str(folder), *QUIET]) == 2
     one_line_error(capsys, "is a directory")
     assert Path(folder).is_dir()
-    for flag in ("--samples", "--restarts", "--max-steps", "--depth"):
-        assert main(["landscape", str(ckpt), "--out", str(tmp_path / "l.html"), flag, "0", *QUIET]) == 2
-        one_line_error(capsys, f"{flag} must be >= 1")
     monkeypatch.undo()
-    with pytest.raises(InputError, match="samples must be a positive integer"):
-        landscape.track([ckpt], generate(1, seed=0), samples=-1)
+    for flag in ("--samples", "--restarts", "--max-steps", "--depth"):
+        assert main(["landscape", str(ckpt), "--generate", "1", "--out", str(tmp_path / "l.html"), flag, "0",
+                     *QUIET]) == 2
+        one_line_error(capsys, f"{flag[2:].replace('-', '_')} must be a positive integer, got 0")
 
 
 def test_small_runs_skip_the_probes_and_small_basin_samples_are_refused(ckpt, tmp_path, capsys):
